@@ -1,2 +1,22 @@
-"""mpruner: depth pruning by CKA layer redundancy (MPruner), with a C++/CUDA CKA engine."""
+"""mpruner: depth pruning by CKA layer redundancy (MPruner), with a C++/CUDA CKA engine.
+
+The engine can be used on its own::
+
+    import mpruner
+    c = mpruner.cka_matrix([h1, h2, h3])          # (3, 3) linear CKA
+    acc = mpruner.CKAAccumulator()                 # minibatch CKA over a data set
+    for batch in loader:
+        acc.update(layer_outputs(batch))
+    acc.compute()
+"""
 from .version import __version__
+from .ops import build_info, cuda_built
+from .cka import center_gram, cka, cka_matrix, gram, hsic
+from .token_cka import token_cka
+from .accumulator import CKAAccumulator
+from . import reference
+
+__all__ = [
+    "__version__", "build_info", "cuda_built", "gram", "center_gram", "hsic", "cka", "cka_matrix", "token_cka",
+    "CKAAccumulator", "reference",
+]

@@ -1,0 +1,163 @@
+// CPU kernel for _hsic_partials: one pass over the upper triangle of every
+// layer's Gram, giving all layer-pair inner products and the row sums in float64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "mpruner/checks.h"
+#include "mpruner/hsic_math.h"
+
+namespace mpruner {
+namespace {
+
+// sum_j a[j] * b_k[j] for four b's at once: a is loaded once for four pairs.
+inline void dot4(const double* a, const double* b0, const double* b1, const double* b2, const double* b3,
+                 int64_t m, double* out) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t j = 0; j < m; ++j) {
+    double x = a[j];
+    s0 += x * b0[j];
+    s1 += x * b1[j];
+    s2 += x * b2[j];
+    s3 += x * b3[j];
+  }
+  out[0] += s0; out[1] += s1; out[2] += s2; out[3] += s3;
+}
+
+inline double dot1(const double* a, const double* b, int64_t m) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < m; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// Adds row i of one sequence (columns i..n-1 of each layer's Gram) to the pair
+// sums (L x L, upper part) and the row sums (L x T). buf holds L * n doubles.
+template <typename scalar_t>
+void accumulate_row(const std::vector<const scalar_t*>& mats, int64_t T, int64_t n, int64_t i, bool unbiased,
+                    double* buf, double* pair_acc, double* row_acc) {
+  const int64_t L = static_cast<int64_t>(mats.size());
+  if (math::entry_counts(i, i, unbiased)) {
+    for (int64_t a = 0; a < L; ++a) {
+      buf[a] = static_cast<double>(mats[a][i * T + i]);
+      row_acc[a * T + i] += buf[a];
+    }
+    for (int64_t a = 0; a < L; ++a)
+      for (int64_t b = a; b < L; ++b) pair_acc[a * L + b] += math::triangle_weight(i, i) * buf[a] * buf[b];
+  }
+  const int64_t j0 = i + 1, m = n - j0;
+  if (m <= 0) return;
+  for (int64_t a = 0; a < L; ++a) {
+    const scalar_t* src = mats[a] + i * T + j0;
+    double* dst = buf + a * m;
+    double* col = row_acc + a * T + j0;
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < m; ++j) {
+      double v = static_cast<double>(src[j]);
+      dst[j] = v;
+      s += v;
+      col[j] += v;  // symmetry: K_ij also belongs to row j
+    }
+    row_acc[a * T + i] += s;
+  }
+  const double w = math::triangle_weight(i, j0);
+  double tmp[4];
+  for (int64_t a = 0; a < L; ++a) {
+    const double* xa = buf + a * m;
+    int64_t b = a;
+    for (; b + 3 < L; b += 4) {
+      tmp[0] = tmp[1] = tmp[2] = tmp[3] = 0;
+      dot4(xa, buf + b * m, buf + (b + 1) * m, buf + (b + 2) * m, buf + (b + 3) * m, m, tmp);
+      for (int k = 0; k < 4; ++k) pair_acc[a * L + b + k] += w * tmp[k];
+    }
+    for (; b < L; ++b) pair_acc[a * L + b] += w * dot1(xa, buf + b * m, m);
+  }
+}
+
+template <typename scalar_t>
+void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool unbiased, at::Tensor& pairs,
+                     at::Tensor& rowsums) {
+  const int64_t L = grams.size(0), B = grams.size(1), T = grams.size(2);
+  const scalar_t* base = grams.data_ptr<scalar_t>();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  double* P = pairs.data_ptr<double>();
+  double* R = rowsums.data_ptr<double>();
+  auto mats_of = [&](int64_t b) {
+    std::vector<const scalar_t*> mats(L);
+    for (int64_t l = 0; l < L; ++l) mats[l] = base + (l * B + b) * T * T;
+    return mats;
+  };
+
+  if (B >= at::get_num_threads()) {
+    // Many sequences: each one is a task that owns its outputs.
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<double> buf(L * std::max<int64_t>(T, 1));
+      for (int64_t b = b0; b < b1; ++b) {
+        auto mats = mats_of(b);
+        for (int64_t i = 0; i < len[b]; ++i)
+          accumulate_row(mats, T, len[b], i, unbiased, buf.data(), P + b * L * L, R + b * L * T);
+      }
+    });
+    return;
+  }
+  // Few sequences (one for hsic_matrix): split rows across threads. Rows u and
+  // n-1-u together hold n-1 triangle entries, so every task weighs the same.
+  const int64_t nthreads = at::get_num_threads();
+  std::vector<double> scratch(nthreads * (L * L + L * T));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = len[b];
+    auto mats = mats_of(b);
+    std::fill(scratch.begin(), scratch.end(), 0.0);
+    at::parallel_for(0, (n + 1) / 2, 1, [&](int64_t u0, int64_t u1) {
+      double* slot = scratch.data() + at::get_thread_num() * (L * L + L * T);
+      std::vector<double> buf(L * n);
+      for (int64_t u = u0; u < u1; ++u) {
+        accumulate_row(mats, T, n, u, unbiased, buf.data(), slot, slot + L * L);
+        if (n - 1 - u != u) accumulate_row(mats, T, n, n - 1 - u, unbiased, buf.data(), slot, slot + L * L);
+      }
+    });
+    // Fixed-order merge keeps results reproducible for a given thread count.
+    for (int64_t t = 0; t < nthreads; ++t) {
+      const double* slot = scratch.data() + t * (L * L + L * T);
+      for (int64_t k = 0; k < L * L; ++k) P[b * L * L + k] += slot[k];
+      for (int64_t k = 0; k < L * T; ++k) R[b * L * T + k] += slot[L * L + k];
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> hsic_partials_cpu(const at::Tensor& grams_in, const at::Tensor& lengths_in,
+                                                     bool unbiased) {
+  TORCH_CHECK(grams_in.dim() == 4, "mpruner._hsic_partials: grams must be (L, B, T, T), got ", grams_in.sizes());
+  check_square_last(grams_in, "_hsic_partials: grams");
+  check_float_tensor(grams_in, "_hsic_partials: grams");
+  check_same_device(grams_in, lengths_in, "grams", "lengths");
+  const int64_t L = grams_in.size(0), B = grams_in.size(1), T = grams_in.size(2);
+  TORCH_CHECK(lengths_in.dim() == 1 && lengths_in.size(0) == B, "mpruner._hsic_partials: lengths must be (B,) with B=",
+              B, ", got ", lengths_in.sizes());
+  at::Tensor grams = grams_in.contiguous();
+  at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  auto opts = grams.options().dtype(at::kDouble);
+  at::Tensor pairs = at::zeros({B, L, L}, opts);
+  at::Tensor rowsums = at::zeros({B, L, T}, opts);
+  if (grams.numel() == 0) return {pairs, rowsums};
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(len[b] >= 0 && len[b] <= T, "mpruner._hsic_partials: lengths[", b, "]=", len[b],
+                " is outside [0, ", T, "]");
+  AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "mpruner_hsic_partials_cpu",
+                             [&] { partials_kernel<scalar_t>(grams, lengths, unbiased, pairs, rowsums); });
+  // Mirror the upper triangle of each pair matrix.
+  pairs = at::triu(pairs) + at::triu(pairs, 1).transpose(1, 2);
+  return {pairs, rowsums};
+}
+
+}  // namespace
+}  // namespace mpruner
+
+TORCH_LIBRARY_IMPL(mpruner, CPU, m) {
+  m.impl("_hsic_partials", &mpruner::hsic_partials_cpu);
+}

@@ -1,0 +1,73 @@
+// Per-element arithmetic of the CKA engine, shared by the CPU and CUDA kernels.
+//
+// Keeping these in one header means the CPU tests exercise the very formulas the
+// GPU runs; the .cu files only add launch geometry and memory movement.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MPRUNER_HD __host__ __device__ __forceinline__
+#else
+#define MPRUNER_HD inline
+#endif
+
+namespace mpruner {
+namespace math {
+
+// Double centering (biased) vs U-centering (unbiased, Song et al. 2012).
+//   biased:   (HKH)_ij = K_ij - r_i/n - r_j/n + s/n^2
+//   unbiased: U(K)_ij  = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2)), 0 on the diagonal
+// where r are row sums (of K~, the zero-diagonal Gram, when unbiased) and s = sum(r).
+MPRUNER_HD double row_term(double row_sum, int64_t n, bool unbiased) {
+  return unbiased ? row_sum / double(n - 2) : row_sum / double(n);
+}
+
+MPRUNER_HD double grand_term(double total, int64_t n, bool unbiased) {
+  return unbiased ? total / (double(n - 1) * double(n - 2)) : total / (double(n) * double(n));
+}
+
+MPRUNER_HD double centered_entry(double k, double t_i, double t_j, double g, bool diagonal, bool unbiased) {
+  if (unbiased && diagonal) return 0.0;
+  return k - t_i - t_j + g;
+}
+
+// Whether the Gram entry (i, j) enters row sums and inner products: the
+// unbiased estimator works on K~, whose diagonal is zero.
+MPRUNER_HD bool entry_counts(int64_t i, int64_t j, bool unbiased) {
+  return !(unbiased && i == j);
+}
+
+// Divisor that turns <centered K, centered L> into HSIC.
+MPRUNER_HD double hsic_normalizer(int64_t n, bool unbiased) {
+  return unbiased ? double(n) * double(n - 3) : double(n - 1) * double(n - 1);
+}
+
+// HSIC from uncentered sums, so that one pass over the Grams suffices:
+//   biased:   <HKH, HLH> = P - (2/n) r_K.r_L + s_K s_L / n^2
+//   unbiased: n(n-3) HSIC_1 = P + s_K s_L / ((n-1)(n-2)) - 2/(n-2) r_K.r_L
+// with P = sum_ij K_ij L_ij (diagonal excluded when unbiased).
+MPRUNER_HD double hsic_from_sums(double p, double rr, double s_k, double s_l, int64_t n, bool unbiased) {
+  double nd = double(n);
+  double num = unbiased
+      ? p + s_k * s_l / ((nd - 1.0) * (nd - 2.0)) - 2.0 / (nd - 2.0) * rr
+      : p - 2.0 / nd * rr + s_k * s_l / (nd * nd);
+  return num / hsic_normalizer(n, unbiased);
+}
+
+// RBF kernel entry from a linear Gram: exp(-||x_i - x_j||^2 / (2 sigma^2)),
+// ||x_i - x_j||^2 = g_ii + g_jj - 2 g_ij (clamped: rounding can make it negative).
+MPRUNER_HD double rbf_entry(double g_ij, double g_ii, double g_jj, double inv_two_sigma2) {
+  double d2 = g_ii + g_jj - 2.0 * g_ij;
+  d2 = d2 > 0.0 ? d2 : 0.0;
+  return exp(-d2 * inv_two_sigma2);
+}
+
+// Weight of an upper-triangle entry in the symmetric sum over all (i, j).
+MPRUNER_HD double triangle_weight(int64_t i, int64_t j) {
+  return i == j ? 1.0 : 2.0;
+}
+
+}  // namespace math
+}  // namespace mpruner

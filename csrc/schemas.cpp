@@ -1,0 +1,27 @@
+// The one place where mpruner's operators are declared. Backends implement them
+// in csrc/cpu and csrc/cuda; the composite ops are in csrc/composite.cpp.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mpruner, m) {
+  // Public ops (CompositeImplicitAutograd: device-agnostic ATen + the kernels below).
+  // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Features are
+  // centered before the product; `triangular` leaves the strict lower triangle
+  // unset (half the GEMM work) for consumers that read only the upper one.
+  m.def("grams(Tensor[] xs, str kernel=\"linear\", float sigma=0.5, bool triangular=False) -> Tensor");
+  // Double centering or U-centering of (B, n, n) Grams.
+  m.def("center_gram(Tensor k, bool unbiased=False) -> Tensor");
+  // All-pairs HSIC of L Grams (L, n, n) -> (L, L) float64, reading only the upper triangle.
+  m.def("hsic_matrix(Tensor grams, bool unbiased=False) -> Tensor");
+  // Per-sequence all-pairs HSIC: Grams (L, B, T, T) of B sequences whose first
+  // lengths[b] tokens are valid -> (B, L, L) float64.
+  m.def("token_hsic(Tensor grams, Tensor lengths, bool unbiased=False) -> Tensor");
+
+  // Backend kernels.
+  // Upper-triangle sums for every layer pair and row sums, in float64:
+  // pairs (B, L, L) = sum_ij K_a,ij K_b,ij, rowsums (B, L, T).
+  m.def("_hsic_partials(Tensor grams, Tensor lengths, bool unbiased) -> (Tensor, Tensor)");
+  // Centering of (B, n, n) Grams given float64 row sums (B, n) and totals (B,).
+  m.def("_center_apply(Tensor k, Tensor rowsums, Tensor totals, bool unbiased) -> Tensor");
+  // RBF Gram from a linear Gram (B, n, n) and 1/(2 sigma^2) per matrix (B,), float64.
+  m.def("_rbf_apply(Tensor g, Tensor inv_two_sigma2) -> Tensor");
+}

@@ -1,0 +1,114 @@
+"""Validation and normalisation of user inputs for the CKA API.
+
+Every error names the argument and says how to fix it; nothing here copies data
+except the half -> float32 conversion the engine needs.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional, Sequence
+
+import torch
+
+KERNELS = ("linear", "rbf")
+PRECISIONS = ("highest", "tf32")
+NAN_POLICIES = ("raise", "skip")
+
+
+def check_choice(value, choices, name):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def check_sigma(sigma, kernel):
+    if sigma is None:
+        return 0.5
+    if kernel != "rbf":
+        raise ValueError(f"sigma only applies to kernel='rbf' (got kernel={kernel!r}); drop sigma or use the RBF kernel")
+    if not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number (fraction of the median distance, e.g. 0.5); got {sigma!r}")
+    return float(sigma)
+
+
+def min_samples(unbiased: bool) -> int:
+    return 4 if unbiased else 2
+
+
+def as_samples(x, name: str) -> torch.Tensor:
+    """(n, ...) activation -> (n, d) float32/float64 view of the samples."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} has dtype {x.dtype}; CKA needs floating-point activations: pass {name}.float()")
+    if x.dim() < 1 or x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every layer needs at least one sample and feature")
+    if x.dim() == 1:
+        x = x.unsqueeze(1)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half types are computed in float32
+    return x.reshape(x.shape[0], -1)
+
+
+def as_layer_list(features, name: str) -> List[torch.Tensor]:
+    if isinstance(features, torch.Tensor):
+        raise TypeError(f"{name} must be a list of tensors (one per layer), got a single tensor; wrap it: [{name}]")
+    try:
+        feats = list(features)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of tensors (one per layer), got {type(features).__name__}") from None
+    if not feats:
+        raise ValueError(f"{name} is empty; pass at least one layer's activations")
+    return feats
+
+
+def prepare_layers(features, unbiased: bool, name: str = "features", other=None, other_name: str = "other",
+                   device: Optional[torch.device] = None) -> List[torch.Tensor]:
+    """Checks a list of L activations (and optional M more) and returns them as (n, d) tensors."""
+    groups = [(name, as_layer_list(features, name))]
+    if other is not None:
+        groups.append((other_name, as_layer_list(other, other_name)))
+    out, ref = [], None
+    for gname, feats in groups:
+        for i, x in enumerate(feats):
+            label = f"{gname}[{i}]"
+            x = as_samples(x, label)
+            if device is not None:
+                x = x.to(device)
+            if ref is None:
+                ref = (label, x)
+            else:
+                rlabel, rx = ref
+                if x.shape[0] != rx.shape[0]:
+                    raise ValueError(f"{label} has {x.shape[0]} samples but {rlabel} has {rx.shape[0]}; "
+                                     "every layer must see the same samples (same n)")
+                if x.device != rx.device:
+                    raise ValueError(f"{label} is on {x.device} but {rlabel} is on {rx.device}; "
+                                     "move all activations to one device (or pass device=...)")
+            out.append(x)
+    n = out[0].shape[0]
+    need = min_samples(unbiased)
+    if n < need:
+        est = "unbiased" if unbiased else "biased"
+        fix = "use unbiased=False or a larger batch" if unbiased else "use a larger batch"
+        raise ValueError(f"{name} has n={n} samples; the {est} estimator needs n >= {need}: {fix}")
+    return out
+
+
+def compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def gemm_precision(precision: str, device: torch.device):
+    """Selects the float32 GEMM mode on CUDA ('highest' = IEEE fp32, 'tf32')."""
+    check_choice(precision, PRECISIONS, "precision")
+    if device.type != "cuda" or compiling():
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.allow_tf32
+    matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = previous

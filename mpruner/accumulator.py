@@ -1,0 +1,247 @@
+"""Streaming CKA over minibatches: memory stays O(L^2 + L n^2) whatever the data size."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import _inputs as I
+from .cka import check_finite, hsic_to_cka, layer_hsic, nonfinite_error
+from .exact import ExactLinearSums
+
+ESTIMATORS = ("minibatch", "exact")
+
+
+class CKAAccumulator:
+    """Accumulates HSIC between layers batch by batch; ``compute()`` gives the CKA matrix.
+
+    ``estimator="minibatch"`` (Nguyen, Raghu & Kornblith 2021) sums the per-batch HSIC of
+    every layer pair (unbiased HSIC_1 by default) and normalises at the end. Sums from
+    several accumulators, processes or machines add up to the same answer (``merge``,
+    ``all_reduce``). ``estimator="exact"`` (linear kernel) streams feature-space cross
+    products so ``compute()`` equals CKA over all samples at once; it needs
+    sum_a,b d_a d_b float64 numbers of memory and refuses when that exceeds
+    ``max_exact_bytes``.
+
+    Args:
+        kernel: ``"linear"`` or ``"rbf"`` (minibatch only).
+        unbiased: HSIC_1 (each batch needs n >= 4) or the biased HSIC_0.
+        sigma: RBF bandwidth as a fraction of the per-batch median distance (0.5).
+        device: where sums are kept and Grams computed (default: the first batch's device).
+        estimator: ``"minibatch"`` or ``"exact"``.
+        layer_names: names used in warnings and errors (default ``layer 0`` ...).
+        nan_policy: ``"raise"`` on NaN/Inf activations, or ``"skip"`` the batch (counted in
+            ``num_skipped``).
+        precision: ``"highest"`` or ``"tf32"`` for CUDA float32 GEMMs.
+        max_exact_bytes: memory bound of the exact estimator (default 4 GiB).
+    """
+
+    def __init__(self, kernel: str = "linear", unbiased: bool = True, sigma: Optional[float] = None,
+                 device=None, estimator: str = "minibatch", *, layer_names: Optional[Sequence[str]] = None,
+                 nan_policy: str = "raise", precision: str = "highest", max_exact_bytes: int = 4 * 2**30):
+        I.check_choice(kernel, I.KERNELS, "kernel")
+        I.check_choice(estimator, ESTIMATORS, "estimator")
+        I.check_choice(nan_policy, I.NAN_POLICIES, "nan_policy")
+        I.check_choice(precision, I.PRECISIONS, "precision")
+        if estimator == "exact" and kernel != "linear":
+            raise ValueError("estimator='exact' works in feature space and supports only kernel='linear'; "
+                             "use estimator='minibatch' for the RBF kernel")
+        self.kernel, self.unbiased, self.estimator = kernel, bool(unbiased), estimator
+        self.sigma = I.check_sigma(sigma, kernel)
+        self.device = None if device is None else torch.device(device)
+        self.layer_names = None if layer_names is None else list(layer_names)
+        self.nan_policy, self.precision, self.max_exact_bytes = nan_policy, precision, int(max_exact_bytes)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forgets all batches (keeps the options)."""
+        self._sums: Optional[torch.Tensor] = None       # (K, K) float64 HSIC sums, K = L + M
+        self._thresholds: Optional[torch.Tensor] = None  # (K,) degeneracy thresholds, summed like the HSIC
+        self._exact: Optional[ExactLinearSums] = None
+        self._shape: Optional[tuple] = None             # (L, M)
+        self.num_batches = 0
+        self.num_samples = 0
+        self.num_skipped = 0
+
+    @property
+    def hsic(self) -> torch.Tensor:
+        """The float64 HSIC sums over all layers (L + M when a cross matrix is accumulated)."""
+        if self._shape is None:
+            raise RuntimeError("no batch accumulated yet: call update(features) first")
+        if self.estimator == "exact":
+            return self._exact.hsic(self.unbiased)
+        return self._sums
+
+    # ------------------------------------------------------------------ updates
+    def update(self, features: Sequence[torch.Tensor], other: Optional[Sequence[torch.Tensor]] = None) -> None:
+        """Adds one minibatch: L tensors (n, ...) with the same n (and M more in ``other``)."""
+        feats = I.as_layer_list(features, "features")
+        oth = None if other is None else I.as_layer_list(other, "other")
+        shape = (len(feats), 0 if oth is None else len(oth))
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(f"this accumulator holds (L, M)={self._shape} layers but the batch has {shape}; "
+                             "pass the same layers every batch (or reset())")
+        # The exact estimator pools samples across batches, so one batch may be tiny.
+        per_batch_unbiased = self.unbiased and self.estimator == "minibatch"
+        xs = I.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device)
+        names = self._names(shape)
+        if self.device is None:
+            self.device = xs[0].device
+        n = xs[0].shape[0]
+        if self.estimator == "exact":
+            ok = self._update_exact(xs, names)
+        else:
+            ok = self._update_minibatch(xs, names)
+        if not ok:
+            self.num_skipped += 1
+            return
+        self._shape = shape
+        self.num_batches += 1
+        self.num_samples += n
+
+    def _update_minibatch(self, xs: List[torch.Tensor], names: List[str]) -> bool:
+        h, thr = layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision)
+        bad = check_finite(h, names)
+        if bad:
+            if self.nan_policy == "skip":
+                return False
+            raise nonfinite_error(bad, names, f" (batch {self.num_batches + self.num_skipped})")
+        if self._sums is None:
+            self._sums, self._thresholds = h.clone(), thr.clone()
+        else:
+            self._sums += h
+            self._thresholds += thr
+        return True
+
+    def _update_exact(self, xs: List[torch.Tensor], names: List[str]) -> bool:
+        finite = [bool(torch.isfinite(x).all()) for x in xs]
+        if not all(finite):
+            if self.nan_policy == "skip":
+                return False
+            bad = [i for i, f in enumerate(finite) if not f]
+            raise ValueError(f"NaN or Inf in the activations of {', '.join(names[i] for i in bad)} "
+                             f"(batch {self.num_batches + self.num_skipped}); fix the model/inputs or pass "
+                             "nan_policy='skip'")
+        if self._exact is None:
+            self._exact = ExactLinearSums([x.shape[1] for x in xs], xs[0].device, self.max_exact_bytes)
+        self._exact.update(xs)
+        return True
+
+    def _names(self, shape) -> List[str]:
+        L, M = shape
+        if self.layer_names is not None:
+            if len(self.layer_names) != L + M:
+                raise ValueError(f"layer_names has {len(self.layer_names)} names for {L + M} layers")
+            return self.layer_names
+        return [f"layer {i}" for i in range(L)] + [f"other layer {j}" for j in range(M)]
+
+    # ------------------------------------------------------------------ results
+    def compute(self) -> torch.Tensor:
+        """The (L, L) CKA matrix, or (L, M) with ``other``; float64."""
+        if self._shape is None:
+            raise RuntimeError("no batch accumulated yet: call update(features) first"
+                               + (f" ({self.num_skipped} batches were skipped for NaN/Inf)" if self.num_skipped else ""))
+        L, M = self._shape
+        names = self._names(self._shape)
+        if self.estimator == "exact":
+            if self.unbiased and self.num_samples < 4:
+                raise ValueError(f"the exact unbiased estimator needs >= 4 samples in all, got {self.num_samples}")
+            h = self._exact.hsic(self.unbiased)
+            thr = self._exact.thresholds()
+        else:
+            h, thr = self._sums, self._thresholds
+        c = hsic_to_cka(h, thr, names)
+        return c if M == 0 else c[:L, L:]
+
+    # ------------------------------------------------------------------ combining
+    def _check_compatible(self, other: "CKAAccumulator") -> None:
+        if not isinstance(other, CKAAccumulator):
+            raise TypeError(f"merge expects a CKAAccumulator, got {type(other).__name__}")
+        mine = (self.kernel, self.unbiased, self.sigma, self.estimator)
+        theirs = (other.kernel, other.unbiased, other.sigma, other.estimator)
+        if mine != theirs:
+            raise ValueError(f"cannot merge accumulators with different options (kernel, unbiased, sigma, "
+                             f"estimator): {mine} vs {theirs}")
+        if self._shape is not None and other._shape is not None and self._shape != other._shape:
+            raise ValueError(f"cannot merge accumulators over different layers: {self._shape} vs {other._shape}")
+
+    def merge(self, other: "CKAAccumulator") -> "CKAAccumulator":
+        """Adds another accumulator's batches to this one (same options and layers); returns self."""
+        self._check_compatible(other)
+        if other._shape is None:
+            self.num_skipped += other.num_skipped
+            return self
+        if self._shape is None:
+            self.load_state_dict(other.state_dict())
+            return self
+        if self.estimator == "exact":
+            self._exact.merge(other._exact)
+        else:
+            self._sums += other._sums.to(self._sums.device)
+            self._thresholds += other._thresholds.to(self._thresholds.device)
+        self.num_batches += other.num_batches
+        self.num_samples += other.num_samples
+        self.num_skipped += other.num_skipped
+        return self
+
+    def all_reduce(self, group=None) -> "CKAAccumulator":
+        """Sums the accumulated state over all ranks of ``torch.distributed`` (in place); returns self.
+
+        Every rank must have accumulated at least one batch over the same layers.
+        """
+        import torch.distributed as dist
+
+        if self._shape is None:
+            raise RuntimeError("all_reduce needs at least one update() on every rank")
+        if self.estimator == "exact":
+            self._exact.prepare_all_reduce(group)  # one common shift on every rank
+        tensors = self._exact.tensors() if self.estimator == "exact" else [self._sums, self._thresholds]
+        counts = torch.tensor([self.num_batches, self.num_samples, self.num_skipped], dtype=torch.float64,
+                              device=tensors[0].device)
+        for t in tensors + [counts]:
+            dist.all_reduce(t, group=group)
+        self.num_batches, self.num_samples, self.num_skipped = (int(v) for v in counts.tolist())
+        if self.estimator == "exact":
+            self._exact.n = self.num_samples
+        return self
+
+    def state_dict(self) -> Dict:
+        """Plain tensors and numbers (safe to save with safetensors/JSON; no pickled objects)."""
+        state = {"kernel": self.kernel, "unbiased": self.unbiased, "sigma": self.sigma, "estimator": self.estimator,
+                 "shape": None if self._shape is None else list(self._shape), "num_batches": self.num_batches,
+                 "num_samples": self.num_samples, "num_skipped": self.num_skipped}
+        if self._shape is not None:
+            if self.estimator == "exact":
+                state["exact"] = self._exact.state_dict()
+            else:
+                state["hsic"] = self._sums.clone()
+                state["thresholds"] = self._thresholds.clone()
+        return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Restores a ``state_dict()``; the options must match this accumulator's."""
+        opts = (state["kernel"], state["unbiased"], state["sigma"], state["estimator"])
+        if opts != (self.kernel, self.unbiased, self.sigma, self.estimator):
+            raise ValueError(f"state was saved with (kernel, unbiased, sigma, estimator)={opts}, this accumulator "
+                             f"uses {(self.kernel, self.unbiased, self.sigma, self.estimator)}")
+        self.reset()
+        self.num_batches, self.num_samples = int(state["num_batches"]), int(state["num_samples"])
+        self.num_skipped = int(state["num_skipped"])
+        if state["shape"] is None:
+            return
+        self._shape = tuple(state["shape"])
+        dev = self.device
+        if self.estimator == "exact":
+            self._exact = ExactLinearSums.from_state_dict(state["exact"], dev, self.max_exact_bytes)
+        else:
+            self._sums = state["hsic"].to(dev or state["hsic"].device, torch.float64).clone()
+            self._thresholds = state["thresholds"].to(self._sums.device, torch.float64).clone()
+        if self.device is None:
+            self.device = (self._sums if self._sums is not None else self._exact.xx).device
+
+    def __repr__(self) -> str:
+        return (f"CKAAccumulator(kernel={self.kernel!r}, unbiased={self.unbiased}, estimator={self.estimator!r}, "
+                f"layers={self._shape}, batches={self.num_batches}, samples={self.num_samples}, "
+                f"skipped={self.num_skipped})")

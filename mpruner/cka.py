@@ -1,0 +1,173 @@
+"""The CKA API: Grams, centering, HSIC, CKA between layers, per-sequence (token) CKA.
+
+All heavy lifting happens in ``torch.ops.mpruner`` (C++/CUDA); these functions check
+inputs, pick dtypes and turn HSIC sums into CKA. Results are float64.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from . import _inputs as I
+from .ops import ops
+
+# A layer whose self-HSIC is below (DEGENERATE_FACTOR * eps^2 * mean ||x||^2)^2 is
+# constant up to rounding: real variation sits many orders of magnitude above that.
+DEGENERATE_FACTOR = 1e4
+
+
+def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None, *, batched: bool = False,
+         precision: str = "highest") -> torch.Tensor:
+    """Gram matrix of the samples (rows) of ``x``.
+
+    Args:
+        x: (n, ...) activations, features flattened per sample; with ``batched=True``,
+            (b, n, ...) holding b independent sample sets.
+        kernel: ``"linear"`` (X X^T of the feature-centered X) or ``"rbf"``
+            (exp(-d^2 / (2 sigma_f^2 median d^2))).
+        sigma: RBF bandwidth as a fraction of the median distance (default 0.5).
+        precision: ``"highest"`` or ``"tf32"`` (CUDA float32 GEMM mode).
+
+    Returns:
+        (n, n) or (b, n, n), float32 (float64 for float64 input). The linear Gram is of
+        the feature-centered samples, which leaves every HSIC/CKA unchanged.
+    """
+    I.check_choice(kernel, I.KERNELS, "kernel")
+    f = I.check_sigma(sigma, kernel)
+    if batched:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise ValueError("with batched=True, x must be a tensor of shape (b, n, ...)")
+        xs = [I.as_samples(x[i], f"x[{i}]") for i in range(x.shape[0])]
+    else:
+        xs = [I.as_samples(x, "x")]
+    if kernel == "rbf" and xs[0].shape[0] < 2:
+        raise ValueError(f"x has n={xs[0].shape[0]} samples; the RBF kernel needs n >= 2")
+    with I.gemm_precision(precision, xs[0].device):
+        g = ops.grams(xs, kernel, f, False)
+    return g if batched else g[0]
+
+
+def _check_gram(k, name, unbiased):
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor Gram matrix (…, n, n), got {type(k).__name__}")
+    if not k.is_floating_point():
+        raise TypeError(f"{name} has dtype {k.dtype}; pass a floating-point Gram ({name}.float())")
+    if k.dim() < 2 or k.shape[-1] != k.shape[-2]:
+        raise ValueError(f"{name} must be square in its last two dimensions (…, n, n), got shape {tuple(k.shape)}")
+    n = k.shape[-1]
+    if n < I.min_samples(unbiased):
+        raise ValueError(f"{name} is {n}x{n}; the {'unbiased' if unbiased else 'biased'} estimator needs "
+                         f"n >= {I.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
+    return k.float() if k.dtype in (torch.float16, torch.bfloat16) else k
+
+
+def center_gram(k: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Double centering HKH (``unbiased=False``) or U-centering (``unbiased=True``) of (…, n, n) Grams."""
+    return ops.center_gram(_check_gram(k, "k", unbiased), unbiased)
+
+
+def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """HSIC between symmetric Grams ``k`` and ``l`` (…, n, n): biased HSIC_0 or unbiased HSIC_1.
+
+    Returns float64: a 0-d tensor for (n, n) inputs, shape (…) for batched ones.
+    """
+    k = _check_gram(k, "k", unbiased)
+    l = _check_gram(l, "l", unbiased)
+    if k.shape != l.shape:
+        raise ValueError(f"k and l must have the same shape, got {tuple(k.shape)} and {tuple(l.shape)}")
+    if k.device != l.device:
+        raise ValueError(f"k is on {k.device} but l is on {l.device}; move both to one device")
+    dtype = torch.promote_types(k.dtype, l.dtype)
+    n = k.shape[-1]
+    if k.dim() == 2:
+        return ops.hsic_matrix(torch.stack([k.to(dtype), l.to(dtype)]), unbiased)[0, 1]
+    batch = k.shape[:-2]
+    pair = torch.stack([k.to(dtype).reshape(-1, n, n), l.to(dtype).reshape(-1, n, n)])
+    lengths = torch.full((pair.shape[1],), n, dtype=torch.long, device=k.device)
+    return ops.token_hsic(pair, lengths, unbiased)[:, 0, 1].reshape(batch)
+
+
+def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float,
+               precision: str = "highest") -> Tuple[torch.Tensor, torch.Tensor]:
+    """All-pairs HSIC of checked (n, d) layers -> ((L, L) float64, per-layer degeneracy thresholds)."""
+    with I.gemm_precision(precision, xs[0].device):
+        grams = ops.grams(xs, kernel, sigma, True)
+    h = ops.hsic_matrix(grams, unbiased)
+    n = xs[0].shape[0]
+    eps = torch.finfo(grams.dtype).eps
+    if kernel == "rbf":  # kernel values are at most 1
+        scale = torch.ones(len(xs), dtype=torch.float64, device=h.device)
+    else:
+        scale = torch.stack([torch.linalg.vector_norm(x).double() ** 2 / n for x in xs])
+    return h, (DEGENERATE_FACTOR * eps * eps * scale) ** 2
+
+
+def check_finite(h: torch.Tensor, names: Sequence[str]) -> List[int]:
+    """Indices of layers whose self-HSIC is NaN/Inf (their activations held NaN or Inf)."""
+    if I.compiling():
+        return []
+    bad = (~torch.isfinite(torch.diagonal(h))).nonzero().flatten().tolist()
+    return bad
+
+
+def nonfinite_error(bad, names, where=""):
+    listed = ", ".join(names[i] for i in bad)
+    return ValueError(f"NaN or Inf in the activations of {listed}{where}; fix the model/inputs, or with "
+                      "CKAAccumulator pass nan_policy='skip' to drop such batches")
+
+
+def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """CKA = H_ab / sqrt(H_aa H_bb); degenerate (constant) layers get NaN rows/columns and a warning."""
+    d = torch.diagonal(h)
+    degenerate = d <= thresholds
+    safe = torch.where(degenerate, torch.ones_like(d), d)
+    c = h / torch.sqrt(safe[:, None] * safe[None, :])
+    nan = torch.full_like(c, float("nan"))
+    c = torch.where(degenerate[:, None] | degenerate[None, :], nan, c)
+    if not I.compiling():
+        idx = degenerate.nonzero().flatten().tolist()
+        if idx:
+            listed = ", ".join(names[i] for i in idx)
+            warnings.warn(f"{listed}: zero HSIC with itself (the layer is constant on these samples), so its "
+                          "CKA is undefined; its row and column are NaN", RuntimeWarning, stacklevel=3)
+    return c
+
+
+def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: Optional[float] = None,
+               other=None, *, precision: str = "highest") -> torch.Tensor:
+    """CKA between every pair of L layers (or L x M against ``other``) on one set of samples.
+
+    Args:
+        features: list of L tensors (n, ...), same n (same samples), any trailing shape.
+        kernel: ``"linear"`` or ``"rbf"``; ``sigma`` the RBF bandwidth fraction (0.5).
+        unbiased: use the unbiased HSIC_1 (needs n >= 4) instead of the biased HSIC_0.
+        other: optional list of M tensors (n, ...) -> the (L, M) cross matrix.
+        precision: ``"highest"`` or ``"tf32"`` (CUDA float32 GEMM mode).
+
+    Returns:
+        (L, L) or (L, M) float64 tensor on the activations' device.
+    """
+    I.check_choice(kernel, I.KERNELS, "kernel")
+    f = I.check_sigma(sigma, kernel)
+    feats = I.as_layer_list(features, "features")
+    oth = None if other is None else I.as_layer_list(other, "other")
+    xs = I.prepare_layers(feats, unbiased, other=oth)
+    names = [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
+    h, thr = layer_hsic(xs, kernel, unbiased, f, precision)
+    bad = check_finite(h, names)
+    if bad:
+        raise nonfinite_error(bad, names)
+    c = hsic_to_cka(h, thr, names)
+    L = len(feats)
+    return c if oth is None else c[:L, L:]
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", unbiased: bool = False,
+        sigma: Optional[float] = None, *, precision: str = "highest") -> torch.Tensor:
+    """CKA between two activations x (n, ...) and y (n, ...) of the same samples -> 0-d float64."""
+    return cka_matrix([x], kernel, unbiased, sigma, other=[y], precision=precision)[0, 0]
+
+
+

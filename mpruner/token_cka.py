@@ -1,0 +1,170 @@
+"""Per-sequence (token) CKA, as MPruner's published code measures transformers.
+
+The samples are the tokens of one sequence (padding excluded); the L x L matrix is
+computed per sequence. All sequences and layers go through batched GEMMs and one
+kernel call per memory-bounded group of sequences. Groups hold sequences of similar
+length (sorted), so padding wastes little work.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional
+
+import torch
+
+from . import _inputs as I
+from .ops import ops
+
+DEFAULT_GRAM_BYTES = 256 * 2**20
+
+
+def _stack_hidden(hidden_states) -> torch.Tensor:
+    if isinstance(hidden_states, torch.Tensor):
+        if hidden_states.dim() != 4:
+            raise ValueError("hidden_states as one tensor must be (L, B, T, D), got shape "
+                             f"{tuple(hidden_states.shape)}; or pass a list of L tensors (B, T, D)")
+        h = hidden_states
+        names = [f"hidden_states[{i}]" for i in range(h.shape[0])]
+    else:
+        layers = I.as_layer_list(hidden_states, "hidden_states")
+        for i, t in enumerate(layers):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise ValueError(f"hidden_states[{i}] must be a (B, T, D) tensor, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if t.shape[:2] != layers[0].shape[:2]:
+                raise ValueError(f"hidden_states[{i}] has (B, T)={tuple(t.shape[:2])} but hidden_states[0] has "
+                                 f"{tuple(layers[0].shape[:2])}; all layers must cover the same tokens")
+            if t.device != layers[0].device:
+                raise ValueError(f"hidden_states[{i}] is on {t.device} but hidden_states[0] on {layers[0].device}")
+        if len({t.shape[2] for t in layers}) != 1:
+            return None  # different widths: handled per layer
+        h = torch.stack(layers)
+    if not h.is_floating_point():
+        raise TypeError(f"hidden_states have dtype {h.dtype}; pass floating-point activations")
+    if h.numel() == 0:
+        raise ValueError(f"hidden_states are empty (shape {tuple(h.shape)})")
+    return h
+
+
+def _lengths(mask: Optional[torch.Tensor], B: int, T: int, device) -> (torch.Tensor, Optional[torch.Tensor]):
+    """Per-sequence token counts, and a gather order that moves valid tokens first (None if they already are)."""
+    if mask is None:
+        return torch.full((B,), T, dtype=torch.long, device=device), None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must be a (B, T)=({B}, {T}) tensor of 0/1, got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    m = mask.to(device=device).bool()
+    lengths = m.sum(1)
+    prefix = torch.arange(T, device=device)[None, :] < lengths[:, None]
+    if torch.equal(prefix, m):
+        return lengths, None
+    order = torch.argsort((~m).to(torch.int8), dim=1, stable=True)  # valid tokens first, order kept
+    return lengths, order
+
+
+def _groups(lengths: List[int], per_token_bytes: int, budget: int) -> List[List[int]]:
+    """Sequence indices grouped by similar length, each group's padded Grams within budget."""
+    order = sorted(range(len(lengths)), key=lambda b: lengths[b])
+    groups, cur, real = [], [], 0
+    for b in order:
+        t = lengths[b]
+        padded = (len(cur) + 1) * t * t
+        if cur and (padded * per_token_bytes > budget or (len(cur) >= 8 and padded > 1.25 * (real + t * t))):
+            groups.append(cur)
+            cur, real = [], 0
+        cur.append(b)
+        real += t * t
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbiased: bool = False, *,
+              precision: str = "highest", max_gram_bytes: int = DEFAULT_GRAM_BYTES) -> torch.Tensor:
+    """Linear CKA between layers computed separately for every sequence, tokens as samples.
+
+    Args:
+        hidden_states: list of L tensors (B, T, D), or one (L, B, T, D) tensor.
+        attention_mask: (B, T) with 1 for real tokens (any padding side); None = all real.
+        unbiased: unbiased HSIC_1 (each sequence needs >= 4 tokens) or biased HSIC_0 (>= 2).
+        max_gram_bytes: memory bound for the Grams of one group of sequences.
+
+    Returns:
+        (B, L, L) float64; entry [b] is the CKA matrix of sequence b.
+    """
+    h = _stack_hidden(hidden_states)
+    if h is None:  # layers of different widths: one batched pass per layer pair group is not possible
+        return _token_cka_mixed(hidden_states, attention_mask, unbiased, precision, max_gram_bytes)
+    L, B, T, D = h.shape
+    lengths, order = _lengths(attention_mask, B, T, h.device)
+    need = I.min_samples(unbiased)
+    lens = lengths.tolist()
+    short = [b for b, n in enumerate(lens) if n < need]
+    if short:
+        raise ValueError(f"sequences {short[:10]}{'...' if len(short) > 10 else ''} have fewer than {need} tokens; "
+                         f"the {'unbiased' if unbiased else 'biased'} estimator needs >= {need} per sequence: drop "
+                         "them" + (" or use unbiased=False" if unbiased else ""))
+    work = torch.float64 if h.dtype == torch.float64 else torch.float32
+    out = torch.empty(B, L, L, dtype=torch.float64, device=h.device)
+    for idx in _groups(lens, L * (8 if work == torch.float64 else 4), max_gram_bytes):
+        sel = torch.tensor(idx, device=h.device)
+        tc = max(lens[b] for b in idx)
+        n = lengths[sel]
+        if order is None:
+            x = h[:, sel, :tc].to(work)
+        else:
+            tok = order[sel, :tc]
+            x = torch.gather(h[:, sel], 2, tok[None, :, :, None].expand(L, -1, -1, D)).to(work)
+        valid = (torch.arange(tc, device=h.device)[None, :] < n[:, None]).to(work)[None, :, :, None]
+        # Center each sequence's features over its real tokens (precision of float32 Grams).
+        mean = (x * valid).sum(2, keepdim=True) / n.to(work)[None, :, None, None]
+        x = (x - mean) * valid
+        with I.gemm_precision(precision, h.device):
+            g = torch.matmul(x, x.transpose(-1, -2))
+        out[sel] = ops.token_hsic(g, n, unbiased)
+    return _normalise(out)
+
+
+def _token_cka_mixed(hidden_states, attention_mask, unbiased, precision, max_gram_bytes):
+    # Layers of different widths: Grams per layer, then the same per-sequence kernel.
+    layers = list(hidden_states)
+    B, T = layers[0].shape[:2]
+    grams = []
+    for t in layers:
+        g = token_cka_grams(t, attention_mask, precision)
+        grams.append(g)
+    lengths, _ = _lengths(attention_mask, B, T, layers[0].device)
+    if (lengths < I.min_samples(unbiased)).any():
+        raise ValueError(f"some sequences have fewer than {I.min_samples(unbiased)} tokens; drop them")
+    return _normalise(ops.token_hsic(torch.stack(grams), lengths, unbiased))
+
+
+def token_cka_grams(x: torch.Tensor, attention_mask, precision="highest") -> torch.Tensor:
+    """(B, T, D) -> (B, T, T) per-sequence Grams of centered real tokens, valid tokens first."""
+    B, T, D = x.shape
+    lengths, order = _lengths(attention_mask, B, T, x.device)
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(work)
+    if order is not None:
+        x = torch.gather(x, 1, order[:, :, None].expand(-1, -1, D))
+    valid = (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).to(work)[:, :, None]
+    mean = (x * valid).sum(1, keepdim=True) / lengths.clamp_min(1).to(work)[:, None, None]
+    x = (x - mean) * valid
+    with I.gemm_precision(precision, x.device):
+        return torch.bmm(x, x.transpose(1, 2))
+
+
+def _normalise(hs: torch.Tensor) -> torch.Tensor:
+    d = torch.diagonal(hs, dim1=1, dim2=2)                     # (B, L)
+    if not torch.isfinite(d).all():
+        bad = sorted({int(i) for i in (~torch.isfinite(d)).nonzero()[:, 1].tolist()})
+        raise ValueError(f"NaN or Inf in the hidden states of layers {bad}; fix the model/inputs")
+    degenerate = d <= 0
+    safe = torch.where(degenerate, torch.ones_like(d), d)
+    c = hs / torch.sqrt(safe[:, :, None] * safe[:, None, :])
+    c = torch.where(degenerate[:, :, None] | degenerate[:, None, :], torch.full_like(c, float("nan")), c)
+    if degenerate.any():
+        layers = sorted({int(i) for i in degenerate.nonzero()[:, 1].tolist()})
+        warnings.warn(f"layers {layers} are constant over the tokens of some sequences; those CKA entries are NaN",
+                      RuntimeWarning, stacklevel=3)
+    return c
