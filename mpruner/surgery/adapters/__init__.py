@@ -1,0 +1,56 @@
+"""Architecture adapters and the lookup that picks one for a model."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch.nn as nn
+
+from .base import Adapter
+from .cnn import EfficientNetLiteAdapter, HFResNetAdapter, TorchvisionResNetAdapter
+from .generic import GenericAdapter
+from .hf_common import hf_model_type
+from .hf_decoders import GPT2Adapter, LlamaAdapter
+from .hf_encoders import BertAdapter, DistilBertAdapter, ViTAdapter
+from .t5 import T5Adapter
+
+# Tried in order; the first whose `matches` accepts the model wins.
+ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapter, T5Adapter,
+            HFResNetAdapter, TorchvisionResNetAdapter, EfficientNetLiteAdapter)
+
+SUPPORTED_HF_MODEL_TYPES = tuple(t for a in ADAPTERS for t in getattr(a, "model_types", ()))
+
+__all__ = ["ADAPTERS", "Adapter", "GenericAdapter", "resolve_adapter", "detect_adapter"] + [
+    a.__name__ for a in ADAPTERS]
+
+
+def detect_adapter(model: nn.Module) -> Optional[Adapter]:
+    """The adapter of a recognised architecture, else None (no generic fallback)."""
+    for adapter_class in ADAPTERS:
+        if adapter_class.matches(model):
+            return adapter_class(model)
+    return None
+
+
+def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = None) -> Adapter:
+    """Pick the adapter for ``model``: the generic one on ``path``, else by architecture.
+
+    Raises TypeError when nothing recognises the model, saying how to name its blocks.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if path is not None:
+        return GenericAdapter(model, path)
+    adapter = detect_adapter(model)
+    if adapter is not None:
+        return adapter
+    if GenericAdapter.matches(model):
+        return GenericAdapter(model, [""])
+    model_type = hf_model_type(model)
+    if model_type is not None:
+        raise TypeError(f"no mpruner adapter for Hugging Face model_type {model_type!r} "
+                        f"(supported: {', '.join(SUPPORTED_HF_MODEL_TYPES)}). Name its block container "
+                        f"instead, e.g. find_blocks(model, path='model.layers'); note that the generic "
+                        f"adapter does not fix the config, so save_pretrained/from_pretrained will not reload it.")
+    raise TypeError(f"no mpruner adapter recognises {type(model).__name__}. Name the nn.Sequential/"
+                    f"nn.ModuleList that holds its blocks, e.g. find_blocks(model, path='features') or "
+                    f"remove_layers(model, {{'features': [2, 3]}}).")

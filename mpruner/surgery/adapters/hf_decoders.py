@@ -1,0 +1,51 @@
+"""Hugging Face decoders: LLaMA, Mistral, Qwen2 and GPT-2."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ...blocks import BlockList
+from .base import Plan, kept_indices
+from .hf_common import HFAdapter
+
+
+class LlamaAdapter(HFAdapter):
+    """LLaMA-style decoders: ``model.layers``, ``config.num_hidden_layers``,
+    ``config.layer_types``; ``self_attn.layer_idx`` addresses the KV cache."""
+
+    name = "llama"
+    model_types = ("llama", "mistral", "qwen2")
+    container_suffixes = ("layers",)
+
+    def after_removal(self, plan: Plan, lists: Sequence[BlockList]) -> None:
+        super().after_removal(plan, lists)
+        # Qwen2Model caches "any sliding layer left?" at construction; it
+        # decides whether a sliding-window mask is built at all.
+        for module in self.model.modules():
+            if isinstance(module.__dict__.get("has_sliding_layers"), bool):
+                layer_types = getattr(module.config, "layer_types", None) or ()
+                module.has_sliding_layers = "sliding_attention" in layer_types
+
+
+class GPT2Adapter(HFAdapter):
+    """GPT-2: ``transformer.h``, ``config.n_layer``; ``attn.layer_idx`` addresses the KV cache."""
+
+    name = "gpt2"
+    model_types = ("gpt2",)
+    container_suffixes = ("h",)
+
+    def check(self, plan: Plan, lists: Sequence[BlockList]) -> None:
+        # With scale_attn_by_inverse_layer_idx, GPT2Attention fixes its scale
+        # 1/(layer_idx+1) at construction. A kept block that moves to a new
+        # index would keep its scale in memory but get another one when
+        # from_pretrained rebuilds it: the reload would not match.
+        if not getattr(self.model.config, "scale_attn_by_inverse_layer_idx", False):
+            return
+        (block_list,) = lists
+        removed = plan.get(block_list.name, [])
+        moved = [old for new, old in enumerate(kept_indices(len(block_list), removed)) if new != old]
+        if moved:
+            raise ValueError(
+                f"indices: this GPT-2 has config.scale_attn_by_inverse_layer_idx=True, so each block's attention "
+                f"scale depends on its position; removing {removed} would move blocks {moved} and a "
+                f"save_pretrained/from_pretrained round trip would change their outputs. Only trailing blocks "
+                f"can be removed from this model (e.g. [{len(block_list) - 1}]).")
