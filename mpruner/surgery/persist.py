@@ -1,0 +1,147 @@
+"""save_pruned / load_pruned: checkpoints of pruned models without pickle.
+
+A checkpoint is a directory with
+
+* ``model.safetensors``: the weights (shared tensors such as tied embeddings
+  stored once), with the removal record in its metadata;
+* ``mpruner.json``: the same record, readable by people and tools.
+
+The copy inside the weights file is the authoritative one: it is written in the
+same ``os.replace`` as the weights, so an interrupted save can never pair new
+weights with an old record.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+
+from .record import get_record
+from .remove import adapter_for, remove_layers
+
+WEIGHTS_NAME = "model.safetensors"
+RECORD_NAME = "mpruner.json"
+FORMAT = "mpruner.pruned"
+VERSION = 1
+METADATA_KEY = "mpruner_record"
+
+
+def _record_for(model: nn.Module) -> dict:
+    record = get_record(model)
+    if record is None:  # never pruned: an empty history still lets load_pruned check the factory
+        try:
+            adapter = adapter_for(model)
+            lists = adapter.block_lists()
+            record = {"adapter": adapter.name, "original": {bl.name: len(bl) for bl in lists}, "steps": []}
+        except TypeError:
+            record = {"adapter": None, "original": {}, "steps": []}
+    return {"format": FORMAT, "version": VERSION,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}", **record}
+
+
+def _atomic_write(final: Path, write: Callable[[str], None]) -> None:
+    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        write(str(temporary))
+        os.replace(temporary, final)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Save ``model``'s weights and removal record to the directory ``path``.
+
+    For models without ``save_pretrained`` (torchvision, EfficientNet, your
+    own). Reload with ``load_pruned(path, model_factory)``. Returns the path.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"path {str(directory)!r} is a file; save_pruned writes a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    record = _record_for(model)
+    text = json.dumps(record, indent=2, sort_keys=True)
+    metadata = {"format": "pt", METADATA_KEY: text}
+    _atomic_write(directory / WEIGHTS_NAME, lambda f: save_model(model, f, metadata=metadata))
+    _atomic_write(directory / RECORD_NAME, lambda f: Path(f).write_text(text + "\n"))
+    return directory
+
+
+def read_record(path: Union[str, os.PathLike]) -> dict:
+    """The removal record of a checkpoint written by ``save_pruned``."""
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{str(weights)!r} does not exist; path must be a directory written by "
+                                f"mpruner.save_pruned")
+    with safe_open(str(weights), framework="pt") as handle:
+        text = (handle.metadata() or {}).get(METADATA_KEY)
+    if text is None:
+        raise ValueError(f"{str(weights)!r} has no mpruner record in its metadata; was it written by "
+                         f"mpruner.save_pruned?")
+    record = json.loads(text)
+    if record.get("format") != FORMAT or not isinstance(record.get("version"), int) or record["version"] > VERSION:
+        raise ValueError(f"{str(weights)!r} holds a record of format {record.get('format')!r} version "
+                         f"{record.get('version')!r}; this mpruner reads {FORMAT!r} up to version {VERSION}")
+    return record
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
+    """Rebuild a pruned model saved with ``save_pruned``.
+
+    Args:
+        path: the checkpoint directory.
+        model_factory: a callable returning the original, unpruned model (its
+            weights are overwritten), e.g. ``lambda: torchvision.models.resnet50()``;
+            an ``nn.Module`` instance is used as is and modified in place.
+
+    The recorded removals are replayed on the fresh model, then the weights are
+    loaded strictly (a missing or unexpected tensor raises ValueError).
+    """
+    record = read_record(path)
+    if isinstance(model_factory, nn.Module):
+        model = model_factory
+    elif callable(model_factory):
+        model = model_factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model_factory must return a torch.nn.Module, it returned {type(model).__name__}")
+    else:
+        raise TypeError(f"model_factory must be a callable that builds the original model, e.g. "
+                        f"lambda: MyNet(), got {type(model_factory).__name__}")
+
+    if record["steps"]:
+        adapter = adapter_for(model, record["steps"][0])
+        found = {bl.name: len(bl) for bl in adapter.block_lists()}
+        if adapter.name != record["adapter"] or found != record["original"]:
+            raise ValueError(
+                f"model_factory built a model whose blocks are {found} (adapter {adapter.name!r}), but the "
+                f"checkpoint was pruned from {record['original']} (adapter {record['adapter']!r}); pass a factory "
+                f"that builds the original, unpruned architecture ({record.get('model_class')})")
+        for step in record["steps"]:
+            remove_layers(model, step, inplace=True)
+
+    try:
+        missing, unexpected = load_model(model, str(Path(path) / WEIGHTS_NAME), strict=False,
+                                         device=str(_device_of(model)))
+    except RuntimeError as error:  # shape mismatches raise even with strict=False
+        raise ValueError(f"the weights in {str(path)!r} do not fit the rebuilt model ({error}); is "
+                         f"model_factory the architecture that was pruned ({record.get('model_class')})?") from None
+    if missing or unexpected:
+        raise ValueError(f"the weights in {str(path)!r} do not fit the rebuilt model: missing {sorted(missing)[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected {sorted(unexpected)[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''}; is model_factory the architecture that was "
+                         f"pruned ({record.get('model_class')})?")
+    return model
