@@ -133,6 +133,12 @@ def test_unrecognised_model_says_how_to_name_blocks():
         find_blocks("bert")
 
 
+def test_wrapper_points_to_the_wrapped_model():
+    wrapper = nn.DataParallel(ResNet())
+    with pytest.raises(TypeError, match=r"pass the wrapped model \(model.module\)"):
+        find_blocks(wrapper)
+
+
 def test_unsupported_hugging_face_model_type():
     import transformers as T
 

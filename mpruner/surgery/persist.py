@@ -12,6 +12,7 @@ weights with an old record.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -94,9 +95,8 @@ def read_record(path: Union[str, os.PathLike]) -> dict:
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:

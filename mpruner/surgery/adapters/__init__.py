@@ -45,6 +45,10 @@ def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] 
         return adapter
     if GenericAdapter.matches(model):
         return GenericAdapter(model, [""])
+    wrapped = getattr(model, "module", None)
+    if isinstance(wrapped, nn.Module) and detect_adapter(wrapped) is not None:
+        raise TypeError(f"{type(model).__name__} wraps a {type(wrapped).__name__}; pass the wrapped model "
+                        f"(model.module) instead of the wrapper")
     model_type = hf_model_type(model)
     if model_type is not None:
         raise TypeError(f"no mpruner adapter for Hugging Face model_type {model_type!r} "
