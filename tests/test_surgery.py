@@ -1,7 +1,6 @@
 """remove_layers / removable_layers / save_pruned / load_pruned / model_stats on tiny models."""
 import json
 import os
-import tempfile
 
 import pytest
 import torch
@@ -471,3 +470,16 @@ def test_model_stats_keyword_inputs_and_arguments():
         model_stats(model, inputs, repeats=0)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         model_stats(None, inputs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_prune_save_load_and_stats(tmp_path):
+    model, image = tv_resnet().cuda(), torch.randn(2, 3, 32, 32, device="cuda")
+    pruned = remove_layers(model, [1, 5])
+    assert next(pruned.parameters()).is_cuda
+    save_pruned(pruned, tmp_path)
+    reloaded = load_pruned(tmp_path, lambda: zoo.ResNet().cuda()).eval()
+    assert torch.equal(output_of(reloaded, image), output_of(pruned, image))
+    stats = model_stats(pruned, image, repeats=3)
+    assert stats.latency_ms > 0 and stats.params == n_params(pruned)
