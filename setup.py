@@ -58,7 +58,8 @@ def make_extension(with_cuda):
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = opt + ["-std=c++17", "-fopenmp", "-fvisibility=hidden"]
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++17 or C++20).
+    cxx = opt + ["-fopenmp", "-fvisibility=hidden"]
     define_macros = [("MPRUNER_VERSION", '"%s"' % _version())]
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not with_cuda:
@@ -70,7 +71,7 @@ def make_extension(with_cuda):
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     define_macros.append(("MPRUNER_WITH_CUDA", "1"))
     define_macros.append(("MPRUNER_CUDA_ARCHS", '"%s"' % os.environ.get("TORCH_CUDA_ARCH_LIST", "")))
-    nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "mpruner._C", sources, include_dirs=include_dirs,
         define_macros=define_macros,

@@ -15,8 +15,12 @@ from .cka import center_gram, cka, cka_matrix, gram, hsic
 from .token_cka import token_cka
 from .accumulator import CKAAccumulator
 from . import reference
+from .blocks import BlockList, find_blocks
+from .surgery import (ModelStats, get_record, load_pruned, model_stats, read_record, removable_layers,
+                      remove_layers, save_pruned)
 
 __all__ = [
     "__version__", "build_info", "cuda_built", "gram", "center_gram", "hsic", "cka", "cka_matrix", "token_cka",
-    "CKAAccumulator", "reference",
+    "CKAAccumulator", "reference", "BlockList", "find_blocks", "remove_layers", "removable_layers", "save_pruned",
+    "load_pruned", "model_stats", "ModelStats", "get_record", "read_record",
 ]

@@ -115,10 +115,12 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         else:
             tok = order[sel, :tc]
             x = torch.gather(h[:, sel], 2, tok[None, :, :, None].expand(L, -1, -1, D)).to(work)
-        valid = (torch.arange(tc, device=h.device)[None, :] < n[:, None]).to(work)[None, :, :, None]
+        valid = (torch.arange(tc, device=h.device)[None, :] < n[:, None])[None, :, :, None]
         # Center each sequence's features over its real tokens (precision of float32 Grams).
-        mean = (x * valid).sum(2, keepdim=True) / n.to(work)[None, :, None, None]
-        x = (x - mean) * valid
+        # torch.where, not a product: padding may hold anything, NaN included.
+        x = torch.where(valid, x, 0)
+        mean = x.sum(2, keepdim=True) / n.to(work)[None, :, None, None]
+        x = torch.where(valid, x - mean, 0)
         with I.gemm_precision(precision, h.device):
             g = torch.matmul(x, x.transpose(-1, -2))
         out[sel] = ops.token_hsic(g, n, unbiased)
@@ -147,9 +149,10 @@ def token_cka_grams(x: torch.Tensor, attention_mask, precision="highest") -> tor
     x = x.to(work)
     if order is not None:
         x = torch.gather(x, 1, order[:, :, None].expand(-1, -1, D))
-    valid = (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).to(work)[:, :, None]
-    mean = (x * valid).sum(1, keepdim=True) / lengths.clamp_min(1).to(work)[:, None, None]
-    x = (x - mean) * valid
+    valid = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])[:, :, None]
+    x = torch.where(valid, x, 0)
+    mean = x.sum(1, keepdim=True) / lengths.clamp_min(1).to(work)[:, None, None]
+    x = torch.where(valid, x - mean, 0)
     with I.gemm_precision(precision, x.device):
         return torch.bmm(x, x.transpose(1, 2))
 

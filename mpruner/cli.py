@@ -1,0 +1,53 @@
+"""The ``mpruner`` command line: ``python -m mpruner <command>``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def cmd_info(args) -> int:
+    """Prints how mpruner was built and what it can run on."""
+    import torch
+
+    import mpruner
+
+    info = mpruner.build_info()
+    rows = [
+        ("mpruner", mpruner.__version__),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
+        ("backends compiled", "CPU, CUDA" if info["cuda"] else "CPU"),
+        ("CUDA version", info["cuda_version"] or "-"),
+        ("CUDA archs", info["cuda_archs"] or "-"),
+        ("GPU visible", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no"),
+        ("OpenMP", f"yes, {info['openmp_max_threads']} threads" if info["openmp"] else "no"),
+        ("torch threads", str(torch.get_num_threads())),
+        ("compiler", info["compiler"]),
+        ("location", os.path.dirname(mpruner.__file__)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpruner", description="Depth pruning by CKA layer redundancy (MPruner).")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    p = sub.add_parser("info", help="show version, torch, compiled backends, CUDA and OpenMP")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

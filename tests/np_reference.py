@@ -1,0 +1,48 @@
+"""Independent float64 NumPy implementations of the estimators (DESIGN.md §2)."""
+import numpy as np
+
+
+def gram(x, kernel="linear", sigma=0.5):
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    g = x @ x.T
+    if kernel == "linear":
+        return g
+    sq = np.diag(g)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * g, 0)
+    iu = np.triu_indices(len(x), 1)
+    vals = np.sort(d2[iu])
+    med = vals[(len(vals) - 1) // 2]  # lower median, as torch.median
+    return np.exp(-d2 / (2 * sigma * sigma * med))
+
+
+def hsic(k, l, unbiased=False):
+    n = k.shape[0]
+    if not unbiased:
+        h = np.eye(n) - np.ones((n, n)) / n
+        return np.sum((h @ k @ h) * (h @ l @ h)) / (n - 1) ** 2
+    kt, lt = k.copy(), l.copy()
+    np.fill_diagonal(kt, 0)
+    np.fill_diagonal(lt, 0)
+    one = np.ones(n)
+    return (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (one @ kt @ lt @ one)) / (n * (n - 3))
+
+
+def center(k, unbiased=False):
+    n = k.shape[0]
+    if not unbiased:
+        h = np.eye(n) - np.ones((n, n)) / n
+        return h @ k @ h
+    kt = k.copy()
+    np.fill_diagonal(kt, 0)
+    r = kt.sum(1)
+    u = kt - r[:, None] / (n - 2) - r[None, :] / (n - 2) + r.sum() / ((n - 1) * (n - 2))
+    np.fill_diagonal(u, 0)
+    return u
+
+
+def cka_matrix(feats, kernel="linear", unbiased=False, sigma=0.5):
+    gs = [gram(f, kernel, sigma) for f in feats]
+    h = np.array([[hsic(a, b, unbiased) for b in gs] for a in gs])
+    d = np.diag(h)
+    return h / np.sqrt(np.outer(d, d))
