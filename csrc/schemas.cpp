@@ -5,8 +5,9 @@
 TORCH_LIBRARY(mpruner, m) {
   // Public ops (CompositeImplicitAutograd: device-agnostic ATen + the kernels below).
   // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Features are
-  // centered before the product; `triangular` leaves the strict lower triangle
-  // unset (half the GEMM work) for consumers that read only the upper one.
+  // centered before the product. `triangular` allows leaving the strict lower
+  // triangle unset (CPU: half the GEMM work) for consumers that read only the
+  // upper one; other backends compute full Grams in one batched GEMM per width.
   m.def("grams(Tensor[] xs, str kernel=\"linear\", float sigma=0.5, bool triangular=False) -> Tensor");
   // Double centering or U-centering of (B, n, n) Grams.
   m.def("center_gram(Tensor k, bool unbiased=False) -> Tensor");
