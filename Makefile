@@ -39,6 +39,7 @@ pytest: build
 
 ctest: build
 	@if [ "$(CTEST)" = "1" ]; then \
+	  mkdir -p $(CMAKE_BUILD) && \
 	  cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	    -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
 	    -DPython_EXECUTABLE=$(PY) >$(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }; \
