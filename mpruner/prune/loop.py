@@ -1,0 +1,335 @@
+"""The MPruner loop: analyse -> cluster -> remove -> fine-tune -> evaluate -> accept or roll back."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ..blocks import find_blocks
+from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
+from . import checkpoint as ckpt
+from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
+
+TOLERANCE_MODES = ("absolute", "relative")
+
+
+@dataclass
+class Iteration:
+    """One attempt of the loop (one entry of ``PruneResult.history``)."""
+    iteration: int
+    granularity: int
+    threshold: float
+    layer_names: List[str]
+    cka: List[List[float]]
+    clusters: List[List[int]]
+    removed: List[int]            # indices into the block list of the model this attempt started from
+    removed_names: List[str]
+    layers_before: int
+    layers_after: int
+    metric: Optional[float]
+    accepted: bool
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    history: List[Iteration]
+    metric_before: float
+    metric_after: float
+    layers_before: int
+    layers_after: int
+    params_before: int
+    params_after: int
+    tolerance: float
+    tolerance_mode: str
+    stop_reason: str
+    seconds: Dict[str, float]
+    stats_before: Optional[dict] = None
+    stats_after: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "model"}
+        d["history"] = [asdict(h) for h in self.history]
+        return d
+
+    def summary(self) -> str:
+        """A table of the attempts and the before/after totals."""
+        lines = [f"{'iter':>4} {'k':>2} {'thresh':>7} {'removed':<24} {'layers':>9} {'metric':>9}  result"]
+        for h in self.history:
+            metric = "-" if h.metric is None else f"{h.metric:.4f}"
+            removed = ",".join(str(i) for i in h.removed) or "-"
+            lines.append(f"{h.iteration:>4} {h.granularity:>2} {h.threshold:>7.4f} {removed:<24} "
+                         f"{h.layers_before:>3} -> {h.layers_after:<3} {metric:>9}  "
+                         f"{'accepted' if h.accepted else 'rolled back'}")
+        pct = 100.0 * (1 - self.params_after / max(1, self.params_before))
+        lines += [
+            "",
+            f"layers   {self.layers_before} -> {self.layers_after}",
+            f"params   {self.params_before:,} -> {self.params_after:,} (-{pct:.1f}%)",
+            f"metric   {self.metric_before:.4f} -> {self.metric_after:.4f} "
+            f"(tolerance {self.tolerance} {self.tolerance_mode})",
+            f"stopped  {self.stop_reason}",
+            "time     " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
+        ]
+        return "\n".join(lines)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class MPruner:
+    """Depth pruning by CKA redundancy (MPruner, arXiv 2408.13482).
+
+    Args:
+        model: the model to prune; it is never modified (the loop works on copies).
+        calib_data: batches for the CKA analysis (see ``mpruner.analyze``).
+        evaluate: ``evaluate(model) -> float``, higher is better.
+        finetune: ``finetune(model) -> None`` trains in place (e.g. ``mpruner.Finetuner``); None skips recovery.
+        layers: ``"auto"`` (the first block list) or a block-list name from ``mpruner.find_blocks``.
+        threshold: CKA threshold for clustering, or ``"auto"`` (the highest adjacent similarity, >= 0.9).
+        tolerance: allowed metric drop against the ORIGINAL model's metric.
+        tolerance_mode: ``"absolute"`` (metric >= before - tolerance) or ``"relative"``
+            (metric >= before * (1 - tolerance)).
+        max_granularity: largest step k (removes ``cluster[1::k]``) tried after rejections.
+        max_iterations: most attempts (each = one removal + fine-tune + evaluation).
+        view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...).
+        checkpoint_dir: writes every attempt's state atomically; ``run(resume=True)`` continues from it.
+        example_inputs: when given, ``model_stats`` (MACs, latency) before and after.
+        progress: progress bars and one line per attempt.
+        cluster_method: ``"anchor"`` (MPruner) or ``"adjacent"``.
+        analyze_kwargs: extra arguments for ``mpruner.analyze`` (e.g. ``max_batches``, ``forward``).
+        seed: fine-tuning of attempt i starts from ``torch.manual_seed(seed + i)``.
+    """
+
+    def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
+                 finetune: Optional[Callable[[nn.Module], None]] = None, layers: str = "auto",
+                 threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
+                 max_iterations: int = 10, view: str = "mean", checkpoint_dir=None, example_inputs=None,
+                 progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
+                 analyze_kwargs: Optional[dict] = None, seed: int = 0):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(evaluate):
+            raise TypeError("evaluate must be a callable evaluate(model) -> float (higher is better)")
+        if finetune is not None and not callable(finetune):
+            raise TypeError("finetune must be a callable finetune(model) -> None, a mpruner.Finetuner, or None")
+        if threshold != "auto" and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+            raise ValueError(f"threshold must be in (0, 1] or 'auto', got {threshold!r}")
+        if not isinstance(tolerance, (int, float)) or tolerance < 0:
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        if tolerance_mode not in TOLERANCE_MODES:
+            raise ValueError(f"tolerance_mode must be one of {TOLERANCE_MODES}, got {tolerance_mode!r}")
+        if cluster_method not in METHODS:
+            raise ValueError(f"cluster_method must be one of {METHODS}, got {cluster_method!r}")
+        for name, v in (("max_granularity", max_granularity), ("max_iterations", max_iterations)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.original = model
+        self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
+        self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
+        self.max_granularity, self.max_iterations = max_granularity, max_iterations
+        self.view, self.example_inputs, self.progress = view, example_inputs, progress
+        self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.block_list = self._resolve_block_list(model, layers)
+        self._reset()
+
+    # ------------------------------------------------------------------ setup
+    def _resolve_block_list(self, model, layers) -> str:
+        """The block list to prune; ``self._path`` is set when it is named by attribute path."""
+        self._path = None
+        if layers == "auto":
+            lists = find_blocks(model)  # raises, naming the fix, when no adapter knows the model
+            if not lists:
+                raise ValueError("found no block list in this model; pass layers='<attribute path>'")
+            return lists[0].name
+        try:
+            names = [bl.name for bl in find_blocks(model)]
+        except TypeError:
+            names = []
+        if layers in names:
+            return layers
+        try:
+            found = find_blocks(model, path=layers)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"layers={layers!r} is not a block list of this model (available: {names or 'none'}); "
+                             f"{error}") from None
+        self._path = layers
+        return found[0].name
+
+    def _block_lists(self, model):
+        return find_blocks(model) if self._path is None else find_blocks(model, path=self._path)
+
+    def _reset(self):
+        self.model: nn.Module = copy.deepcopy(self.original)
+        self.history: List[Iteration] = []
+        self.granularity, self.iteration = 1, 0
+        self.metric_before: Optional[float] = None
+        self.metric_current: Optional[float] = None
+        self.done, self.stop_reason = False, ""
+        self.seconds = {"analyze": 0.0, "finetune": 0.0, "evaluate": 0.0}
+        self._analysis = None
+        self._model_dir: Optional[str] = None
+        self.params_before = _params(self.original)
+        self.layers_before = self._num_layers(self.model)
+
+    def _num_layers(self, model) -> int:
+        return next(len(bl) for bl in self._block_lists(model) if bl.name == self.block_list)
+
+    def _options(self) -> dict:
+        return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
+                "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
+                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
+
+    def _log(self, msg: str):
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(msg)
+
+    def _timed(self, stage, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[stage] += time.perf_counter() - t
+
+    # ------------------------------------------------------------------ the loop
+    def accepts(self, metric: float) -> bool:
+        """Whether ``metric`` is within tolerance of the original model's metric."""
+        if metric is None or math.isnan(metric):
+            return False
+        if self.tolerance_mode == "absolute":
+            return metric >= self.metric_before - self.tolerance
+        return metric >= self.metric_before * (1 - self.tolerance)
+
+    def _analyze(self):
+        from ..analysis import analyze
+
+        return analyze(self.model, self.calib_data, layers=self._path or self.block_list, view=self.view,
+                       progress=self.progress, **self.analyze_kwargs)
+
+    def step(self) -> Optional[Iteration]:
+        """One attempt; returns its record, or None once the loop has finished."""
+        if self.done:
+            return None
+        if self.metric_before is None:
+            self.metric_before = float(self._timed("evaluate", self.evaluate, self.model))
+            self.metric_current = self.metric_before
+            self._log(f"mpruner: original metric {self.metric_before:.4f}")
+        if self.iteration >= self.max_iterations:
+            return self._finish(f"reached max_iterations={self.max_iterations}")
+        if self._analysis is None:
+            self._analysis = self._timed("analyze", self._analyze)
+        cka = torch.as_tensor(self._analysis.cka, dtype=torch.float64)
+        names = list(self._analysis.layer_names)
+        threshold = auto_threshold(cka) if self.threshold == "auto" else float(self.threshold)
+        clusters = cluster_layers(cka, threshold, self.cluster_method)
+        allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
+        removed = [i for i in select_layers(clusters, self.granularity) if i in allowed]
+        L = len(names)
+        if not removed:
+            sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
+            return self._finish(f"nothing to remove at threshold {threshold:.4f} (adjacent CKA: {sims})")
+        candidate = remove_layers(self.model, {self.block_list: removed})
+        secs = {}
+        if self.finetune is not None:
+            torch.manual_seed(self.seed + self.iteration)
+            t = time.perf_counter()
+            self._timed("finetune", self.finetune, candidate)
+            secs["finetune"] = time.perf_counter() - t
+        t = time.perf_counter()
+        metric = float(self._timed("evaluate", self.evaluate, candidate))
+        secs["evaluate"] = time.perf_counter() - t
+        accepted = self.accepts(metric)
+        record = Iteration(self.iteration, self.granularity, threshold, names, cka.tolist(), clusters, removed,
+                           [names[i] for i in removed], L, L - len(removed), metric, accepted, secs)
+        self.history.append(record)
+        self._log(f"mpruner: attempt {self.iteration}: k={self.granularity} remove {removed} -> metric {metric:.4f} "
+                  f"({'accepted' if accepted else 'rolled back'}; bound "
+                  f"{self._bound():.4f})")
+        self.iteration += 1
+        if accepted:
+            self.model, self.metric_current, self._analysis = candidate, metric, None
+            self._save(model_changed=True)
+        else:
+            del candidate  # roll back: the last accepted model was never touched
+            self.granularity += 1
+            if self.granularity > self.max_granularity:
+                return self._finish(f"rejected up to max_granularity={self.max_granularity}", record)
+            self._save(model_changed=False)
+        return record
+
+    def _bound(self) -> float:
+        if self.tolerance_mode == "absolute":
+            return self.metric_before - self.tolerance
+        return self.metric_before * (1 - self.tolerance)
+
+    def _finish(self, reason: str, record: Optional[Iteration] = None):
+        self.done, self.stop_reason = True, reason
+        self._log(f"mpruner: stopped: {reason}")
+        self._save(model_changed=False)
+        return record
+
+    def run(self, resume: bool = False) -> PruneResult:
+        """Runs the loop to the end; with ``resume=True`` continues from ``checkpoint_dir``."""
+        if resume:
+            if self.checkpoint_dir is None:
+                raise ValueError("resume=True needs checkpoint_dir")
+            self._load()
+        stats_before = None
+        if self.example_inputs is not None:
+            stats_before = model_stats(self.original, self.example_inputs).to_dict()
+        while not self.done:
+            self.step()
+        stats_after = model_stats(self.model, self.example_inputs).to_dict() if self.example_inputs is not None else None
+        return PruneResult(
+            model=self.model, history=list(self.history), metric_before=self.metric_before,
+            metric_after=self.metric_current, layers_before=self.layers_before,
+            layers_after=self._num_layers(self.model), params_before=self.params_before,
+            params_after=_params(self.model), tolerance=self.tolerance, tolerance_mode=self.tolerance_mode,
+            stop_reason=self.stop_reason, seconds=dict(self.seconds), stats_before=stats_before,
+            stats_after=stats_after)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, model_changed: bool):
+        if self.checkpoint_dir is None:
+            return
+        d = self.checkpoint_dir
+        d.mkdir(parents=True, exist_ok=True)
+        if model_changed or self._model_dir is None:
+            self._model_dir = ckpt.save_model_atomic(d, f"model-{self.iteration:04d}", self.model)
+        state = {"version": 1, "options": self._options(), "iteration": self.iteration,
+                 "granularity": self.granularity, "metric_before": self.metric_before,
+                 "metric_current": self.metric_current, "done": self.done, "stop_reason": self.stop_reason,
+                 "seconds": self.seconds, "model_dir": self._model_dir,
+                 "history": [asdict(h) for h in self.history]}
+        ckpt.write_json_atomic(d / ckpt.STATE, state)
+        ckpt.prune_old_models(d, keep=self._model_dir)
+
+    def _load(self):
+        state = ckpt.read_state(self.checkpoint_dir)
+        if state is None:
+            self._log(f"mpruner: no checkpoint in {self.checkpoint_dir}; starting from the beginning")
+            return
+        if state["options"] != self._options():
+            raise ValueError(f"the checkpoint in {self.checkpoint_dir} was made with options {state['options']}, "
+                             f"this run uses {self._options()}; use another checkpoint_dir or the same options")
+        self._reset()
+        self.model = load_pruned(self.checkpoint_dir / state["model_dir"], lambda: copy.deepcopy(self.original))
+        self._model_dir = state["model_dir"]
+        self.iteration, self.granularity = state["iteration"], state["granularity"]
+        self.metric_before, self.metric_current = state["metric_before"], state["metric_current"]
+        self.done, self.stop_reason = state["done"], state["stop_reason"]
+        self.seconds = dict(state["seconds"])
+        self.history = [Iteration(**h) for h in state["history"]]
+        self._log(f"mpruner: resumed at attempt {self.iteration} (k={self.granularity}, "
+                  f"{self._num_layers(self.model)} layers)")
