@@ -1,0 +1,181 @@
+"""``analyze``: run a model over calibration data and stream its layer outputs into CKA."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Dict, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .. import _inputs as I
+from ..blocks import BlockList
+from .capture import LayerCapture
+from .inputs import Forward, batch_context, call_model, check_data, model_device, to_device
+from .layers import LayerSelection, select_layers
+from .result import Analysis
+from .sinks import MatrixSink, TokenSink
+from .views import VIEWS, apply_view
+
+Layers = Union[str, Sequence[str], BlockList]
+
+
+def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str = "mean", kernel: str = "linear",
+            unbiased: bool = True, other: Optional[nn.Module] = None, forward: Optional[Forward] = None,
+            max_batches: Optional[int] = None, device=None, progress: bool = True) -> Analysis:
+    """CKA between the layers of ``model`` on calibration ``data``, one batch in memory at a time.
+
+    Forward hooks on the chosen layers apply ``view`` to each layer's output and hand
+    the batch to the CKA engine at once; only L x L float64 sums outlive a batch.
+
+    Args:
+        model: any ``nn.Module``; it runs in eval mode under ``torch.no_grad()``. Its mode
+            (per submodule) is restored and the hooks are removed afterwards, also on errors.
+            It is never moved or otherwise modified.
+        data: an iterable of batches (a DataLoader, a list, ``mpruner.data.text_batches``).
+            A dict runs as ``model(**batch)``, a tuple/list as ``model(batch[0])``, a tensor
+            as ``model(batch)``. Tensors are moved to the model's device.
+        layers: ``"auto"`` (the first block list ``mpruner.find_blocks`` finds; T5: the
+            encoder), a block-list name (``"decoder.block"``), the attribute path of an
+            ``nn.Sequential``/``nn.ModuleList``, or a list of module names.
+        view: how an output becomes features per sample: ``"mean"`` (mean over real tokens,
+            using the batch's ``attention_mask``; spatial mean of conv maps), ``"flatten"``,
+            ``"cls"``, ``"last_token"``, or ``"tokens"`` (per-sequence CKA with tokens as
+            samples, averaged over sequences; linear kernel only).
+        kernel: ``"linear"`` or ``"rbf"``.
+        unbiased: unbiased HSIC_1 (each batch needs >= 4 samples; per sequence >= 4 tokens
+            for ``"tokens"``) or biased HSIC_0 (>= 2). Smaller batches (typically a short
+            last batch) are skipped and counted in ``options["skipped_batches"]`` and
+            ``num_skipped``.
+        other: a second model run on the same batches with the same ``layers`` argument;
+            gives the (L, M) cross-model CKA matrix (e.g. pruned vs original).
+        forward: ``forward(model, batch)`` replaces the default call (also used for ``other``).
+        max_batches: stop after this many batches of ``data``.
+        device: where CKA is computed (default: the model's device). Inputs always go to
+            the model's device.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
+    """
+    _check_args(model, data, view, kernel, other, forward, max_batches)
+    selection = select_layers(model, layers)
+    other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
+    run_device = model_device(model)
+    cka_device = torch.device(device) if device is not None else run_device
+    names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
+    if view == "tokens":
+        sink = TokenSink(unbiased, names, other_names, cka_device)
+    else:
+        sink = MatrixSink(kernel, unbiased, names, other_names, cka_device)
+    view_fn = lambda x, ctx, name: apply_view(view, x, ctx, name)  # noqa: E731
+
+    total = _length(data, max_batches)
+    batches = data if max_batches is None else itertools.islice(data, max_batches)
+    seen = 0
+    with _restore_modes(model, other), torch.no_grad(), _progress(batches, total, progress) as batches, \
+            LayerCapture(selection, view_fn) as capture, \
+            (LayerCapture(other_selection, view_fn) if other is not None else contextlib.nullcontext()) as other_capture:
+        model.eval()
+        if other is not None:
+            other.eval()
+        for index, batch in enumerate(batches):
+            seen += 1
+            feats, ctx = _run(model, capture, batch, run_device, forward, index)
+            other_feats = None
+            if other is not None:
+                other_feats, _ = _run(other, other_capture, batch, model_device(other), forward, index)
+            sink.update(feats, other_feats, ctx)
+    cka, num_samples, extra = sink.result()
+    options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
+                       sink, seen, extra)
+    if sink.skipped_batches:
+        import warnings
+
+        unit = "sequences" if view == "tokens" else "samples"
+        warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
+                      f"{'unbiased' if unbiased else 'biased'} estimator (it needs >= {sink.need} "
+                      f"{'tokens per sequence' if view == 'tokens' else 'samples per batch'}); "
+                      "see Analysis.num_skipped", RuntimeWarning, stacklevel=2)
+    return Analysis(cka, names, num_samples, options, other_names if other is not None else None)
+
+
+def _run(model: nn.Module, capture: LayerCapture, batch, device: torch.device, forward, index: int):
+    """One forward pass with the hooks armed -> (viewed outputs per layer, batch context)."""
+    batch = to_device(batch, device, index)
+    ctx = batch_context(batch, index)
+    capture.start(ctx)
+    try:
+        call_model(model, batch, forward, index)
+    except Exception as e:
+        if hasattr(e, "add_note"):
+            e.add_note(f"(raised by the forward pass of batch {index} in mpruner.analyze)")
+        raise
+    return capture.collect(), ctx
+
+
+def _check_args(model, data, view, kernel, other, forward, max_batches) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if other is not None and not isinstance(other, nn.Module):
+        raise TypeError(f"other must be a torch.nn.Module (a second model) or None, got {type(other).__name__}")
+    if other is model:
+        raise ValueError("other is the model itself; pass a different model (e.g. a pruned copy), or leave other=None")
+    check_data(data)
+    I.check_choice(view, VIEWS, "view")
+    I.check_choice(kernel, I.KERNELS, "kernel")
+    if view == "tokens" and kernel != "linear":
+        raise ValueError("view='tokens' computes linear CKA per sequence; use kernel='linear' (or another view)")
+    if forward is not None and not callable(forward):
+        raise TypeError(f"forward must be a callable forward(model, batch), got {type(forward).__name__}")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+
+
+def _length(data, max_batches: Optional[int]) -> Optional[int]:
+    try:
+        n = len(data)
+    except TypeError:
+        return max_batches
+    return n if max_batches is None else min(n, max_batches)
+
+
+@contextlib.contextmanager
+def _progress(batches, total: Optional[int], enabled: bool):
+    if not enabled:
+        yield batches
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(batches, total=total, desc="mpruner analyze", unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def _restore_modes(*models: Optional[nn.Module]):
+    """Put every submodule back in its own train/eval mode on exit."""
+    saved = [(m, m.training) for model in models if model is not None for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+def _options(model, other, selection: LayerSelection, other_selection, view, kernel, unbiased, max_batches,
+             device, sink, seen, extra) -> Dict:
+    from ..version import __version__
+
+    options = {"view": view, "kernel": kernel, "unbiased": bool(unbiased), "layers": selection.source,
+               "model": type(model).__name__, "num_batches": sink.num_batches, "batches_seen": seen,
+               "skipped_batches": sink.skipped_batches, "skipped_samples": sink.skipped_samples,
+               "max_batches": max_batches, "device": str(device), "mpruner_version": __version__,
+               "torch_version": torch.__version__}
+    if other is not None:
+        options.update(other_model=type(other).__name__, other_layers=other_selection.source)
+    options.update(extra)
+    return options

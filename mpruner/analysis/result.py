@@ -1,0 +1,124 @@
+"""``Analysis``: the CKA matrix of a model's layers, with names, counts and options; JSON save/load."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+FORMAT = "mpruner.analysis"
+FORMAT_VERSION = 1
+
+
+class Analysis:
+    """The result of :func:`mpruner.analyze`.
+
+    Attributes:
+        cka: (L, L) float64 CPU tensor of CKA between the analysed layers (entry [i, j]
+            compares layer i with layer j; NaN where a layer was constant); with
+            ``other=``, the (L, M) cross matrix between this model's and the other's layers.
+        layer_names: qualified module names of the L layers, in forward order.
+        other_layer_names: the M names of the other model's layers (None without ``other``).
+        num_samples: samples that entered the estimate (sequences for ``view="tokens"``).
+        options: how it was computed: view, kernel, unbiased, estimator, block list
+            (``layers``), model class, batches used and skipped, versions. Plain JSON values.
+    """
+
+    def __init__(self, cka: torch.Tensor, layer_names: Sequence[str], num_samples: int, options: Optional[Dict] = None,
+                 other_layer_names: Optional[Sequence[str]] = None):
+        cka = torch.as_tensor(cka, dtype=torch.float64).cpu()
+        rows = len(layer_names)
+        cols = rows if other_layer_names is None else len(other_layer_names)
+        if cka.dim() != 2 or tuple(cka.shape) != (rows, cols):
+            raise ValueError(f"cka has shape {tuple(cka.shape)} but there are {rows} x {cols} layer names")
+        self.cka = cka
+        self.layer_names: List[str] = list(layer_names)
+        self.other_layer_names: Optional[List[str]] = None if other_layer_names is None else list(other_layer_names)
+        self.num_samples = int(num_samples)
+        self.options: Dict = dict(options or {})
+
+    # ------------------------------------------------------------------ views of the result
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_names)
+
+    @property
+    def is_cross(self) -> bool:
+        """Whether ``cka`` compares two models (L x M) rather than one model's layers (L x L)."""
+        return self.other_layer_names is not None
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples (sequences for ``view="tokens"``) left out because their batch was too small."""
+        return int(self.options.get("skipped_samples", 0))
+
+    def adjacent(self) -> torch.Tensor:
+        """CKA of each layer with the next one: (L - 1,) float64, ``cka[i, i + 1]``."""
+        if self.is_cross:
+            raise ValueError("adjacent() compares consecutive layers of one model; this is a cross-model analysis")
+        return torch.diagonal(self.cka, offset=1).clone()
+
+    def plot(self, path: Optional[str] = None, clusters: Optional[Sequence[Sequence[int]]] = None,
+             title: Optional[str] = None, annotate: Optional[bool] = None, cmap: str = "viridis", dpi: int = 150):
+        """Heatmap of ``cka`` with layer names and a colour bar; saved as PNG when ``path`` is given.
+
+        Args:
+            clusters: runs of consecutive layer indices (e.g. ``[[0, 1, 2], [3], [4, 5]]``);
+                each run of two or more layers is outlined on the diagonal.
+            annotate: write the values in the cells (default: when there are at most 12 layers).
+
+        Returns the ``matplotlib.figure.Figure`` (needs matplotlib: ``pip install matplotlib``).
+        """
+        from .plot import plot_analysis
+
+        return plot_analysis(self, path, clusters=clusters, title=title, annotate=annotate, cmap=cmap, dpi=dpi)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> Dict:
+        """Plain JSON-able values (NaN as null)."""
+        return {"format": FORMAT, "version": FORMAT_VERSION,
+                "cka": [[None if math.isnan(v) else v for v in row] for row in self.cka.tolist()],
+                "layer_names": self.layer_names, "other_layer_names": self.other_layer_names,
+                "num_samples": self.num_samples, "options": self.options}
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "Analysis":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not an mpruner analysis (expected format {FORMAT!r})")
+        if data.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"analysis format version {data['version']} is newer than this mpruner reads "
+                             f"({FORMAT_VERSION}); upgrade mpruner")
+        rows = [[float("nan") if v is None else float(v) for v in row] for row in data["cka"]]
+        names = data["layer_names"]
+        other = data.get("other_layer_names")
+        cka = torch.tensor(rows, dtype=torch.float64).reshape(len(names), len(names) if other is None else len(other))
+        return cls(cka, names, data["num_samples"], data.get("options") or {}, other)
+
+    def save(self, path: str) -> None:
+        """Write JSON (no pickle); written to a temporary file first, so a crash leaves no half file."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Analysis":
+        """Read a file written by :meth:`save`."""
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON ({e}); was it written by Analysis.save?") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: malformed mpruner analysis ({type(e).__name__}: {e})") from None
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.cka.shape))
+        view = self.options.get("view", "?")
+        return (f"Analysis({shape} CKA, layers={self.options.get('layers', '?')!r}, view={view!r}, "
+                f"num_samples={self.num_samples})")

@@ -1,0 +1,143 @@
+"""Where captured batches go: the minibatch CKA accumulator, or per-sequence token CKA.
+
+Both keep only fixed-size sums (L x L float64 and counters); nothing grows with the
+number of batches.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import _inputs as I
+from ..accumulator import CKAAccumulator
+from ..token_cka import token_cka
+from .views import BatchContext
+
+
+def _nonfinite(flags: List[torch.Tensor], names: Sequence[str], ctx: BatchContext) -> None:
+    """Raise naming the layers whose flag is False (one device sync for all layers)."""
+    ok = torch.stack([f.to(flags[0].device) for f in flags])
+    if bool(ok.all()):
+        return
+    bad = [names[i] for i in (~ok).nonzero().flatten().tolist()]
+    raise ValueError(f"NaN or Inf in the output of {', '.join(map(repr, bad))} in batch {ctx.index}; check the model "
+                     "and that batch (e.g. float16 overflow, or uninitialised weights)")
+
+
+def _rows(xs: Sequence[torch.Tensor], names: Sequence[str], ctx: BatchContext) -> int:
+    n = xs[0].shape[0]
+    for name, x in zip(names, xs):
+        if x.shape[0] != n:
+            raise ValueError(f"in batch {ctx.index}, layer {name!r} gives {x.shape[0]} samples but {names[0]!r} gives "
+                             f"{n}; every analysed layer must keep the batch dimension first")
+    return n
+
+
+class MatrixSink:
+    """Minibatch CKA (Nguyen et al. 2021) through ``CKAAccumulator``."""
+
+    def __init__(self, kernel: str, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
+        self.names = list(names) + list(other_names)
+        self.has_other = bool(other_names)
+        self.need = I.min_samples(unbiased)
+        self.acc = CKAAccumulator(kernel=kernel, unbiased=unbiased, device=device, layer_names=self.names)
+        self.skipped_batches = self.skipped_samples = 0
+
+    def update(self, feats: List[torch.Tensor], other: Optional[List[torch.Tensor]], ctx: BatchContext) -> None:
+        xs = feats + (other or [])
+        n = _rows(xs, self.names, ctx)
+        _nonfinite([torch.isfinite(x).all() for x in xs], self.names, ctx)
+        if n < self.need:  # too small for the estimator: skipped and counted (see analyze)
+            self.skipped_batches += 1
+            self.skipped_samples += n
+            return
+        self.acc.update(feats, other if self.has_other else None)
+
+    @property
+    def num_batches(self) -> int:
+        return self.acc.num_batches
+
+    def result(self) -> Tuple[torch.Tensor, int, dict]:
+        if self.acc.num_batches == 0:
+            raise ValueError(_no_batches(self.skipped_batches, self.need, "samples"))
+        return self.acc.compute().cpu(), self.acc.num_samples, {"estimator": "minibatch"}
+
+
+class TokenSink:
+    """Per-sequence linear CKA (tokens as samples) averaged over all sequences."""
+
+    def __init__(self, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
+        self.names, self.L = list(names) + list(other_names), len(names)
+        self.has_other = bool(other_names)
+        self.unbiased, self.need, self.device = unbiased, I.min_samples(unbiased), device
+        K = len(self.names)
+        self.sum = torch.zeros(K, K, dtype=torch.float64, device=device)
+        self.count = torch.zeros(K, K, dtype=torch.long, device=device)
+        self.num_batches = self.sequences = self.tokens = 0
+        self.skipped_batches = self.skipped_samples = 0
+        self.constant = 0  # sequences on which some layer was constant
+
+    def update(self, feats, other, ctx: BatchContext) -> None:
+        pairs = feats + (other or [])
+        xs = [x for x, _ in pairs]
+        _rows(xs, self.names, ctx)
+        for name, x in zip(self.names, xs):
+            if x.shape[:2] != xs[0].shape[:2]:
+                raise ValueError(f"view='tokens': in batch {ctx.index} layer {name!r} has (B, T)="
+                                 f"{tuple(x.shape[:2])} but {self.names[0]!r} has {tuple(xs[0].shape[:2])}; "
+                                 "per-sequence CKA needs the same tokens in every layer")
+        mask = next((m for _, m in pairs if m is not None), None)
+        B, T = xs[0].shape[:2]
+        if mask is None:
+            flags = [torch.isfinite(x).all() for x in xs]
+        else:
+            flags = [(torch.isfinite(x).all(-1) | ~mask.to(x.device)).all() for x in xs]
+        _nonfinite(flags, self.names, ctx)
+        lengths = mask.sum(1).cpu() if mask is not None else torch.full((B,), T)
+        keep = lengths >= self.need
+        kept = int(keep.sum())
+        self.skipped_samples += B - kept
+        if kept == 0:
+            self.skipped_batches += 1
+            return
+        xs = [x.to(self.device, non_blocking=True) for x in xs]
+        if mask is not None:
+            mask = mask.to(self.device)
+        if kept < B:
+            index = keep.nonzero().flatten().to(self.device)
+            xs = [x.index_select(0, index) for x in xs]
+            mask = None if mask is None else mask.index_select(0, index)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: summarised once in result()
+            c = token_cka(xs, mask, unbiased=self.unbiased)
+        finite = torch.isfinite(c)
+        self.constant += int((~finite).flatten(1).any(1).sum())
+        self.sum += torch.where(finite, c, 0).sum(0)
+        self.count += finite.sum(0)
+        self.num_batches += 1
+        self.sequences += kept
+        self.tokens += int(lengths[keep].sum())
+
+    def result(self) -> Tuple[torch.Tensor, int, dict]:
+        if self.num_batches == 0:
+            raise ValueError(_no_batches(self.skipped_batches, self.need, "tokens in any sequence"))
+        c = self.sum / self.count.clamp_min(1)
+        c = torch.where(self.count > 0, c, torch.full_like(c, float("nan"))).cpu()
+        if self.constant:
+            warnings.warn(f"some layers were constant over the tokens of {self.constant} sequence(s); their CKA "
+                          "there is undefined and those sequences are left out of the affected entries "
+                          "(NaN where no sequence remains)", RuntimeWarning, stacklevel=3)
+        if self.has_other:
+            c = c[:self.L, self.L:]
+        else:
+            c = c[:self.L, :self.L]
+        return c, self.sequences, {"estimator": "per-sequence", "num_tokens": self.tokens}
+
+
+def _no_batches(skipped: int, need: int, what: str) -> str:
+    if skipped:
+        return (f"no batch could be used: all {skipped} had fewer than {need} {what}, which the estimator needs; "
+                f"use larger batches (>= {need})" + (" or unbiased=False" if need == 4 else ""))
+    return "data yielded no batches; pass an iterable with at least one batch"
