@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     p = sub.add_parser("info", help="show version, torch, compiled backends, CUDA and OpenMP")
     p.set_defaults(func=cmd_info)
+    from .analysis.cli import add_analyze_parser
+    add_analyze_parser(sub)
     return parser
 
 

@@ -73,8 +73,7 @@ def plot_analysis(analysis, path: Optional[str] = None, clusters=None, title: Op
     fig = Figure(figsize=(side * max(cols / rows, 0.6) + 1.2, side), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colours = matplotlib.colormaps[cmap].copy()
-    colours.set_bad("lightgrey")
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(c), cmap=colours, vmin=0.0, vmax=1.0, interpolation="nearest",
                       origin="upper")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="CKA")

@@ -1,0 +1,175 @@
+"""``mpruner analyze``: CKA between a model's layers from the command line.
+
+Two ways to name the model and data:
+
+- a Hugging Face model directory (``--model DIR``) with a text file, one example per
+  line, or a CSV/TSV column (``--data reviews.csv --column text``);
+- ``--model module:factory --data module:factory`` for anything else: ``factory`` is a
+  callable (called without arguments) or an object; ``module`` is an importable module
+  or a ``path/to/file.py``. The data factory gives an iterable of batches.
+
+Writes ``cka.json`` (``Analysis.save``) and ``cka.png`` (``Analysis.plot``) to ``--out``
+and prints the CKA of each pair of adjacent layers.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+EXAMPLES = """examples:
+  mpruner analyze --model ./all-MiniLM-L6-v2 --data sentences.txt --out runs/minilm
+  mpruner analyze --model ./bert-dir --data reviews.csv --column review --view tokens --batch-size 16
+  mpruner analyze --model mymodels.py:build_resnet --data mymodels.py:calibration_batches --out runs/resnet
+"""
+
+
+def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``analyze`` on the ``mpruner`` command's subparsers."""
+    from .views import VIEWS
+
+    p = subparsers.add_parser(
+        "analyze", help="CKA between the layers of a model on calibration data (cka.json, cka.png)",
+        description="Run a model over calibration data and compute the CKA similarity of its layers "
+                    "(MPruner's analysis stage).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Hugging Face model directory, or module:factory")
+    p.add_argument("--data", required=True, help="text file (one example per line), CSV/TSV file, or module:factory")
+    p.add_argument("--column", help="CSV/TSV column holding the text (default: 'text')")
+    p.add_argument("--out", default="mpruner-analysis", help="output directory (default: %(default)s)")
+    p.add_argument("--layers", default="auto",
+                   help="'auto', a block-list name or attribute path, or comma-separated module names")
+    p.add_argument("--view", default="mean", choices=VIEWS, help="how a layer output becomes features (%(default)s)")
+    p.add_argument("--kernel", default="linear", choices=("linear", "rbf"), help="CKA kernel (%(default)s)")
+    p.add_argument("--biased", action="store_true", help="biased HSIC_0 instead of the unbiased HSIC_1")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (%(default)s)")
+    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (%(default)s)")
+    p.add_argument("--limit", type=int, help="use at most this many texts")
+    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+    p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_analyze)
+    return p
+
+
+def is_factory(spec: str) -> bool:
+    return ":" in spec and not os.path.exists(spec)
+
+
+def load_factory(spec: str, option: str):
+    """``module:name`` or ``file.py:name`` -> the object, called if callable."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{option} {spec!r}: expected module:factory or path/to/file.py:factory")
+    if module_name.endswith(".py"):
+        if not os.path.isfile(module_name):
+            raise FileNotFoundError(f"{option} {spec!r}: no file {module_name!r}")
+        unique = f"_mpruner_factory_{abs(hash(os.path.abspath(module_name)))}"
+        module_spec = importlib.util.spec_from_file_location(unique, module_name)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[unique] = module
+        module_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the user
+        module = importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"{option} {spec!r}: {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj() if callable(obj) and not _is_module(obj) else obj
+
+
+def _is_module(obj) -> bool:
+    import torch.nn as nn
+
+    return isinstance(obj, nn.Module)
+
+
+def _hf_model(directory: str):
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"--model {directory!r} is neither a directory (a Hugging Face model) nor "
+                                "module:factory")
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise FileNotFoundError(f"--model {directory!r} has no config.json; pass a Hugging Face model directory "
+                                "(save_pretrained) or module:factory")
+    try:
+        import transformers as T
+    except ImportError:
+        raise ModuleNotFoundError("a Hugging Face model directory needs transformers: pip install transformers") from None
+    model = T.AutoModel.from_pretrained(directory, local_files_only=True)
+    return model, directory
+
+
+def _encoder_decoder_forward(model, batch):
+    # Feed the text to both stacks so that encoder and decoder blocks can be analysed.
+    return model(**batch, decoder_input_ids=batch["input_ids"], decoder_attention_mask=batch.get("attention_mask"))
+
+
+def build(args):
+    """(model, data, forward) from the command line arguments."""
+    import torch.nn as nn
+
+    from ..data import read_texts, text_batches
+
+    forward, tokenizer_dir = None, None
+    if is_factory(args.model):
+        model = load_factory(args.model, "--model")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"--model {args.model!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    else:
+        model, tokenizer_dir = _hf_model(args.model)
+        if getattr(model.config, "is_encoder_decoder", False):
+            forward = _encoder_decoder_forward
+    if is_factory(args.data):
+        data = load_factory(args.data, "--data")
+    else:
+        if tokenizer_dir is None:
+            raise ValueError("a text/CSV --data file needs a Hugging Face model directory (for its tokenizer); "
+                             "with --model module:factory pass --data module:factory too")
+        import transformers as T
+
+        tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        texts = read_texts(args.data, args.column, args.limit)
+        data = text_batches(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    return model, data, forward
+
+
+def report(analysis, out_dir: str) -> str:
+    """The text the command prints."""
+    o = analysis.options
+    lines = [f"{o['model']}: {analysis.num_layers} layers ({o['layers'] or 'the model'}), view={o['view']}, "
+             f"{o['kernel']} kernel, {'unbiased' if o['unbiased'] else 'biased'}, {analysis.num_samples} samples "
+             f"in {o['num_batches']} batches" + (f" ({o['skipped_batches']} skipped)" if o["skipped_batches"] else "")]
+    lines.append("adjacent-layer CKA:")
+    width = max(len(n) for n in analysis.layer_names)
+    for i, value in enumerate(analysis.adjacent().tolist()):
+        lines.append(f"  {i:>3} -> {i + 1:<3} {analysis.layer_names[i]:<{width}} -> "
+                     f"{analysis.layer_names[i + 1]:<{width}}  {value:.4f}")
+    lines.append(f"wrote {os.path.join(out_dir, 'cka.json')} and {os.path.join(out_dir, 'cka.png')}")
+    return "\n".join(lines)
+
+
+def cmd_analyze(args) -> int:
+    """Entry point of ``mpruner analyze``."""
+    from .driver import analyze
+
+    layers = args.layers
+    if "," in layers:
+        layers = [name.strip() for name in layers.split(",") if name.strip()]
+    try:
+        model, data, forward = build(args)
+        if args.device:
+            model.to(args.device)  # the CLI's own model instance
+        analysis = analyze(model, data, layers=layers, view=args.view, kernel=args.kernel, unbiased=not args.biased,
+                           forward=forward, max_batches=args.max_batches, progress=not args.no_progress)
+        os.makedirs(args.out, exist_ok=True)
+        analysis.save(os.path.join(args.out, "cka.json"))
+        analysis.plot(os.path.join(args.out, "cka.png"))
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError, AttributeError, RuntimeError) as e:
+        print(f"mpruner analyze: error: {e}", file=sys.stderr)
+        return 1
+    print(report(analysis, args.out))
+    return 0
