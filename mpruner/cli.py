@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     from .analysis.cli import add_analyze_parser
     add_analyze_parser(sub)
+    from .bench.cli import add_parser as add_bench_parser  # `mpruner bench`, implemented in mpruner/bench/
+    add_bench_parser(sub)
+    from .prune.cli import add_parsers as add_prune_parsers  # `mpruner prune` and `mpruner demo`
+    add_prune_parsers(sub)
     return parser
 
 

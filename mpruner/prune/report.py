@@ -1,0 +1,60 @@
+"""Writes a pruning run's outputs: summary.json, history, heatmaps, the pruned model."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..surgery import save_pruned
+from .loop import PruneResult
+
+
+def save_model(model: nn.Module, path: Path) -> str:
+    """``save_pretrained`` for Hugging Face models (plain ``from_pretrained`` reloads them),
+    ``mpruner.save_pruned`` otherwise. Returns how it was saved."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(str(path))
+        return "save_pretrained"
+    save_pruned(model, path)
+    return "save_pruned"
+
+
+def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = None, heatmaps: bool = True) -> dict:
+    """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-XXX.png`` and ``model/`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if heatmaps:
+        from ..analysis import Analysis
+
+        for h in result.history:
+            path = out / f"iter-{h.iteration:03d}.png"
+            title = (f"attempt {h.iteration}: k={h.granularity}, threshold {h.threshold:.3f}, remove {h.removed} "
+                     f"({'accepted' if h.accepted else 'rolled back'})")
+            Analysis(torch.tensor(h.cka, dtype=torch.float64), h.layer_names, 0).plot(str(path), clusters=h.clusters,
+                                                                                         title=title)
+            files.setdefault("heatmaps", []).append(path.name)
+    files["model"] = "model"
+    saved_with = save_model(result.model, out / "model")
+    summary = {
+        "layers_before": result.layers_before, "layers_after": result.layers_after,
+        "params_before": result.params_before, "params_after": result.params_after,
+        "metric_before": result.metric_before, "metric_after": result.metric_after,
+        "tolerance": result.tolerance, "tolerance_mode": result.tolerance_mode,
+        "removed": [h.removed_names for h in result.history if h.accepted],
+        "attempts": len(result.history), "accepted": sum(h.accepted for h in result.history),
+        "stop_reason": result.stop_reason, "seconds": result.seconds, "model_saved_with": saved_with,
+        "stats_before": result.stats_before, "stats_after": result.stats_after, "files": files,
+    }
+    if extra:
+        summary.update(extra)
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(out / "history.json", "w") as f:
+        json.dump(result.to_dict()["history"], f, indent=1)
+    (out / "summary.txt").write_text(result.summary() + "\n")
+    return summary
