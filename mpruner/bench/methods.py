@@ -1,0 +1,170 @@
+"""mpruner, the plain-PyTorch baselines and the Gram floor, as benchmark methods."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+from .core import Ctx, Method, Result
+
+MINIBATCH = ("minibatch",)
+TOKENS = ("tokens",)
+
+
+# ---------------------------------------------------------------- mpruner
+def mpruner_minibatch(ctx: Ctx, batches: List[int]) -> Result:
+    import mpruner
+
+    acc = mpruner.CKAAccumulator()  # linear kernel, unbiased HSIC_1, minibatch estimator
+    for i in batches:
+        acc.update(ctx.source.batch(i))
+    return Result(acc.compute())
+
+
+def mpruner_exact(ctx: Ctx, batches: List[int]) -> Result:
+    """Biased CKA over all samples: the streaming exact estimator where its d x d sums
+    fit, else cka_matrix on all samples at once."""
+    import mpruner
+
+    acc = mpruner.CKAAccumulator(estimator="exact", unbiased=False)
+    try:
+        for i in batches:
+            acc.update(ctx.source.batch(i))
+        return Result(acc.compute(), note="CKAAccumulator(estimator='exact', unbiased=False)")
+    except ValueError as exc:
+        if "max_exact_bytes" not in str(exc):
+            raise
+    per_layer = [[] for _ in range(ctx.wl.L)]
+    for i in batches:
+        for l, x in enumerate(ctx.source.batch(i)):
+            per_layer[l].append(x)
+    feats = [torch.cat(p) for p in per_layer]  # holding all samples is part of this estimator's cost
+    del per_layer
+    return Result(mpruner.cka_matrix(feats, unbiased=False),
+                  note="exact estimator refused (d x d sums too large): cka_matrix over all N samples at once")
+
+
+def mpruner_tokens(unbiased: bool):
+    def run(ctx: Ctx, batches: List[int]) -> Result:
+        import mpruner
+
+        outs = []
+        for j in batches:
+            layers, mask = ctx.source.batch(j)
+            outs.append(mpruner.token_cka(layers, attention_mask=mask, unbiased=unbiased))
+        return Result(torch.cat(outs), seq_ids=ctx.seq_ids(batches))
+    return run
+
+
+# ---------------------------------------------------------------- plain PyTorch
+def _u_center(k: torch.Tensor) -> torch.Tensor:
+    n = k.shape[-1]
+    k = k.clone()
+    k.diagonal(dim1=-2, dim2=-1).zero_()
+    r = k.sum(-1, keepdim=True)
+    s = r.sum(-2, keepdim=True)
+    u = k - r / (n - 2) - r.transpose(-1, -2) / (n - 2) + s / ((n - 1) * (n - 2))
+    u.diagonal(dim1=-2, dim2=-1).zero_()
+    return u
+
+
+def torch_minibatch(ctx: Ctx, batches: List[int]) -> Result:
+    """Minibatch unbiased CKA with torch ops only, written as a careful user would:
+    features centered (float32 Grams of offset features lose digits), Grams stacked,
+    U-centered, one (L, n^2) x (n^2, L) GEMM for all pairs, float64 sums."""
+    total = None
+    for i in batches:
+        xs = [x.reshape(x.shape[0], -1) for x in ctx.source.batch(i)]
+        n = xs[0].shape[0]
+        xs = [x - x.mean(0) for x in xs]
+        k = torch.stack([x @ x.T for x in xs])
+        u = _u_center(k).reshape(len(xs), -1)
+        h = (u @ u.T).double() / (n * (n - 3))
+        total = h if total is None else total + h
+    d = torch.diagonal(total)
+    return Result(total / torch.sqrt(d[:, None] * d[None, :]))
+
+
+def torch_tokens(ctx: Ctx, batches: List[int]) -> Result:
+    """Per-sequence biased CKA, vectorised over sequences with torch ops only: mask padding,
+    center each sequence's features over its real tokens, one padded batched GEMM for the
+    Grams, one batched GEMM for every pair."""
+    outs = []
+    for j in batches:
+        layers, mask = ctx.source.batch(j)
+        x = torch.stack(layers)                                     # (L, B, T, D)
+        valid = mask.bool()[None, :, :, None]
+        x = torch.where(valid, x, 0)
+        x = x - x.sum(2, keepdim=True) / mask.sum(1)[None, :, None, None]
+        x = torch.where(valid, x, 0)
+        g = x @ x.transpose(-1, -2)                                 # (L, B, T, T), centered
+        L, B = g.shape[:2]
+        flat = g.permute(1, 0, 2, 3).reshape(B, L, -1)
+        h = torch.bmm(flat, flat.transpose(1, 2)).double()          # (B, L, L); (n-1)^2 cancels
+        d = torch.diagonal(h, dim1=1, dim2=2)
+        outs.append(h / torch.sqrt(d[:, :, None] * d[:, None, :]))
+    return Result(torch.cat(outs), seq_ids=ctx.seq_ids(batches))
+
+
+def _centering(k: torch.Tensor) -> torch.Tensor:
+    n = k.shape[0]
+    h = torch.eye(n, device=k.device) - torch.ones(n, n, device=k.device) / n
+    return h @ k @ h
+
+
+def _loop_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    kx, ky = _centering(x @ x.T), _centering(y @ y.T)
+    return (torch.trace(kx @ ky) / torch.sqrt(torch.trace(kx @ kx) * torch.trace(ky @ ky))).item()
+
+
+def per_sequence_loop(ctx: Ctx, seqs: List[int]) -> Result:
+    """MPruner's published transformer code: one sentence at a time, every layer pair
+    (L^2, both orders), Grams rebuilt per pair, explicit centering matrix H, .item()."""
+    L = ctx.wl.L
+    out = torch.empty(len(seqs), L, L, dtype=torch.float64)
+    for s, b in enumerate(seqs):
+        acts = list(ctx.source.sequence(b).unbind(0))
+        for i in range(L):
+            for j in range(L):
+                out[s, i, j] = _loop_cka(acts[i], acts[j])
+    return Result(out, seq_ids=list(seqs))
+
+
+# ---------------------------------------------------------------- the floor
+def gram_floor(ctx: Ctx, batches: List[int]) -> Result:
+    """Only the Gram GEMMs X X^T, float32, one per layer per batch (per sequence, at its
+    real length, for tokens): no centering, no HSIC. What no exact method can beat."""
+    if ctx.wl.kind == "minibatch":
+        for i in batches:
+            for x in ctx.source.batch(i):
+                x = x.reshape(x.shape[0], -1)
+                torch.mm(x, x.T)
+    else:
+        for j in batches:
+            layers, mask = ctx.source.batch(j)
+            lens = mask.sum(1).tolist()
+            for b, t in enumerate(lens):
+                for h in layers:
+                    x = h[b, :t]
+                    torch.mm(x, x.T)
+    return Result(None)
+
+
+OWN_METHODS: Dict[str, Method] = {m.name: m for m in [
+    Method("mpruner", "mpruner", "minibatch-u", "batches", MINIBATCH, mpruner_minibatch,
+           "CKAAccumulator() defaults: linear, unbiased HSIC_1, minibatch"),
+    Method("mpruner exact", "mpruner", "full-b", "batches", MINIBATCH, mpruner_exact,
+           "CKAAccumulator(estimator='exact', unbiased=False): biased CKA over all N samples"),
+    Method("mpruner token_cka", "mpruner", "seq-b", "batches", TOKENS, mpruner_tokens(False),
+           "token_cka(hidden_states, attention_mask) per forward pass of 32 sequences"),
+    Method("mpruner token_cka unbiased", "mpruner", "seq-u", "batches", TOKENS, mpruner_tokens(True),
+           "token_cka(..., unbiased=True)"),
+    Method("torch baseline", "baseline", "minibatch-u", "batches", MINIBATCH, torch_minibatch,
+           "plain PyTorch: centered Grams, U-centering, one all-pairs GEMM, float64 sums"),
+    Method("torch batched", "baseline", "seq-b", "batches", TOKENS, torch_tokens,
+           "plain PyTorch, vectorised over sequences (padded bmm, masked centering)"),
+    Method("per-sequence loop", "baseline", "seq-b", "sequences", TOKENS, per_sequence_loop,
+           "MPruner's published code: per sentence, per layer pair, explicit H, .item()"),
+    Method("gram floor", "floor", "none", "batches", MINIBATCH + TOKENS, gram_floor,
+           "bare X X^T GEMMs only (float32)"),
+]}

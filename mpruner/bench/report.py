@@ -1,0 +1,259 @@
+"""Tables, goals, JSON and plots of a benchmark run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+# Goals of the issue: measured and reported, never asserted.
+GOALS = {
+    "cpu": [
+        {"workload": "dense", "against": "fastest peer", "min_speedup": 5.0},
+        {"workload": "conv", "against": "fastest peer", "min_speedup": 3.0},
+        {"workload": "tokens", "against": "per-sequence loop", "min_speedup": 20.0},
+    ],
+    "cuda": [
+        {"workload": "gpu", "against": "fastest peer", "min_speedup": 20.0},
+        {"workload": "tokens", "against": "per-sequence loop", "min_speedup": 100.0},
+        {"workload": "gpu", "against": "gram floor", "max_ratio": 1.2},
+    ],
+}
+
+
+def fmt_time(t: Optional[float]) -> str:
+    if t is None or (isinstance(t, float) and math.isnan(t)):
+        return "-"
+    if t >= 100:
+        return f"{t:.0f} s"
+    if t >= 1:
+        return f"{t:.2f} s"
+    return f"{t * 1e3:.1f} ms"
+
+
+def fmt_bytes(b: Optional[float]) -> str:
+    if b is None:
+        return "-"
+    for unit, s in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if b >= unit:
+            return f"{b / unit:.1f} {s}" if b < 100 * unit else f"{b / unit:.0f} {s}"
+    return f"{b:.0f} B"
+
+
+def _ok(r):
+    return r.get("status") in ("ok", "extrapolated") and r.get("time_s") is not None
+
+
+def add_roofline(result: Dict, roof: Optional[Dict]):
+    """Each row's time against the hardware limit: max(essential flops / measured peak GEMM
+    rate, activation bytes / measured bandwidth) / time."""
+    if not roof or roof.get("status") != "ok":
+        return
+    w = result["work"]
+    t_min = max(w["flops"] / roof["gemm_peak_flops"], w["bytes"] / roof["bandwidth_bytes_per_s"])
+    result["roofline_time_s"] = t_min
+    for r in result["rows"]:
+        if _ok(r):
+            r["roofline_fraction"] = t_min / r["time_s"]
+
+
+def evaluate_goals(results: Dict[str, Dict], device_type: str) -> List[Dict]:
+    out = []
+    for g in GOALS.get(device_type, []):
+        res = results.get(g["workload"])
+        item = dict(g)
+        if res is None:
+            item["verdict"] = "not run"
+            out.append(item)
+            continue
+        rows = res["rows"]
+        default = "mpruner" if res["workload"]["kind"] == "minibatch" else "mpruner token_cka"
+        mp = next((r for r in rows if r["method"] == default and _ok(r)), None)
+        if g["against"] == "fastest peer":
+            cands = [r for r in rows if r["group"] == "peer" and _ok(r)]
+        else:
+            cands = [r for r in rows if r["method"] == g["against"] and _ok(r)]
+        if mp is None or not cands:
+            item["verdict"] = "not measured"
+            out.append(item)
+            continue
+        other = min(cands, key=lambda r: r["time_s"])
+        item.update(mpruner_s=mp["time_s"], other=other["method"], other_s=other["time_s"],
+                    other_extrapolated=other.get("status") == "extrapolated")
+        if "min_speedup" in g:
+            sp = other["time_s"] / mp["time_s"]
+            item["speedup"] = sp
+            met = sp >= g["min_speedup"]
+            item["verdict"] = (f"met: {sp:.1f}x >= {g['min_speedup']:g}x" if met else
+                               f"missed: {sp:.1f}x < {g['min_speedup']:g}x (short by {g['min_speedup'] / sp:.2f}x)")
+        else:
+            ratio = mp["time_s"] / other["time_s"]
+            item["ratio"] = ratio
+            met = ratio <= g["max_ratio"]
+            item["verdict"] = (f"met: {ratio:.2f}x <= {g['max_ratio']:g}x" if met else
+                               f"missed: {ratio:.2f}x > {g['max_ratio']:g}x (over by {ratio / g['max_ratio']:.2f}x)")
+        item["met"] = met
+        out.append(item)
+    return out
+
+
+def table(result: Dict) -> str:
+    rows = result["rows"]
+    head = ["method", "estimator", "status", "time", "x mpruner", "max err", "peak mem", "roofline", "notes"]
+    lines = []
+    for r in rows:
+        ratio = r.get("ratio_vs_mpruner_same_estimator", r.get("ratio_vs_mpruner"))
+        mark = "" if "ratio_vs_mpruner_same_estimator" in r else "*"
+        err = r.get("max_err")
+        notes = r.get("extrapolation", "")
+        if r.get("status") not in ("ok", "extrapolated"):
+            notes = (r.get("error") or r.get("notes") or "")[:90]
+        elif r.get("err_note"):
+            notes = (notes + "; " if notes else "") + r["err_note"]
+        if (r.get("others_cpu_busy") or 0) > 0.25:
+            notes = (notes + "; " if notes else "") + f"noisy: other processes used {100 * r['others_cpu_busy']:.0f}% CPU"
+        lines.append([
+            r["method"], r.get("estimator", ""), r.get("status", "")[:40], fmt_time(r.get("time_s")),
+            "-" if ratio is None else f"{ratio:.2f}{mark}",
+            "-" if err is None else f"{err:.1e}", fmt_bytes(r.get("peak_mem_bytes")),
+            "-" if r.get("roofline_fraction") is None else f"{100 * r['roofline_fraction']:.0f}%", notes])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    out = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(l, widths)).rstrip() for l in lines]
+    return "\n".join(out)
+
+
+def markdown_table(result: Dict) -> str:
+    """The headline table as Markdown (for the README)."""
+    out = ["| method | estimator | time | × mpruner | max abs err | peak mem | notes |",
+           "|---|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        ratio = r.get("ratio_vs_mpruner")
+        err = r.get("max_err")
+        note = r.get("extrapolation", "") if _ok(r) else (r.get("status", "") + ": " + (r.get("error") or r.get(
+            "notes", "")))[:80]
+        out.append(f"| {r['method']} | {r.get('estimator', '')} | {fmt_time(r.get('time_s'))} | "
+                   f"{'-' if ratio is None else f'{ratio:.2f}'} | {'-' if err is None else f'{err:.1e}'} | "
+                   f"{fmt_bytes(r.get('peak_mem_bytes'))} | {note} |")
+    return "\n".join(out)
+
+
+def profile_text(p: Optional[Dict]) -> str:
+    if not p or p.get("status") != "ok":
+        return ""
+    share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(p["groups_share"].items(), key=lambda kv: -kv[1]))
+    top = ", ".join(f"{o['op']} {o['self_ms']:.1f} ms" for o in p["top_ops"][:5])
+    return f"   where mpruner's time goes ({p['batches_profiled']} batches): {share}\n   top ops: {top}"
+
+
+def clean(o):
+    """JSON-safe: NaN/inf -> None."""
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: clean(v) for k, v in o.items() if k != "log"}
+    if isinstance(o, (list, tuple)):
+        return [clean(v) for v in o]
+    return o
+
+
+def write_json(path: str, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(clean(obj), f, indent=1, default=str)
+
+
+# ---------------------------------------------------------------- plots
+COLORS = {"mpruner": "#1f77b4", "baseline": "#7f7f7f", "floor": "#2ca02c", "peer": "#d62728"}
+
+
+def plot_headline(results: Dict[str, Dict], path: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in results.items() if any(_ok(r) for r in v["rows"])]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = [r for r in results[name]["rows"] if _ok(r)]
+        rows.sort(key=lambda r: r["time_s"])
+        y = range(len(rows))
+        ax.barh(list(y), [r["time_s"] for r in rows], color=[COLORS.get(r["group"], "k") for r in rows],
+                hatch=None)
+        for i, r in enumerate(rows):
+            if r.get("status") == "extrapolated":
+                ax.barh(i, r["time_s"], color="none", edgecolor="white", hatch="//")
+            ratio = r.get("ratio_vs_mpruner")
+            label = fmt_time(r["time_s"]) + (f"  ({ratio:.1f}x)" if ratio is not None else "")
+            ax.text(r["time_s"] * 1.08, i, label, va="center", fontsize=7)
+        ax.set_yticks(list(y))
+        ax.set_yticklabels([r["method"] for r in rows], fontsize=8)
+        ax.set_xscale("log")
+        lo = min(r["time_s"] for r in rows)
+        hi = max(r["time_s"] for r in rows)
+        ax.set_xlim(lo / 2, hi * 30)
+        ax.invert_yaxis()
+        ax.set_xlabel("time (s, log)  — hatched: extrapolated", fontsize=8)
+        desc = results[name]["workload"]["description"].split(", 32 sequences")[0]
+        ax.set_title(f"{name}: {desc}", fontsize=7, wrap=True)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
+    """Time (top) and peak memory (bottom) against N, L and d."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_names = [a for a in ("N", "L", "d") if a in sweeps]
+    if not axes_names:
+        return
+    fig, axes = plt.subplots(2, len(axes_names), figsize=(4.6 * len(axes_names), 7), squeeze=False)
+    for c, axis in enumerate(axes_names):
+        points = sweeps[axis]
+        methods = list(dict.fromkeys(r["method"] for p in points for r in p["rows"]))
+        for m in methods:
+            xs, ts, ms, ext = [], [], [], []
+            group = "peer"
+            for p in points:
+                x = p["workload"]["d"] if axis == "d" else p["workload"][axis]
+                r = next((r for r in p["rows"] if r["method"] == m), None)
+                if r is None or not _ok(r):
+                    continue
+                group = r["group"]
+                xs.append(x)
+                ts.append(r["time_s"])
+                ms.append((r.get("peak_mem_bytes") or 0) / 2**20)
+                ext.append(r.get("status") == "extrapolated")
+            if not xs:
+                continue
+            style = dict(color=COLORS.get(group), marker="o", ms=4, lw=1.5 if group == "mpruner" else 1)
+            if group == "peer":
+                style.update(color=None, ls="--")
+            line = axes[0][c].plot(xs, ts, label=m, **style)[0]
+            axes[1][c].plot(xs, ms, label=m, **{**style, "color": line.get_color()})
+            for x, t, e in zip(xs, ts, ext):
+                if e:
+                    axes[0][c].plot([x], [t], marker="o", mfc="white", color=line.get_color(), ms=6)
+        for rr, ylabel in ((0, "time (s)"), (1, "peak memory above baseline (MiB)")):
+            ax = axes[rr][c]
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(axis)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+        fixed = ", ".join(f"{k}={points[0]['workload'][k]}" for k in ("L", "N", "n", "d") if k != axis)
+        axes[0][c].set_title(f"sweep over {axis} ({fixed})", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title + "  (open markers: extrapolated)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
