@@ -1,5 +1,6 @@
 """mpruner.analyze on tiny models: results against a float64 NumPy computation, views,
 batches, the cross-model matrix, and a model left exactly as it was."""
+import collections
 import copy
 import itertools
 
@@ -122,11 +123,13 @@ def snapshot(model):
 
 # ---------------------------------------------------------------- results
 @pytest.mark.parametrize("unbiased", [True, False])
-@pytest.mark.parametrize("batch", ["tensor", "tuple", "dict"])
+@pytest.mark.parametrize("batch", ["tensor", "tuple", "namedtuple", "dict"])
 def test_mlp_matches_float64_reference(gen, unbiased, batch):
     model = mlp()
     xs = [torch.randn(n, 12, generator=gen) for n in (9, 8, 10)]
-    wrap = {"tensor": lambda x: x, "tuple": lambda x: (x, torch.zeros(len(x))), "dict": lambda x: {"input": x}}[batch]
+    pair = collections.namedtuple("Pair", "x y")
+    wrap = {"tensor": lambda x: x, "tuple": lambda x: (x, torch.zeros(len(x))), "dict": lambda x: {"input": x},
+            "namedtuple": lambda x: pair(x, 3)}[batch]
     result = analyze(model, [wrap(x) for x in xs], unbiased=unbiased, progress=False)
     expected = minibatch_reference([mlp_features(model, x) for x in xs], unbiased)
     assert isinstance(result, Analysis) and result.cka.dtype == torch.float64 and result.cka.device.type == "cpu"

@@ -33,7 +33,8 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "analyze", help="CKA between the layers of a model on calibration data (cka.json, cka.png)",
         description="Run a model over calibration data and compute the CKA similarity of its layers "
-                    "(MPruner's analysis stage).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "(MPruner's analysis stage).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face model directory, or module:factory")
     p.add_argument("--data", required=True, help="text file (one example per line), CSV/TSV file, or module:factory")
     p.add_argument("--column", help="CSV/TSV column holding the text (default: 'text')")
@@ -98,7 +99,8 @@ def _hf_model(directory: str):
     try:
         import transformers as T
     except ImportError:
-        raise ModuleNotFoundError("a Hugging Face model directory needs transformers: pip install transformers") from None
+        raise ModuleNotFoundError("a Hugging Face model directory needs transformers: "
+                                  "pip install transformers") from None
     model = T.AutoModel.from_pretrained(directory, local_files_only=True)
     return model, directory
 

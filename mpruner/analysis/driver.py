@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import warnings
 from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
@@ -68,14 +70,14 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
         sink = TokenSink(unbiased, names, other_names, cka_device)
     else:
         sink = MatrixSink(kernel, unbiased, names, other_names, cka_device)
-    view_fn = lambda x, ctx, name: apply_view(view, x, ctx, name)  # noqa: E731
+    view_fn = functools.partial(apply_view, view)
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
     seen = 0
+    other_hooks = LayerCapture(other_selection, view_fn) if other is not None else contextlib.nullcontext()
     with _restore_modes(model, other), torch.no_grad(), _progress(batches, total, progress) as batches, \
-            LayerCapture(selection, view_fn) as capture, \
-            (LayerCapture(other_selection, view_fn) if other is not None else contextlib.nullcontext()) as other_capture:
+            LayerCapture(selection, view_fn) as capture, other_hooks as other_capture:
         model.eval()
         if other is not None:
             other.eval()
@@ -90,8 +92,6 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
     if sink.skipped_batches:
-        import warnings
-
         unit = "sequences" if view == "tokens" else "samples"
         warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
                       f"{'unbiased' if unbiased else 'biased'} estimator (it needs >= {sink.need} "

@@ -44,8 +44,9 @@ def to_device(batch, device: torch.device, index: int, where: str = "batch"):
                                ) from None
     if isinstance(batch, Mapping):
         return {k: to_device(v, device, index, f"{where}[{k!r}]") for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(to_device(v, device, index, f"{where}[{i}]") for i, v in enumerate(batch))
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device, index, f"{where}[{i}]") for i, v in enumerate(batch)]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)  # namedtuple or not
     return batch
 
 
