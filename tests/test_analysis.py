@@ -461,3 +461,25 @@ def test_layer_that_does_not_run_or_runs_twice(gen):
         analyze(model, batches, layers="layers", forward=twice, progress=False)
     for m in model.modules():
         assert not m._forward_hooks
+
+
+def test_decoder_layers_prefer_the_decoder_mask(gen):
+    class Seq2Seq(TokenNet):
+        def forward(self, input_ids, attention_mask=None, decoder_attention_mask=None):
+            return super().forward(input_ids)
+
+    model = Seq2Seq()
+    model.decoder = model.layers  # the same blocks, reached as a decoder stack
+    batches = token_batches(gen)
+    for b in batches:
+        b["decoder_attention_mask"], b["attention_mask"] = b["attention_mask"], torch.ones_like(b["attention_mask"])
+    hidden = [model.hidden(b["input_ids"]) for b in batches]
+    result = analyze(model, batches, layers="decoder", progress=False)
+    assert result.layer_names[0] == "decoder.0"
+    expected = minibatch_reference([[masked_mean(h, b["decoder_attention_mask"]) for h in hs]
+                                    for hs, b in zip(hidden, batches)])
+    np.testing.assert_allclose(result.cka.numpy(), expected, atol=2e-6)
+    encoder = analyze(model, batches, layers="layers", progress=False)  # not a decoder: attention_mask
+    expected = minibatch_reference([[masked_mean(h, b["attention_mask"]) for h in hs]
+                                    for hs, b in zip(hidden, batches)])
+    np.testing.assert_allclose(encoder.cka.numpy(), expected, atol=2e-6)

@@ -11,7 +11,8 @@ and returns ``(n, ...)`` features for the minibatch CKA, or, for ``"tokens"``, t
 - ``tokens``: per-sequence CKA with tokens as samples (``mpruner.token_cka``).
 
 A (B, T) mask is taken from the batch dict's ``attention_mask`` (or
-``decoder_attention_mask``) when its shape matches the output's first two dimensions.
+``decoder_attention_mask``) when its shape matches the output's first two dimensions;
+layers of a decoder stack (``decoder`` in their name) try ``decoder_attention_mask`` first.
 """
 from __future__ import annotations
 
@@ -36,12 +37,16 @@ class BatchContext:
     keys: str = ""                   # for error messages
     _cache: Dict = field(default_factory=dict)
 
-    def mask_for(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The batch's (B, T) mask that fits a (B, T, ...) output, as bool on x's device."""
-        key = (tuple(x.shape[:2]), x.device)
+    def mask_for(self, x: torch.Tensor, name: str = "") -> Optional[torch.Tensor]:
+        """The batch's (B, T) mask that fits a (B, T, ...) output, as bool on x's device.
+
+        A layer of a decoder stack (``decoder`` in its name) prefers ``decoder_attention_mask``.
+        """
+        decoder = "decoder" in name.split(".")
+        key = (tuple(x.shape[:2]), x.device, decoder)
         if key not in self._cache:
             mask = None
-            for _, m in self.masks:
+            for _, m in sorted(self.masks, key=lambda item: decoder != (item[0] == "decoder_attention_mask")):
                 if m.dim() == 2 and tuple(m.shape) == tuple(x.shape[:2]):
                     mask = m.to(device=x.device, non_blocking=True).bool()
                     break
@@ -87,26 +92,26 @@ def apply_view(view: str, x: torch.Tensor, ctx: BatchContext,
     if view in TOKEN_VIEWS and x.dim() != 3:
         raise _shape_error(view, x, name)
     if view == "flatten":
-        mask = ctx.mask_for(x) if x.dim() == 3 else None
+        mask = ctx.mask_for(x, name) if x.dim() == 3 else None
         if mask is not None:  # padding positions are not features of the sequence
             x = torch.where(mask[:, :, None], x, 0)
         return x.reshape(x.shape[0], -1)
     if view == "mean":
-        return _mean(x, ctx.mask_for(x) if x.dim() == 3 else None)
+        return _mean(x, ctx.mask_for(x, name) if x.dim() == 3 else None)
     if view == "cls":
-        mask = ctx.mask_for(x)
+        mask = ctx.mask_for(x, name)
         if mask is not None and not _first_is_real(ctx, mask):
             raise ValueError(f"view='cls' takes token 0, but batch {ctx.index} is left-padded (token 0 is padding "
                              f"in some sequences) at layer {name!r}: pad on the right or use view='last_token'")
         return x[:, 0]
     if view == "last_token":
-        mask = ctx.mask_for(x)
+        mask = ctx.mask_for(x, name)
         if mask is None:
             return x[:, -1]
         last = mask.shape[1] - 1 - mask.flip(1).to(torch.int8).argmax(1)
         return x[torch.arange(x.shape[0], device=x.device), last]
     if view == "tokens":
-        mask = ctx.mask_for(x)
+        mask = ctx.mask_for(x, name)
         if mask is None and ctx.token_ids:
             raise ValueError(f"view='tokens' needs the attention_mask of each batch to leave out padding, but batch "
                              f"{ctx.index} ({ctx.keys}) has no (B, T)={tuple(x.shape[:2])} mask for layer {name!r}: "
