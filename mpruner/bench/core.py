@@ -96,8 +96,9 @@ def sample_units(ctx: Ctx, unit: str, k: int) -> List[int]:
         return allu[:k]
     if unit == "sequences":
         order = sorted(allu, key=lambda b: ctx.source.lengths[b])
-    else:
-        order = allu
+    else:  # pairs: off-diagonal ones first (CKA(x, x) = 1 says little about accuracy)
+        off = [p for p in allu if ctx.pairs[p][0] != ctx.pairs[p][1]]
+        order = off if k <= len(off) else allu
     idx = sorted({round(i * (len(order) - 1) / max(1, k - 1)) for i in range(k)}) if k > 1 else [len(order) - 1]
     return sorted(order[i] for i in idx)
 

@@ -182,8 +182,11 @@ def git_commit():
     try:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=here, text=True,
                                          stderr=subprocess.DEVNULL).strip()
-        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                             text=True, stderr=subprocess.DEVNULL).strip())
+        # uncommitted changes to what is measured (the package and the engine), not to docs or tests
+        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                              "mpruner", "csrc", "setup.py", "CMakeLists.txt"],
+                                             cwd=os.path.join(here, "..", ".."), text=True,
+                                             stderr=subprocess.DEVNULL).strip())
         return commit, dirty
     except (OSError, subprocess.CalledProcessError):
         return None, None

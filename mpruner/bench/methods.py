@@ -21,27 +21,27 @@ def mpruner_minibatch(ctx: Ctx, batches: List[int]) -> Result:
     return Result(acc.compute())
 
 
-def mpruner_exact(ctx: Ctx, batches: List[int]) -> Result:
-    """Biased CKA over all samples: the streaming exact estimator where its d x d sums
-    fit, else cka_matrix on all samples at once."""
+def mpruner_full_batch(ctx: Ctx, batches: List[int]) -> Result:
+    """Biased CKA over all samples at once, mpruner's cheaper way for the shapes: one
+    cka_matrix over all N samples (L N^2 d flops, holds the N samples), or the streaming
+    exact estimator (N (L d)^2 flops, (L d)^2 float64 memory)."""
     import mpruner
 
-    acc = mpruner.CKAAccumulator(estimator="exact", unbiased=False)
-    try:
+    wl = ctx.wl
+    N = wl.n * len(batches)
+    gram_cost, exact_cost = wl.L * N * N * wl.d, N * (wl.L * wl.d) ** 2
+    if gram_cost <= exact_cost and 4 * N * wl.L * wl.d <= 4 * 2**30:
+        per_layer = [[] for _ in range(wl.L)]
         for i in batches:
-            acc.update(ctx.source.batch(i))
-        return Result(acc.compute(), note="CKAAccumulator(estimator='exact', unbiased=False)")
-    except ValueError as exc:
-        if "max_exact_bytes" not in str(exc):
-            raise
-    per_layer = [[] for _ in range(ctx.wl.L)]
+            for l, x in enumerate(ctx.source.batch(i)):
+                per_layer[l].append(x)
+        feats = [torch.cat(p) for p in per_layer]  # holding all N samples is this estimator's cost
+        del per_layer
+        return Result(mpruner.cka_matrix(feats, unbiased=False), note="cka_matrix over all N samples at once")
+    acc = mpruner.CKAAccumulator(estimator="exact", unbiased=False)
     for i in batches:
-        for l, x in enumerate(ctx.source.batch(i)):
-            per_layer[l].append(x)
-    feats = [torch.cat(p) for p in per_layer]  # holding all samples is part of this estimator's cost
-    del per_layer
-    return Result(mpruner.cka_matrix(feats, unbiased=False),
-                  note="exact estimator refused (d x d sums too large): cka_matrix over all N samples at once")
+        acc.update(ctx.source.batch(i))
+    return Result(acc.compute(), note="CKAAccumulator(estimator='exact', unbiased=False), streaming")
 
 
 def mpruner_tokens(unbiased: bool):
@@ -153,8 +153,8 @@ def gram_floor(ctx: Ctx, batches: List[int]) -> Result:
 OWN_METHODS: Dict[str, Method] = {m.name: m for m in [
     Method("mpruner", "mpruner", "minibatch-u", "batches", MINIBATCH, mpruner_minibatch,
            "CKAAccumulator() defaults: linear, unbiased HSIC_1, minibatch"),
-    Method("mpruner exact", "mpruner", "full-b", "batches", MINIBATCH, mpruner_exact,
-           "CKAAccumulator(estimator='exact', unbiased=False): biased CKA over all N samples"),
+    Method("mpruner full-batch", "mpruner", "full-b", "batches", MINIBATCH, mpruner_full_batch,
+           "biased CKA over all N samples: cka_matrix on all samples, or the streaming exact estimator"),
     Method("mpruner token_cka", "mpruner", "seq-b", "batches", TOKENS, mpruner_tokens(False),
            "token_cka(hidden_states, attention_mask) per forward pass of 32 sequences"),
     Method("mpruner token_cka unbiased", "mpruner", "seq-u", "batches", TOKENS, mpruner_tokens(True),

@@ -139,6 +139,21 @@ def markdown_table(result: Dict) -> str:
     return "\n".join(out)
 
 
+def markdown_report(results: Dict[str, Dict], goals: List[Dict], machine: Dict) -> str:
+    dev = machine.get("gpu") or f"{machine.get('cpu')}, {machine.get('torch_threads')} threads"
+    out = [f"Measured on {dev}; torch {machine.get('torch')}, mpruner {machine.get('mpruner')} "
+           f"(commit {(machine.get('git_commit') or '?')[:10]}), {machine.get('date')}.", ""]
+    for name, res in results.items():
+        out += [f"**{name}** ({res['workload']['description']}):", "", markdown_table(res), ""]
+    if goals:
+        out += ["| goal | against | verdict |", "|---|---|---|"]
+        for g in goals:
+            target = f"≥ {g['min_speedup']:g}× faster" if "min_speedup" in g else f"≤ {g['max_ratio']:g}× the time"
+            out.append(f"| {g['workload']}: {target} | {g.get('other', g['against'])} | {g['verdict']} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def profile_text(p: Optional[Dict]) -> str:
     if not p or p.get("status") != "ok":
         return ""

@@ -131,6 +131,8 @@ def say(cfg: Config, *a):
 
 def roofline(cfg: Config, shapes) -> Dict:
     say(cfg, f"measuring the {cfg.device} roofline (GEMM rate, bandwidth) ...")
+    if cfg.quiet_wait_s > 0 and cfg.device == "cpu":
+        measure.wait_quiet(cfg.quiet_wait_s)
     return spawn(cfg, {"task": "roofline", "device": cfg.device, "shapes": [list(s) for s in shapes]},
                  f"roofline_{cfg.device}")
 
@@ -146,6 +148,8 @@ def methods_for(wl: Workload, cfg: Config, names: Optional[List[str]] = None):
             continue
         if m.peer is not None and m.peer not in cfg.peers:
             continue
+        if m.cpu_only and cfg.device != "cpu" and names is None:
+            continue  # NumPy on the host: a GPU run would spend its time on the CPU
         out.append(m)
     return out
 
