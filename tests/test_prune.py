@@ -155,3 +155,19 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert {k: v for k, v in strip(got["summary"]).items() if k != "history"} == \
         {k: v for k, v in strip(ref["summary"]).items() if k != "history"}
     assert got["weights"] == ref["weights"]
+
+
+def test_auto_threshold_tries_each_layer_once_after_rollbacks():
+    model, train, _ = prune_job.build()
+    pruner = mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0 if len(m.blocks) == 8 else 0.0,
+                             layers="blocks", threshold="auto", tolerance=0.0, view="flatten", progress=False,
+                             max_iterations=20)
+    result = pruner.run()
+    sets = [tuple(h.removed) for h in result.history]
+    assert sets
+    assert len(set(sets)) == len(sets)                      # nothing rejected is tried again
+    assert not any(h.accepted for h in result.history)
+    singles = [s[0] for s in sets if len(s) == 1]
+    assert len(singles) >= 2                                # single layers are excluded one after another
+    assert "excluded after rollback" in result.stop_reason or "max_granularity" in result.stop_reason
+    assert auto_threshold(result.history[0].cka, exclude=[sets[0][0]]) <= auto_threshold(result.history[0].cka)

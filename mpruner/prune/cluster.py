@@ -64,14 +64,15 @@ def adjacent_similarities(cka) -> List[float]:
     return [float(m[i, i + 1]) for i in range(m.shape[0] - 1)]
 
 
-def auto_threshold(cka, floor: float = 0.9, step: float = 0.005) -> float:
+def auto_threshold(cka, floor: float = 0.9, step: float = 0.005, exclude=()) -> float:
     """A threshold that lets the most similar neighbouring layers form a cluster.
 
-    The largest adjacent CKA, rounded down to ``step``, but never below ``floor``
-    (below that, layers are not redundant enough to try). Used by
-    ``MPruner(threshold="auto")`` when the fixed default would remove nothing.
+    The largest CKA(l, l+1) over pairs whose later layer is not in ``exclude`` (layers
+    that cannot or should not be removed), rounded down to ``step``, but never below
+    ``floor`` (below that, layers are not redundant enough to try). Used by
+    ``MPruner(threshold="auto")``.
     """
-    sims = [s for s in adjacent_similarities(cka) if not math.isnan(s)]
+    sims = [s for i, s in enumerate(adjacent_similarities(cka)) if not math.isnan(s) and i + 1 not in set(exclude)]
     if not sims:
         return 1.0
     return max(floor, math.floor(max(sims) / step) * step)

