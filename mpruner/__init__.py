@@ -14,7 +14,8 @@ from .ops import build_info, cuda_built
 from .cka import center_gram, cka, cka_matrix, gram, hsic
 from .token_cka import token_cka
 from .accumulator import CKAAccumulator
-from . import reference
+from . import data, reference
+from .analysis import Analysis, analyze
 from .blocks import BlockList, find_blocks
 from .prune import Finetuner, MPruner, PruneResult, cluster_layers, select_layers
 from .surgery import (ModelStats, get_record, load_pruned, model_stats, read_record, removable_layers,
@@ -22,7 +23,7 @@ from .surgery import (ModelStats, get_record, load_pruned, model_stats, read_rec
 
 __all__ = [
     "__version__", "build_info", "cuda_built", "gram", "center_gram", "hsic", "cka", "cka_matrix", "token_cka",
-    "CKAAccumulator", "reference", "BlockList", "find_blocks", "remove_layers", "removable_layers", "save_pruned",
+    "CKAAccumulator", "reference", "data", "analyze", "Analysis", "BlockList", "find_blocks", "remove_layers", "removable_layers", "save_pruned",
     "load_pruned", "model_stats", "ModelStats", "get_record", "read_record", "cluster_layers", "select_layers",
     "MPruner", "PruneResult", "Finetuner",
 ]

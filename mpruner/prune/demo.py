@@ -53,8 +53,8 @@ class DemoConfig:
 
 
 CONFIGS = {
-    "text": DemoConfig(train=2000, eval=1000, calib=256, batch_size=32, start_epochs=2, start_lr=1e-4,
-                       recover_samples=960, recover_lr=1e-4, max_iterations=4),
+    "text": DemoConfig(train=4000, eval=1000, calib=256, batch_size=32, start_epochs=2, start_lr=1e-4,
+                       recover_samples=2000, recover_lr=1e-4, max_iterations=6),
     "vision": DemoConfig(train=6000, eval=2000, calib=256, batch_size=64, start_epochs=1, start_lr=1e-3,
                          recover_samples=1920, recover_lr=3e-4, max_iterations=10),
 }

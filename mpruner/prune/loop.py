@@ -17,6 +17,7 @@ from . import checkpoint as ckpt
 from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
 
 TOLERANCE_MODES = ("absolute", "relative")
+AUTO_FLOOR = 0.9  # threshold="auto" never tries layers less similar than this to their predecessor
 
 
 @dataclass
@@ -285,10 +286,15 @@ class MPruner:
         auto = self.threshold == "auto"
         while True:
             excluded = set(self._excluded) | (set(range(cka.shape[0])) - allowed)
-            threshold = auto_threshold(cka, exclude=excluded) if auto else float(self.threshold)
+            threshold = auto_threshold(cka, floor=AUTO_FLOOR, exclude=excluded) if auto else float(self.threshold)
             clusters = cluster_layers(cka, threshold, self.cluster_method)
             k = min(self.granularity, self.max_granularity)
             removed = [i for i in select_layers(clusters, k) if i not in excluded]
+            if not removed and auto:
+                # Anchored clusters can miss a similar pair further down (its anchor is
+                # excluded): try the most similar remaining layer alone.
+                left = [i for i in range(1, cka.shape[0]) if i not in excluded and float(cka[i - 1, i]) >= AUTO_FLOOR]
+                removed = [max(left, key=lambda i: float(cka[i - 1, i]))] if left else []
             if not removed:
                 sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
                 note = f"; excluded after rollback: {sorted(self._excluded)}" if self._excluded else ""
