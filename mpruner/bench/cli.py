@@ -43,8 +43,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quiet-wait", type=float, default=60,
                    help="CPU: before each row wait up to this many seconds for the other processes' CPU use "
                         "to drop below 25%% (a shared machine's noise); 0 to skip")
+    p.add_argument("--retry-noisy", type=int, default=1,
+                   help="CPU: measure a row again (up to this many times) when other processes used more than "
+                        "25%% of the CPU while it ran, keeping the quieter measurement")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown of mpruner")
     p.add_argument("--work-dir", default=None, help="keep references and subprocess logs here")
+    p.add_argument("--replot", action="store_true",
+                   help="measure nothing: rebuild the tables, goals and plots from the JSON files in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -80,16 +85,79 @@ def _peers(arg: str) -> List[str]:
     return names
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # so that the running task is killed too
+
+
+def replot(args, tag: str) -> int:
+    """Tables, goals and plots again from the JSON files of an earlier run."""
+    import glob
+    import json
+
+    results, sweeps, meta = {}, {}, None
+    for path in sorted(glob.glob(os.path.join(args.out, f"{tag}_*.json"))):
+        with open(path) as f:
+            d = json.load(f)
+        if "rows" in d:
+            results[d["workload"]["name"]] = d
+        elif "points" in d:
+            sweeps[d["axis"]] = d["points"]
+        meta = meta or d
+    if meta is None:
+        raise SystemExit(f"no {tag}_*.json in {args.out}")
+    order = ["dense", "conv", "tokens", "gpu"]
+    results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+    _finish(args, tag, results, sweeps, meta, None)
+    return 0
+
+
+def _finish(args, tag, results, sweeps, meta, t0):
+    from . import report
+
+    machine = meta["machine"]
+    dev_type = "cuda" if machine.get("gpu") else "cpu"
+    goals = report.evaluate_goals(results, dev_type)
+    for res in results.values():
+        print(f"\n== {res['workload']['name']}: {res['workload']['description']}\n" + report.table(res))
+    if results:
+        summary = {k: meta[k] for k in ("machine", "config", "roofline") if k in meta}
+        summary.update(goals=goals, elapsed_s=None if t0 is None else time.perf_counter() - t0, headline={
+            w: {"workload": r["workload"], "profile": r.get("profile"), "rows": [
+                {k: row.get(k) for k in ("method", "estimator", "status", "time_s", "ratio_vs_mpruner", "max_err",
+                                         "peak_mem_bytes", "roofline_fraction", "extrapolation")}
+                for row in r["rows"]]} for w, r in results.items()})
+        report.write_json(os.path.join(args.out, f"{tag}_summary.json"), summary)
+        where = machine.get("gpu") or machine.get("cpu")
+        report.plot_headline(results, os.path.join(args.out, f"{tag}_headline.png"),
+                             f"CKA on {where} ({machine['torch_threads']} threads)")
+        with open(os.path.join(args.out, f"{tag}_tables.md"), "w") as f:
+            f.write(report.markdown_report(results, goals, machine))
+    if sweeps:
+        report.plot_scaling(sweeps, os.path.join(args.out, f"{tag}_scaling.png"),
+                            f"scaling on {machine.get('gpu') or machine.get('cpu')}")
+    if goals:
+        print("\ngoals (measured, not asserted):")
+        for g in goals:
+            print(f"  {g['workload']:<7} vs {g.get('other', g['against']):<20} {g['verdict']}")
+            if g.get("met") is False:
+                print(report.profile_text(results[g["workload"]].get("profile")))
+
+
 def run(args) -> int:
+    import signal
+
     import torch
 
     from . import measure, report, runner
     from .workloads import WORKLOADS, sweep_workloads
 
+    tag = args.tag or ("gpu" if args.device == "cuda" else "cpu")
+    if args.replot:
+        return replot(args, tag)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     dev_type = args.device
-    tag = args.tag or ("gpu" if dev_type == "cuda" else "cpu")
     names = _workloads(args.workload, dev_type)
     bad = [w for w in names if w not in WORKLOADS and w not in GROUPS["sweeps"]]
     if bad:
@@ -97,7 +165,7 @@ def run(args) -> int:
     cfg = runner.Config(device=args.device, repeats=args.repeats,
                         budget_s=args.budget or (15.0 if dev_type == "cuda" else 20.0), timeout_s=args.timeout,
                         mem_cap_bytes=int(args.mem_cap * 2**30),
-                        quiet_wait_s=args.quiet_wait,
+                        quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy,
                         peers=_peers(args.peers), work_dir=args.work_dir or "", verbose=not args.quiet)
     only = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
     sweep_only = [m.strip() for m in args.sweep_methods.split(",")]
@@ -106,7 +174,8 @@ def run(args) -> int:
     machine = measure.machine_info(torch.device(args.device))
     print(f"mpruner bench on {machine.get('gpu') or machine.get('cpu')} ({machine['cpu_count']} cores), "
           f"torch {machine['torch']}, commit {(machine['git_commit'] or '?')[:10]}"
-          f"{' (dirty)' if machine['git_dirty'] else ''}; peers: {', '.join(cfg.peers) or 'none'}")
+          f"{' + uncommitted changes to ' + ', '.join(machine['git_dirty']) if machine['git_dirty'] else ''}; "
+          f"peers: {', '.join(cfg.peers) or 'none'}")
     print(f"work dir (references, logs): {cfg.work_dir}")
 
     headline = [w for w in names if w in WORKLOADS]
@@ -121,7 +190,6 @@ def run(args) -> int:
         res = runner.run_workload(cfg, WORKLOADS[w], only, profile=not args.no_profile)
         report.add_roofline(res, roof)
         results[w] = res
-        print("\n" + report.table(res))
         report.write_json(os.path.join(args.out, f"{tag}_{w}.json"), {**meta, **res})
     sweep_results = {}
     for axis in sweeps:
@@ -133,27 +201,6 @@ def run(args) -> int:
         sweep_results[axis] = pts
         report.write_json(os.path.join(args.out, f"{tag}_sweep_{axis}.json"), {**meta, "axis": axis, "points": pts})
 
-    goals = report.evaluate_goals(results, dev_type)
-    summary = {**meta, "goals": goals, "elapsed_s": time.perf_counter() - t0,
-               "headline": {w: {"workload": r["workload"], "rows": [
-                   {k: row.get(k) for k in ("method", "estimator", "status", "time_s", "ratio_vs_mpruner",
-                                            "max_err", "peak_mem_bytes", "roofline_fraction", "extrapolation")}
-                   for row in r["rows"]], "profile": r.get("profile")} for w, r in results.items()}}
-    if results:
-        report.write_json(os.path.join(args.out, f"{tag}_summary.json"), summary)
-        report.plot_headline(results, os.path.join(args.out, f"{tag}_headline.png"),
-                             f"CKA on {machine.get('gpu') or machine.get('cpu')} ({machine['torch_threads']} threads)")
-    if sweep_results:
-        report.plot_scaling(sweep_results, os.path.join(args.out, f"{tag}_scaling.png"),
-                            f"scaling on {machine.get('gpu') or machine.get('cpu')}")
-    if results:
-        with open(os.path.join(args.out, f"{tag}_tables.md"), "w") as f:
-            f.write(report.markdown_report(results, goals, machine))
-    if goals:
-        print("\ngoals (measured, not asserted):")
-        for g in goals:
-            print(f"  {g['workload']:<7} vs {g.get('other', g['against']):<20} {g['verdict']}")
-            if g.get("met") is False:
-                print(report.profile_text(results[g["workload"]].get("profile")))
+    _finish(args, tag, results, sweep_results, meta, t0)
     print(f"\nwrote {args.out}/{tag}_*.json, *.png in {time.perf_counter() - t0:.0f} s")
     return 0

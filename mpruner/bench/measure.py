@@ -174,20 +174,25 @@ def machine_info(device: torch.device) -> Dict:
         except (OSError, subprocess.CalledProcessError):
             pass
     info["git_commit"], info["git_dirty"] = git_commit()
+    try:
+        so = mpruner._C.__file__
+        info["mpruner_extension"] = {"file": os.path.basename(so),
+                                     "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(so)))}
+    except (AttributeError, OSError):
+        pass
     return info
 
 
 def git_commit():
+    """(HEAD, files of the package and the engine with uncommitted changes, or [])."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=here, text=True,
                                          stderr=subprocess.DEVNULL).strip()
-        # uncommitted changes to what is measured (the package and the engine), not to docs or tests
-        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                              "mpruner", "csrc", "setup.py", "CMakeLists.txt"],
-                                             cwd=os.path.join(here, "..", ".."), text=True,
-                                             stderr=subprocess.DEVNULL).strip())
-        return commit, dirty
+        status = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                          "mpruner", "csrc", "setup.py", "CMakeLists.txt"],
+                                         cwd=os.path.join(here, "..", ".."), text=True, stderr=subprocess.DEVNULL)
+        return commit, [l[3:] for l in status.splitlines() if l.strip()]
     except (OSError, subprocess.CalledProcessError):
         return None, None
 

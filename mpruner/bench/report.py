@@ -31,6 +31,12 @@ def fmt_time(t: Optional[float]) -> str:
     return f"{t * 1e3:.1f} ms"
 
 
+def fmt_ratio(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
 def fmt_bytes(b: Optional[float]) -> str:
     if b is None:
         return "-"
@@ -50,11 +56,13 @@ def add_roofline(result: Dict, roof: Optional[Dict]):
     if not roof or roof.get("status") != "ok":
         return
     w = result["work"]
-    t_min = max(w["flops"] / roof["gemm_peak_flops"], w["bytes"] / roof["bandwidth_bytes_per_s"])
+    bw = w["bytes"] / roof["bandwidth_bytes_per_s"]
+    t_min = max(w["flops"] / roof["gemm_peak_flops"], bw)
+    t_gram = max(w["gram_flops"] / roof["gemm_peak_flops"], bw)   # the floor does no HSIC
     result["roofline_time_s"] = t_min
     for r in result["rows"]:
         if _ok(r):
-            r["roofline_fraction"] = t_min / r["time_s"]
+            r["roofline_fraction"] = (t_gram if r.get("estimator") == "none" else t_min) / r["time_s"]
 
 
 def evaluate_goals(results: Dict[str, Dict], device_type: str) -> List[Dict]:
@@ -129,13 +137,22 @@ def markdown_table(result: Dict) -> str:
     out = ["| method | estimator | time | × mpruner | max abs err | peak mem | notes |",
            "|---|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
-        ratio = r.get("ratio_vs_mpruner")
+        ratio, same = r.get("ratio_vs_mpruner"), r.get("ratio_vs_mpruner_same_estimator")
+        rtxt = fmt_ratio(ratio)
+        if same is not None and ratio is not None and r.get("ratio_basis") not in (
+                None, "mpruner", "mpruner token_cka", r["method"]):
+            rtxt += f" ({fmt_ratio(same)} vs {r['ratio_basis']})"
         err = r.get("max_err")
-        note = r.get("extrapolation", "") if _ok(r) else (r.get("status", "") + ": " + (r.get("error") or r.get(
-            "notes", "")))[:80]
-        out.append(f"| {r['method']} | {r.get('estimator', '')} | {fmt_time(r.get('time_s'))} | "
-                   f"{'-' if ratio is None else f'{ratio:.2f}'} | {'-' if err is None else f'{err:.1e}'} | "
-                   f"{fmt_bytes(r.get('peak_mem_bytes'))} | {note} |")
+        if _ok(r):
+            note = r.get("extrapolation", "")
+            if r.get("timing_note"):
+                note = (note + "; " if note else "") + r["timing_note"]
+            if (r.get("others_cpu_busy") or 0) > 0.25:
+                note = (note + "; " if note else "") + f"noisy ({100 * r['others_cpu_busy']:.0f}% CPU used by others)"
+        else:
+            note = (r.get("status", "") + ": " + (r.get("error") or r.get("notes", "")))[:80]
+        out.append(f"| {r['method']} | {r.get('estimator', '')} | {fmt_time(r.get('time_s'))} | {rtxt} | "
+                   f"{'-' if err is None else f'{err:.1e}'} | {fmt_bytes(r.get('peak_mem_bytes'))} | {note} |")
     return "\n".join(out)
 
 
@@ -203,7 +220,7 @@ def plot_headline(results: Dict[str, Dict], path: str, title: str):
             if r.get("status") == "extrapolated":
                 ax.barh(i, r["time_s"], color="none", edgecolor="white", hatch="//")
             ratio = r.get("ratio_vs_mpruner")
-            label = fmt_time(r["time_s"]) + (f"  ({ratio:.1f}x)" if ratio is not None else "")
+            label = fmt_time(r["time_s"]) + (f"  ({fmt_ratio(ratio)}x)" if ratio is not None else "")
             ax.text(r["time_s"] * 1.08, i, label, va="center", fontsize=7)
         ax.set_yticks(list(y))
         ax.set_yticklabels([r["method"] for r in rows], fontsize=8)
@@ -215,7 +232,10 @@ def plot_headline(results: Dict[str, Dict], path: str, title: str):
         ax.set_xlabel("time (s, log)  — hatched: extrapolated", fontsize=8)
         desc = results[name]["workload"]["description"].split(", 32 sequences")[0]
         ax.set_title(f"{name}: {desc}", fontsize=7, wrap=True)
-    fig.suptitle(title, fontsize=10)
+    from matplotlib.patches import Patch
+
+    axes[0][0].legend(handles=[Patch(color=c, label=g) for g, c in COLORS.items()], fontsize=7, loc="lower right")
+    fig.suptitle(title + "   (x = time / mpruner's time)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
