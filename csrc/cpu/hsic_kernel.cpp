@@ -131,13 +131,8 @@ void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool un
 
 std::tuple<at::Tensor, at::Tensor> hsic_partials_cpu(const at::Tensor& grams_in, const at::Tensor& lengths_in,
                                                      bool unbiased) {
-  TORCH_CHECK(grams_in.dim() == 4, "mpruner._hsic_partials: grams must be (L, B, T, T), got ", grams_in.sizes());
-  check_square_last(grams_in, "_hsic_partials: grams");
-  check_float_tensor(grams_in, "_hsic_partials: grams");
-  check_same_device(grams_in, lengths_in, "grams", "lengths");
+  check_partials_args(grams_in, lengths_in);
   const int64_t L = grams_in.size(0), B = grams_in.size(1), T = grams_in.size(2);
-  TORCH_CHECK(lengths_in.dim() == 1 && lengths_in.size(0) == B, "mpruner._hsic_partials: lengths must be (B,) with B=",
-              B, ", got ", lengths_in.sizes());
   at::Tensor grams = grams_in.contiguous();
   at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
   auto opts = grams.options().dtype(at::kDouble);

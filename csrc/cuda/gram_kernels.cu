@@ -48,14 +48,8 @@ __global__ void rbf_apply_kernel(const scalar_t* __restrict__ g, const double* _
 
 at::Tensor center_apply_cuda(const at::Tensor& k_in, const at::Tensor& rowsums_in, const at::Tensor& totals_in,
                              bool unbiased) {
-  TORCH_CHECK(k_in.dim() == 3, "mpruner._center_apply: k must be (B, n, n), got ", k_in.sizes());
-  check_square_last(k_in, "_center_apply: k");
-  check_float_tensor(k_in, "_center_apply: k");
-  check_same_device(k_in, rowsums_in, "k", "rowsums");
-  check_same_device(k_in, totals_in, "k", "totals");
+  check_center_args(k_in, rowsums_in, totals_in);
   const int64_t B = k_in.size(0), n = k_in.size(1);
-  TORCH_CHECK(rowsums_in.sizes() == at::IntArrayRef({B, n}) && totals_in.sizes() == at::IntArrayRef({B}),
-              "mpruner._center_apply: rowsums must be (B, n) and totals (B,)");
   c10::cuda::CUDAGuard guard(k_in.device());
   at::Tensor k = k_in.contiguous();
   at::Tensor r = rowsums_in.to(at::kDouble).contiguous();
@@ -72,12 +66,8 @@ at::Tensor center_apply_cuda(const at::Tensor& k_in, const at::Tensor& rowsums_i
 }
 
 at::Tensor rbf_apply_cuda(const at::Tensor& g_in, const at::Tensor& inv_in) {
-  TORCH_CHECK(g_in.dim() == 3, "mpruner._rbf_apply: g must be (B, n, n), got ", g_in.sizes());
-  check_square_last(g_in, "_rbf_apply: g");
-  check_float_tensor(g_in, "_rbf_apply: g");
-  check_same_device(g_in, inv_in, "g", "inv_two_sigma2");
+  check_rbf_args(g_in, inv_in);
   const int64_t B = g_in.size(0), n = g_in.size(1);
-  TORCH_CHECK(inv_in.dim() == 1 && inv_in.size(0) == B, "mpruner._rbf_apply: inv_two_sigma2 must be (B,)");
   c10::cuda::CUDAGuard guard(g_in.device());
   at::Tensor g = g_in.contiguous();
   at::Tensor inv = inv_in.to(at::kDouble).contiguous();

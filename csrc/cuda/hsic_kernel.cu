@@ -154,13 +154,8 @@ void launch(const at::Tensor& grams, const at::Tensor& lengths, bool unbiased, a
 
 std::tuple<at::Tensor, at::Tensor> hsic_partials_cuda(const at::Tensor& grams_in, const at::Tensor& lengths_in,
                                                       bool unbiased) {
-  TORCH_CHECK(grams_in.dim() == 4, "mpruner._hsic_partials: grams must be (L, B, T, T), got ", grams_in.sizes());
-  check_square_last(grams_in, "_hsic_partials: grams");
-  check_float_tensor(grams_in, "_hsic_partials: grams");
-  check_same_device(grams_in, lengths_in, "grams", "lengths");
+  check_partials_args(grams_in, lengths_in);
   const int64_t L = grams_in.size(0), B = grams_in.size(1), T = grams_in.size(2);
-  TORCH_CHECK(lengths_in.dim() == 1 && lengths_in.size(0) == B, "mpruner._hsic_partials: lengths must be (B,) with B=",
-              B, ", got ", lengths_in.sizes());
   TORCH_CHECK(L <= kMaxLayers, "mpruner._hsic_partials: the CUDA kernel takes at most ", kMaxLayers,
               " layers per call, got ", L, "; split the layers into groups");
   TORCH_CHECK(T < (1 << 20), "mpruner._hsic_partials: n=", T, " is too large for the CUDA kernel");

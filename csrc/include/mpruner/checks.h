@@ -21,4 +21,33 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
               " is on ", b.device(), "; move both to one device");
 }
 
+// Arguments of the backend kernels, checked alike by every backend.
+inline void check_partials_args(const at::Tensor& grams, const at::Tensor& lengths) {
+  TORCH_CHECK(grams.dim() == 4, "mpruner._hsic_partials: grams must be (L, B, T, T), got ", grams.sizes());
+  check_square_last(grams, "_hsic_partials: grams");
+  check_float_tensor(grams, "_hsic_partials: grams");
+  check_same_device(grams, lengths, "grams", "lengths");
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == grams.size(1), "mpruner._hsic_partials: lengths must be (B,) with B=",
+              grams.size(1), ", got ", lengths.sizes());
+}
+
+inline void check_center_args(const at::Tensor& k, const at::Tensor& rowsums, const at::Tensor& totals) {
+  TORCH_CHECK(k.dim() == 3, "mpruner._center_apply: k must be (B, n, n), got ", k.sizes());
+  check_square_last(k, "_center_apply: k");
+  check_float_tensor(k, "_center_apply: k");
+  check_same_device(k, rowsums, "k", "rowsums");
+  check_same_device(k, totals, "k", "totals");
+  TORCH_CHECK(rowsums.sizes() == at::IntArrayRef({k.size(0), k.size(1)}) &&
+                  totals.sizes() == at::IntArrayRef({k.size(0)}),
+              "mpruner._center_apply: rowsums must be (B, n) and totals (B,)");
+}
+
+inline void check_rbf_args(const at::Tensor& g, const at::Tensor& inv) {
+  TORCH_CHECK(g.dim() == 3, "mpruner._rbf_apply: g must be (B, n, n), got ", g.sizes());
+  check_square_last(g, "_rbf_apply: g");
+  check_float_tensor(g, "_rbf_apply: g");
+  check_same_device(g, inv, "g", "inv_two_sigma2");
+  TORCH_CHECK(inv.dim() == 1 && inv.size(0) == g.size(0), "mpruner._rbf_apply: inv_two_sigma2 must be (B,)");
+}
+
 }  // namespace mpruner
