@@ -298,7 +298,9 @@ class MPruner:
             if not removed:
                 sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
                 note = f"; excluded after rollback: {sorted(self._excluded)}" if self._excluded else ""
-                return f"nothing to remove at threshold {threshold:.4f} (adjacent CKA: {sims}{note})"
+                where = (f"no removable layer left with adjacent CKA >= {AUTO_FLOOR}" if auto
+                         else f"at threshold {threshold:.4f}")
+                return f"nothing to remove: {where} (adjacent CKA: {sims}{note})"
             repeated = sorted(removed) in self._rejected
             if not auto:
                 if self.granularity > self.max_granularity:
