@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from typing import List
@@ -33,10 +34,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma list: run only these methods (and peers)")
     p.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS),
                    help=f"methods in the scaling sweeps (default: {','.join(SWEEP_METHODS)})")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats after a warm-up; the median is reported")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repeats after a warm-up, the median is reported (the sweeps use at most 3)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the timed repeats of one row; slower methods are timed on a subset of "
-                        "batches / pairs / sequences and extrapolated (default 20 on CPU, 15 on GPU)")
+                        "batches / pairs / sequences and extrapolated (default 15)")
     p.add_argument("--timeout", type=float, default=600, help="hard limit per subprocess (s)")
     p.add_argument("--mem-cap", type=float, default=8,
                    help="cap on the resident (host) memory of each subprocess, GiB (GPU memory is capped by the GPU)")
@@ -163,7 +165,7 @@ def run(args) -> int:
     if bad:
         raise SystemExit(f"unknown workloads {bad}; choose from {', '.join(list(WORKLOADS) + GROUPS['sweeps'])}")
     cfg = runner.Config(device=args.device, repeats=args.repeats,
-                        budget_s=args.budget or (15.0 if dev_type == "cuda" else 20.0), timeout_s=args.timeout,
+                        budget_s=args.budget or 15.0, timeout_s=args.timeout,
                         mem_cap_bytes=int(args.mem_cap * 2**30),
                         quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy,
                         peers=_peers(args.peers), work_dir=args.work_dir or "", verbose=not args.quiet)
@@ -194,8 +196,9 @@ def run(args) -> int:
     sweep_results = {}
     for axis in sweeps:
         pts = []
+        sweep_cfg = dataclasses.replace(cfg, repeats=min(cfg.repeats, 3))
         for wl in sweep_workloads(dev_type, axis):
-            res = runner.run_workload(cfg, wl, sweep_only if only is None else only)
+            res = runner.run_workload(sweep_cfg, wl, sweep_only if only is None else only)
             report.add_roofline(res, roof)
             pts.append(res)
         sweep_results[axis] = pts
