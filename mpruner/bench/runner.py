@@ -157,6 +157,9 @@ def methods_for(wl: Workload, cfg: Config, names: Optional[List[str]] = None):
         if m.cpu_only and cfg.device != "cpu" and names is None:
             continue  # NumPy on the host: a GPU run would spend its time on the CPU
         out.append(m)
+    # mpruner's full-batch row is there to compare with the peers of that estimator
+    if names is None and not any(m.group == "peer" and m.estimator == "full-b" for m in out):
+        out = [m for m in out if not (m.group == "mpruner" and m.estimator == "full-b")]
     return out
 
 
