@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--retry-noisy", type=int, default=1,
                    help="CPU: measure a row again (up to this many times) when other processes used more than "
                         "25%% of the CPU while it ran, keeping the quieter measurement")
+    p.add_argument("--processes", type=int, default=3,
+                   help="headline rows that take under 5 s: report the median over this many fresh processes "
+                        "(the sweeps use one)")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown of mpruner")
     p.add_argument("--work-dir", default=None, help="keep references and subprocess logs here")
     p.add_argument("--replot", action="store_true",
@@ -167,7 +170,7 @@ def run(args) -> int:
     cfg = runner.Config(device=args.device, repeats=args.repeats,
                         budget_s=args.budget or 15.0, timeout_s=args.timeout,
                         mem_cap_bytes=int(args.mem_cap * 2**30),
-                        quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy,
+                        quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy, processes=args.processes,
                         peers=_peers(args.peers), work_dir=args.work_dir or "", verbose=not args.quiet)
     only = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
     sweep_only = [m.strip() for m in args.sweep_methods.split(",")]
@@ -196,7 +199,7 @@ def run(args) -> int:
     sweep_results = {}
     for axis in sweeps:
         pts = []
-        sweep_cfg = dataclasses.replace(cfg, repeats=min(cfg.repeats, 3))
+        sweep_cfg = dataclasses.replace(cfg, repeats=min(cfg.repeats, 3), processes=1)
         for wl in sweep_workloads(dev_type, axis):
             res = runner.run_workload(sweep_cfg, wl, sweep_only if only is None else only)
             report.add_roofline(res, roof)
