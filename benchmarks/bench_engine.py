@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -22,6 +20,7 @@ import pytest
 import torch
 
 import mpruner
+from bench_analysis import machine_info  # one machine record for every benchmark script
 
 WORKLOADS = {
     # name: (L layers, N samples in all, n per batch, d features)
@@ -90,27 +89,6 @@ def measure(name, device="cpu", precision="highest", repeats=7):
     return {"workload": name, "L": L, "N": N, "n": n, "d": d, "device": str(device), "precision": precision,
             "engine_s": e, "bare_gemm_s": g, "ratio": e / g, "repeats": repeats,
             "goal": 1.3 if torch.device(device).type == "cpu" else 1.2}
-
-
-def machine_info(device):
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "mpruner": mpruner.__version__, "build": mpruner.build_info(), "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        info["commit"] = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                                 cwd=os.path.dirname(__file__)).strip()
-    except Exception:
-        info["commit"] = None
-    if torch.device(device).type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(0)
-    else:
-        try:
-            with open("/proc/cpuinfo") as f:
-                info["device_name"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-        except Exception:
-            info["device_name"] = platform.processor()
-        info["cores"] = os.cpu_count()
-    return info
 
 
 # ---------------------------------------------------------------- pytest-benchmark

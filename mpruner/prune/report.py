@@ -24,7 +24,7 @@ def save_model(model: nn.Module, path: Path) -> str:
 
 
 def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = None, heatmaps: bool = True) -> dict:
-    """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-XXX.png`` and ``model/`` into ``out``."""
+    """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-<attempt>.png`` and ``model/`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
