@@ -198,6 +198,10 @@ def write_json(path: str, obj):
 
 # ---------------------------------------------------------------- plots
 COLORS = {"mpruner": "#1f77b4", "baseline": "#7f7f7f", "floor": "#2ca02c", "peer": "#d62728"}
+# one color per row in the line plots
+METHOD_COLORS = {"mpruner": "#1f77b4", "mpruner full-batch": "#17becf", "torch baseline": "#7f7f7f",
+                 "gram floor": "#2ca02c", "torch-cka": "#ff7f0e", "cka-pytorch": "#8c564b", "pytorch-cka": "#d62728",
+                 "ckatorch": "#9467bd", "cka-analyzer": "#e377c2"}
 
 
 def plot_headline(results: Dict[str, Dict], path: str, title: str):
@@ -234,7 +238,7 @@ def plot_headline(results: Dict[str, Dict], path: str, title: str):
         ax.set_title(f"{name}: {desc}", fontsize=7, wrap=True)
     from matplotlib.patches import Patch
 
-    axes[0][0].legend(handles=[Patch(color=c, label=g) for g, c in COLORS.items()], fontsize=7, loc="lower right")
+    axes[0][0].legend(handles=[Patch(color=c, label=g) for g, c in COLORS.items()], fontsize=7, loc="upper right")
     fig.suptitle(title + "   (x = time / mpruner's time)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -270,9 +274,8 @@ def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
                 ext.append(r.get("status") == "extrapolated")
             if not xs:
                 continue
-            style = dict(color=COLORS.get(group), marker="o", ms=4, lw=1.5 if group == "mpruner" else 1)
-            if group == "peer":
-                style.update(color=None, ls="--")
+            style = dict(color=METHOD_COLORS.get(m), marker="o", ms=4, lw=2 if group == "mpruner" else 1,
+                         ls="--" if group == "peer" else "-")
             line = axes[0][c].plot(xs, ts, label=m, **style)[0]
             axes[1][c].plot(xs, ms, label=m, **{**style, "color": line.get_color()})
             for x, t, e in zip(xs, ts, ext):
@@ -281,7 +284,10 @@ def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
         for rr, ylabel in ((0, "time (s)"), (1, "peak memory above baseline (MiB)")):
             ax = axes[rr][c]
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            if rr == 0:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)  # linear: flat means flat
             ax.set_xlabel(axis)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
