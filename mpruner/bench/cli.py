@@ -162,6 +162,12 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
+    if args.device == "cuda":
+        import mpruner
+
+        if not mpruner.cuda_built():
+            print("warning: mpruner was built without its CUDA kernels; its rows will fail on --device cuda "
+                  "(rebuild with FORCE_CUDA=1 pip install --no-build-isolation -e .)")
     dev_type = args.device
     names = _workloads(args.workload, dev_type)
     bad = [w for w in names if w not in WORKLOADS and w not in GROUPS["sweeps"]]
