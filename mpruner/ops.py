@@ -38,6 +38,11 @@ def _rbf_apply_fake(g, inv_two_sigma2):
     return torch.empty_like(g)
 
 
+@torch.library.register_fake("mpruner::_token_hsic_fused")
+def _token_hsic_fused_fake(hidden, positions, lengths, unbiased):
+    return positions.new_empty((positions.shape[0], len(hidden), len(hidden)), dtype=torch.float64)
+
+
 def build_info() -> dict:
     """How the extension was compiled: CUDA yes/no, CUDA version and archs, OpenMP."""
     return dict(_C.build_info())

@@ -1,12 +1,15 @@
 """Per-sequence (token) CKA, as MPruner's published code measures transformers.
 
 The samples are the tokens of one sequence (padding excluded); the L x L matrix is
-computed per sequence. All sequences and layers go through batched GEMMs and one
-kernel call per memory-bounded group of sequences. Groups hold sequences of similar
-length (sorted), so padding wastes little work.
+computed per sequence. On CPU one fused kernel takes each sequence as a task: it gathers
+and centers the real tokens, builds the L Grams at the sequence's own length and reduces
+them while they are in cache. Elsewhere all sequences and layers go through batched GEMMs
+and one kernel call per memory-bounded group of sequences; groups hold sequences of
+similar length (sorted), so padding wastes little work.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import List, Optional
 
@@ -18,13 +21,13 @@ from .ops import ops
 DEFAULT_GRAM_BYTES = 256 * 2**20
 
 
-def _stack_hidden(hidden_states) -> torch.Tensor:
+def _layer_list(hidden_states) -> List[torch.Tensor]:
+    """The L (B, T, D_l) tensors, validated; nothing is copied."""
     if isinstance(hidden_states, torch.Tensor):
         if hidden_states.dim() != 4:
             raise ValueError("hidden_states as one tensor must be (L, B, T, D), got shape "
                              f"{tuple(hidden_states.shape)}; or pass a list of L tensors (B, T, D)")
-        h = hidden_states
-        names = [f"hidden_states[{i}]" for i in range(h.shape[0])]
+        layers = list(hidden_states.unbind(0))
     else:
         layers = I.as_layer_list(hidden_states, "hidden_states")
         for i, t in enumerate(layers):
@@ -36,14 +39,12 @@ def _stack_hidden(hidden_states) -> torch.Tensor:
                                  f"{tuple(layers[0].shape[:2])}; all layers must cover the same tokens")
             if t.device != layers[0].device:
                 raise ValueError(f"hidden_states[{i}] is on {t.device} but hidden_states[0] on {layers[0].device}")
-        if len({t.shape[2] for t in layers}) != 1:
-            return None  # different widths: handled per layer
-        h = torch.stack(layers)
-    if not h.is_floating_point():
-        raise TypeError(f"hidden_states have dtype {h.dtype}; pass floating-point activations")
-    if h.numel() == 0:
-        raise ValueError(f"hidden_states are empty (shape {tuple(h.shape)})")
-    return h
+    for i, t in enumerate(layers):
+        if not t.is_floating_point():
+            raise TypeError(f"hidden_states[{i}] has dtype {t.dtype}; pass floating-point activations")
+        if t.numel() == 0:
+            raise ValueError(f"hidden_states[{i}] is empty (shape {tuple(t.shape)})")
+    return layers
 
 
 def _lengths(mask: Optional[torch.Tensor], B: int, T: int, device) -> (torch.Tensor, Optional[torch.Tensor]):
@@ -87,16 +88,17 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         hidden_states: list of L tensors (B, T, D), or one (L, B, T, D) tensor.
         attention_mask: (B, T) with 1 for real tokens (any padding side); None = all real.
         unbiased: unbiased HSIC_1 (each sequence needs >= 4 tokens) or biased HSIC_0 (>= 2).
-        max_gram_bytes: memory bound for the Grams of one group of sequences.
+        precision: "highest" or "tf32" for the Gram GEMMs (GPU; CPU GEMMs are always float32/64).
+        max_gram_bytes: memory bound for the Grams of one group of sequences (GPU path; the
+            CPU kernel holds one sequence's Grams per thread).
 
     Returns:
         (B, L, L) float64; entry [b] is the CKA matrix of sequence b.
     """
-    h = _stack_hidden(hidden_states)
-    if h is None:  # layers of different widths: one batched pass per layer pair group is not possible
-        return _token_cka_mixed(hidden_states, attention_mask, unbiased, precision, max_gram_bytes)
-    L, B, T, D = h.shape
-    lengths, order = _lengths(attention_mask, B, T, h.device)
+    layers = _layer_list(hidden_states)
+    B, T = layers[0].shape[:2]
+    device = layers[0].device
+    lengths, order = _lengths(attention_mask, B, T, device)
     need = I.min_samples(unbiased)
     lens = lengths.tolist()
     short = [b for b, n in enumerate(lens) if n < need]
@@ -104,10 +106,35 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         raise ValueError(f"sequences {short[:10]}{'...' if len(short) > 10 else ''} have fewer than {need} tokens; "
                          f"the {'unbiased' if unbiased else 'biased'} estimator needs >= {need} per sequence: drop "
                          "them" + (" or use unbiased=False" if unbiased else ""))
+    if device.type == "cpu":
+        return _normalise(_token_hsic_fused(layers, lengths, order, unbiased))
+    return _normalise(_token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes))
+
+
+def _token_hsic_fused(layers, lengths, order, unbiased) -> torch.Tensor:
+    """CPU: one task per sequence, its Grams built and reduced in cache (csrc/cpu/token_kernel.cpp)."""
+    B, T = layers[0].shape[:2]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in layers])
+    layers = [t.to(dtype) for t in layers]
+    positions = order if order is not None else torch.arange(T).expand(B, T)
+    return ops._token_hsic_fused(layers, positions, lengths, unbiased)
+
+
+def _token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes) -> torch.Tensor:
+    """GPU: sequences of similar length share one batched GEMM and one kernel call per group."""
+    device = layers[0].device
+    B, T = layers[0].shape[:2]
+    lens = lengths.tolist()
+    if len({t.shape[2] for t in layers}) != 1:
+        # Different widths: Grams per layer at full length, then the per-sequence kernel.
+        grams = torch.stack([token_cka_grams(t, lengths, order, precision) for t in layers])
+        return ops.token_hsic(grams, lengths, unbiased)
+    h = torch.stack(layers)
+    L, D = h.shape[0], h.shape[3]
     work = torch.float64 if h.dtype == torch.float64 else torch.float32
-    out = torch.empty(B, L, L, dtype=torch.float64, device=h.device)
+    out = torch.empty(B, L, L, dtype=torch.float64, device=device)
     for idx in _groups(lens, L * (8 if work == torch.float64 else 4), max_gram_bytes):
-        sel = torch.tensor(idx, device=h.device)
+        sel = torch.tensor(idx, device=device)
         tc = max(lens[b] for b in idx)
         n = lengths[sel]
         if order is None:
@@ -115,36 +142,22 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         else:
             tok = order[sel, :tc]
             x = torch.gather(h[:, sel], 2, tok[None, :, :, None].expand(L, -1, -1, D)).to(work)
-        valid = (torch.arange(tc, device=h.device)[None, :] < n[:, None])[None, :, :, None]
+        valid = (torch.arange(tc, device=device)[None, :] < n[:, None])[None, :, :, None]
         # Center each sequence's features over its real tokens (precision of float32 Grams).
         # torch.where, not a product: padding may hold anything, NaN included.
         x = torch.where(valid, x, 0)
         mean = x.sum(2, keepdim=True) / n.to(work)[None, :, None, None]
         x = torch.where(valid, x - mean, 0)
-        with I.gemm_precision(precision, h.device):
+        with I.gemm_precision(precision, device):
             g = torch.matmul(x, x.transpose(-1, -2))
         out[sel] = ops.token_hsic(g, n, unbiased)
-    return _normalise(out)
+    return out
 
 
-def _token_cka_mixed(hidden_states, attention_mask, unbiased, precision, max_gram_bytes):
-    # Layers of different widths: Grams per layer, then the same per-sequence kernel.
-    layers = list(hidden_states)
-    B, T = layers[0].shape[:2]
-    grams = []
-    for t in layers:
-        g = token_cka_grams(t, attention_mask, precision)
-        grams.append(g)
-    lengths, _ = _lengths(attention_mask, B, T, layers[0].device)
-    if (lengths < I.min_samples(unbiased)).any():
-        raise ValueError(f"some sequences have fewer than {I.min_samples(unbiased)} tokens; drop them")
-    return _normalise(ops.token_hsic(torch.stack(grams), lengths, unbiased))
-
-
-def token_cka_grams(x: torch.Tensor, attention_mask, precision="highest") -> torch.Tensor:
+def token_cka_grams(x: torch.Tensor, lengths: torch.Tensor, order: Optional[torch.Tensor],
+                    precision="highest") -> torch.Tensor:
     """(B, T, D) -> (B, T, T) per-sequence Grams of centered real tokens, valid tokens first."""
     B, T, D = x.shape
-    lengths, order = _lengths(attention_mask, B, T, x.device)
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(work)
     if order is not None:

@@ -29,6 +29,9 @@ OPCHECK_CASES = {
     "center_gram": lambda g: (torch.randn(2, 7, 7, generator=g), True),
     "hsic_matrix": lambda g: (torch.randn(3, 8, 8, generator=g), True),
     "token_hsic": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), False),
+    "_token_hsic_fused": lambda g: ([torch.randn(3, 9, 5, generator=g), torch.randn(3, 9, 7, generator=g)],
+                                    torch.stack([torch.randperm(9, generator=g) for _ in range(3)]),
+                                    torch.tensor([9, 6, 5]), True),
     "_hsic_partials": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), True),
     "_center_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.randn(2, 6, generator=g, dtype=torch.float64),
                                 torch.randn(2, generator=g, dtype=torch.float64), False),
@@ -38,6 +41,8 @@ OPCHECK_CASES = {
 
 @pytest.mark.parametrize("case", sorted(OPCHECK_CASES))
 def test_opcheck(device, gen, case):
+    if case == "_token_hsic_fused" and device.type != "cpu":
+        pytest.skip("_token_hsic_fused is a CPU kernel; token_cka takes the grouped path on GPUs")
     args = OPCHECK_CASES[case](gen)
     args = tuple([a.to(device) for a in x] if isinstance(x, list) else x.to(device) if isinstance(x, torch.Tensor)
                  else x for x in args)
@@ -126,3 +131,18 @@ def test_cuda_tensor_without_cuda_build_is_a_clear_error():
         pytest.skip("needs a GPU and a CPU-only build")
     with pytest.raises(NotImplementedError, match="CUDA"):
         ops.hsic_matrix(torch.randn(2, 5, 5, device="cuda"), False)
+
+
+def test_token_hsic_fused_rejects_bad_arguments(gen):
+    hs = [torch.randn(2, 6, 4, generator=gen), torch.randn(2, 6, 4, generator=gen)]
+    pos, n = torch.arange(6).expand(2, 6), torch.tensor([6, 5])
+    with pytest.raises(RuntimeError, match=r"positions\[1, 2\]=6 is outside \[0, 6\)"):
+        bad = pos.clone()
+        bad[1, 2] = 6
+        ops._token_hsic_fused(hs, bad, n, False)
+    with pytest.raises(RuntimeError, match=r"lengths\[0\]=7 is outside"):
+        ops._token_hsic_fused(hs, pos, torch.tensor([7, 5]), False)
+    with pytest.raises(RuntimeError, match=r"hidden\[1\] is Double but hidden\[0\] is Float"):
+        ops._token_hsic_fused([hs[0], hs[1].double()], pos, n, False)
+    with pytest.raises(RuntimeError, match=r"hidden\[1\] must be \(B, T, D\)"):
+        ops._token_hsic_fused([hs[0], hs[1][:, :5]], pos, n, False)

@@ -5,6 +5,9 @@ import torch
 
 import mpruner
 from mpruner import reference as R
+import importlib
+
+TC = importlib.import_module("mpruner.token_cka")
 
 import np_reference as NP
 
@@ -53,13 +56,79 @@ def test_token_cka_stacked_tensor_float32_and_reference(gen):
     np.testing.assert_allclose(got.numpy(), R.token_cka([h.double() for h in hs], mask).numpy(), atol=2e-5)
 
 
+def _paths(hs, mask, unbiased, **kw):
+    """token_cka's two implementations on the same input: the fused CPU kernel and the
+    grouped batched-GEMM path that GPUs take (run here on CPU so CPU CI covers it)."""
+    layers = TC._layer_list(hs)
+    lengths, order = TC._lengths(mask, *layers[0].shape[:2], layers[0].device)
+    fused = TC._normalise(TC._token_hsic_fused(layers, lengths, order, unbiased))
+    grouped = TC._normalise(TC._token_hsic_grouped(layers, lengths, order, unbiased, "highest",
+                                                   kw.get("max_gram_bytes", TC.DEFAULT_GRAM_BYTES)))
+    return fused, grouped
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("padding", ["right", "left", "holes"])
+def test_fused_and_grouped_paths_match_numpy_at_real_lengths(gen, unbiased, padding):
+    # Lengths 5..70 cross the fused kernel's split-Gram threshold (48 tokens).
+    L, B, T = 5, 9, 70
+    hs = _hidden(gen, L=L, B=B, T=T, D=24)
+    lens = torch.randint(5, T + 1, (B,), generator=gen)
+    lens[0] = T
+    mask = (torch.arange(T)[None, :] < lens[:, None]).long()
+    if padding == "left":
+        mask = mask.flip(1)
+    elif padding == "holes":
+        mask[:, 3::5] = 0
+    poisoned = [h.clone() for h in hs]
+    for h in poisoned:
+        h[~mask.bool()] = float("nan")
+    want = _np_token(hs, mask, unbiased)
+    for got in _paths(poisoned, mask, unbiased, max_gram_bytes=L * 8 * 70 * 70 * 2):  # ~2 sequences per group
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_low_precision_inputs(gen, dtype):
+    hs = _hidden(gen, L=4, B=5, T=60, D=32, dtype=dtype)
+    mask = torch.ones(5, 60)
+    mask[1, 50:] = 0
+    want = _np_token([h.double() for h in hs], mask, False)  # the same rounded inputs, in float64
+    fused, grouped = _paths(hs, mask, False)
+    np.testing.assert_allclose(fused.numpy(), want, atol=2e-5)
+    np.testing.assert_allclose(grouped.numpy(), want, atol=2e-5)
+
+
+def test_fused_strided_inputs(gen):
+    # Views with batch/token strides are read in place; a strided feature dim is copied.
+    big = _hidden(gen, L=3, B=8, T=40, D=16)
+    hs = [big[0][::2, ::2], big[1].transpose(0, 1).contiguous().transpose(0, 1)[::2, ::2],
+          big[2][::2, ::2].transpose(1, 2).contiguous().transpose(1, 2)]
+    hs[2] = torch.empty(4, 16, 20, dtype=torch.float64).copy_(hs[2].transpose(1, 2)).transpose(1, 2)
+    assert hs[2].stride(2) != 1
+    mask = torch.ones(4, 20)
+    mask[3, :4] = 0
+    want = _np_token([h.contiguous() for h in hs], mask, True)
+    np.testing.assert_allclose(mpruner.token_cka(hs, mask, unbiased=True).numpy(), want, atol=1e-10)
+
+
+def test_fused_many_sequences_match_one_at_a_time(gen):
+    hs = _hidden(gen, L=3, B=37, T=30, D=12)
+    mask = torch.ones(37, 30)
+    for b in range(37):
+        mask[b, 4 + (b * 7) % 26:] = 0
+    whole = mpruner.token_cka(hs, mask)
+    one_by_one = torch.cat([mpruner.token_cka([h[b:b + 1] for h in hs], mask[b:b + 1]) for b in range(37)])
+    torch.testing.assert_close(whole, one_by_one, rtol=0, atol=1e-12)  # tasks share nothing
+
+
 def test_token_cka_groups_match_single_group(gen):
     hs = _hidden(gen, B=20, T=16)
     mask = torch.ones(20, 16)
     for b in range(20):
         mask[b, 4 + (b * 7) % 12:] = 0
-    one = mpruner.token_cka(hs, mask)
-    many = mpruner.token_cka(hs, mask, max_gram_bytes=4 * 16 * 16 * 8 * 3)  # ~3 sequences per group
+    one = _paths(hs, mask, False)[1]
+    many = _paths(hs, mask, False, max_gram_bytes=4 * 16 * 16 * 8 * 3)[1]  # ~3 sequences per group
     assert torch.allclose(one, many, atol=1e-12)
 
 
@@ -68,8 +137,9 @@ def test_token_cka_mixed_widths(gen):
     hs[1] = torch.cat([hs[1], hs[1][..., :3] * 2], -1)
     mask = torch.ones(6, 11)
     mask[0, 6:] = 0
-    got = mpruner.token_cka(hs, mask, unbiased=True)
-    np.testing.assert_allclose(got.numpy(), _np_token(hs, mask, True), atol=1e-10)
+    want = _np_token(hs, mask, True)
+    for got in _paths(hs, mask, True):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
 
 
 def test_token_cka_errors(gen):

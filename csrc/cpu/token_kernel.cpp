@@ -1,0 +1,164 @@
+// CPU kernel for _token_hsic_fused: per-sequence all-pairs HSIC straight from the
+// hidden states. One sequence is one task: its real tokens are gathered and
+// centered into a thread-local buffer, its L Grams (n x n at the sequence's own
+// length, no padding) are built there, and the pair sums are taken while they are
+// still in cache. Nothing of size (L, B, T, D) or (L, B, T, T) is ever written,
+// which is where the grouped path (stack, gather, mask, center) spent 3/4 of its time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <numeric>
+#include <vector>
+
+#include "mpruner/checks.h"
+#include "mpruner/hsic_math.h"
+#include "row_partials.h"
+
+namespace mpruner {
+namespace {
+
+// Rows below `split` of a Gram need all columns; rows from `split` on only their
+// upper part: two GEMMs give the upper triangle with ~3/4 of the multiply-adds.
+template <typename work_t>
+void upper_gram(const at::Tensor& x, at::Tensor& g) {
+  const int64_t n = x.size(0);
+  if (n < 48) {
+    at::mm_out(g, x, x.t());
+    return;
+  }
+  const int64_t split = n / 2;
+  at::Tensor top = g.narrow(0, 0, split);
+  at::mm_out(top, x.narrow(0, 0, split), x.t());
+  at::Tensor bottom = g.narrow(0, split, n - split).narrow(1, split, n - split);
+  at::Tensor rest = x.narrow(0, split, n - split);
+  at::mm_out(bottom, rest, rest.t());
+}
+
+template <typename scalar_t, typename work_t>
+void fused_kernel(const std::vector<at::Tensor>& hidden, const at::Tensor& positions, const at::Tensor& lengths,
+                  bool unbiased, at::Tensor& out) {
+  const int64_t L = static_cast<int64_t>(hidden.size());
+  const int64_t B = positions.size(0), T = positions.size(1);
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  int64_t dmax = 0;
+  for (const auto& h : hidden) dmax = std::max(dmax, h.size(2));
+  const int64_t nmax = std::max<int64_t>(1, *std::max_element(len, len + B));
+  auto work_opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<work_t>::value);
+  double* O = out.data_ptr<double>();
+
+  // Longest sequences first, handed out one at a time: balanced across threads.
+  std::vector<int64_t> order(B);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return len[a] > len[b]; });
+  std::atomic<int64_t> next{0};
+  const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    std::vector<work_t> x(nmax * dmax), grams(L * nmax * nmax);
+    std::vector<double> mean(dmax), buf(L * nmax), pair(L * L), row(L * nmax);
+    std::vector<const work_t*> mats(L);
+    for (int64_t k; (k = next.fetch_add(1)) < B;) {
+      const int64_t b = order[k], n = len[b];
+      const int64_t* p = pos + b * T;
+      for (int64_t l = 0; l < L; ++l) {
+        const at::Tensor& h = hidden[l];
+        const int64_t D = h.size(2), sT = h.stride(1);
+        const scalar_t* base = h.data_ptr<scalar_t>() + b * h.stride(0);
+        // Center over the real tokens (in float64) while copying: float32 Grams of
+        // centered features stay accurate when tokens share a large offset.
+        std::fill(mean.begin(), mean.begin() + D, 0.0);
+        for (int64_t i = 0; i < n; ++i) {
+          const scalar_t* r = base + p[i] * sT;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) mean[d] += static_cast<double>(r[d]);
+        }
+        for (int64_t d = 0; d < D; ++d) mean[d] /= static_cast<double>(n);
+        for (int64_t i = 0; i < n; ++i) {
+          const scalar_t* r = base + p[i] * sT;
+          work_t* dst = x.data() + i * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<work_t>(static_cast<double>(r[d]) - mean[d]);
+        }
+        work_t* g = grams.data() + l * n * n;
+        at::Tensor xt = at::from_blob(x.data(), {n, D}, work_opts);
+        at::Tensor gt = at::from_blob(g, {n, n}, work_opts);
+        upper_gram<work_t>(xt, gt);
+        mats[l] = g;
+      }
+      std::fill(pair.begin(), pair.end(), 0.0);
+      std::fill(row.begin(), row.begin() + L * n, 0.0);
+      for (int64_t i = 0; i < n; ++i) cpu::accumulate_row(mats, n, n, i, unbiased, buf.data(), pair.data(), row.data());
+      double* o = O + b * L * L;
+      for (int64_t a = 0; a < L; ++a) {
+        const double* ra = row.data() + a * n;
+        double sa = 0;
+        for (int64_t i = 0; i < n; ++i) sa += ra[i];
+        for (int64_t c = a; c < L; ++c) {
+          const double* rc = row.data() + c * n;
+          double rr = 0, sc = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            rr += ra[i] * rc[i];
+            sc += rc[i];
+          }
+          o[a * L + c] = o[c * L + a] = math::hsic_from_sums(pair[a * L + c], rr, sa, sc, n, unbiased);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor token_hsic_fused_cpu(at::TensorList hidden_in, const at::Tensor& positions_in, const at::Tensor& lengths_in,
+                                bool unbiased) {
+  TORCH_CHECK(!hidden_in.empty(), "mpruner._token_hsic_fused: hidden is empty; pass L >= 1 tensors (B, T, D)");
+  TORCH_CHECK(positions_in.dim() == 2, "mpruner._token_hsic_fused: positions must be (B, T), got ",
+              positions_in.sizes());
+  const int64_t B = positions_in.size(0), T = positions_in.size(1);
+  TORCH_CHECK(lengths_in.dim() == 1 && lengths_in.size(0) == B, "mpruner._token_hsic_fused: lengths must be (B,) with B=",
+              B, ", got ", lengths_in.sizes());
+  const auto dtype = hidden_in[0].scalar_type();
+  std::vector<at::Tensor> hidden;
+  for (size_t l = 0; l < hidden_in.size(); ++l) {
+    const at::Tensor& h = hidden_in[l];
+    TORCH_CHECK(h.dim() == 3 && h.size(0) == B && h.size(1) == T && h.size(2) > 0, "mpruner._token_hsic_fused: hidden[",
+                l, "] must be (B, T, D) = (", B, ", ", T, ", D>0), got ", h.sizes());
+    TORCH_CHECK(h.scalar_type() == dtype, "mpruner._token_hsic_fused: hidden[", l, "] is ", h.scalar_type(),
+                " but hidden[0] is ", dtype, "; pass one dtype");
+    TORCH_CHECK(at::isFloatingType(dtype), "mpruner._token_hsic_fused: hidden must be floating point, got ", dtype);
+    check_same_device(h, positions_in, "a hidden state", "positions");
+    // Only the feature dimension must be dense; batch and token strides are free.
+    hidden.push_back(h.stride(2) == 1 ? h : h.contiguous());
+  }
+  at::Tensor positions = positions_in.to(at::kLong).contiguous();
+  at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(len[b] >= 0 && len[b] <= T, "mpruner._token_hsic_fused: lengths[", b, "]=", len[b], " is outside [0, ",
+                T, "]");
+    for (int64_t i = 0; i < len[b]; ++i)
+      TORCH_CHECK(pos[b * T + i] >= 0 && pos[b * T + i] < T, "mpruner._token_hsic_fused: positions[", b, ", ", i,
+                  "]=", pos[b * T + i], " is outside [0, ", T, ")");
+  }
+  const int64_t L = static_cast<int64_t>(hidden.size());
+  at::Tensor out = at::empty({B, L, L}, positions.options().dtype(at::kDouble));
+  if (B == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mpruner_token_hsic_fused_cpu", [&] {
+    if (dtype == at::kDouble) {
+      fused_kernel<scalar_t, double>(hidden, positions, lengths, unbiased, out);
+    } else {
+      fused_kernel<scalar_t, float>(hidden, positions, lengths, unbiased, out);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace mpruner
+
+TORCH_LIBRARY_IMPL(mpruner, CPU, m) {
+  m.impl("_token_hsic_fused", &mpruner::token_hsic_fused_cpu);
+}
