@@ -3,7 +3,10 @@
 // Registered as CompositeImplicitAutograd, so torch.compile and fake tensors see
 // through them to the kernels' fake implementations.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -60,6 +63,18 @@ void triangular_gram_into(at::Tensor& out, const at::Tensor& xc) {
   }
 }
 
+// Whether ATen calls on x may run on worker threads: a real CPU tensor outside
+// autograd, functorch and Python dispatch (fake tensors, modes), whose handlers
+// expect the calling thread.
+bool plain_cpu_tensor(const at::Tensor& x) {
+  const auto ks = x.key_set();
+  const bool wrapped = ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
+                       ks.has(c10::DispatchKey::FuncTorchBatched) || ks.has(c10::DispatchKey::FuncTorchGradWrapper);
+  const bool mode = c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) ||
+                    c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode);
+  return x.is_cpu() && !x.requires_grad() && !wrapped && !mode;
+}
+
 // HSIC from the kernel's sums, vectorised over (B, L, L); mirrors math::hsic_from_sums.
 at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, const at::Tensor& lengths, bool unbiased) {
   at::Tensor s = rowsums.sum(-1);                                  // (B, L)
@@ -94,12 +109,25 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
   // Centering the features first keeps float32 Grams accurate when activations
   // share a large common offset; HSIC is invariant to it.
   if (triangular && xs[0].is_cpu()) {
-    // CPU: one layer at a time, upper-triangle block-row GEMMs (about half the work).
-    for (int64_t l = 0; l < L; ++l) {
-      at::Tensor x = xs[l].to(dtype);
-      at::Tensor dst = out.select(0, l);
-      triangular_gram_into(dst, x - x.mean(0, /*keepdim=*/true));
-    }
+    // CPU: upper-triangle block-row GEMMs (about half the work). With enough layers
+    // to go round, each thread takes whole layers: it centers one into a buffer it
+    // reuses and runs that layer's GEMMs single-threaded while the data is in its
+    // cache, instead of both threads meeting at a barrier after every small GEMM.
+    const int64_t nthreads = at::get_num_threads();
+    const bool per_layer = L >= nthreads && nthreads > 1 && !at::in_parallel_region() &&
+                           std::all_of(xs.begin(), xs.end(), plain_cpu_tensor);
+    const at::ThreadLocalState state;  // grad/inference mode etc. of the caller, for the workers
+    at::parallel_for(0, L, per_layer ? 1 : L, [&](int64_t l0, int64_t l1) {
+      at::ThreadLocalStateGuard guard(state);
+      at::Tensor xc;
+      for (int64_t l = l0; l < l1; ++l) {
+        at::Tensor x = xs[l].to(dtype);
+        if (!xc.defined() || xc.sizes() != x.sizes()) xc = at::empty_like(x, at::MemoryFormat::Contiguous);
+        at::sub_out(xc, x, x.mean(0, /*keepdim=*/true));
+        at::Tensor dst = out.select(0, l);
+        triangular_gram_into(dst, xc);
+      }
+    });
   } else {
     // Layers of one width share a batched GEMM (few launches on GPUs); centering
     // writes straight into the stacked GEMM input, so it costs no extra copy.

@@ -149,3 +149,23 @@ def test_device_argument_moves_batches(gen):
     acc = mpruner.CKAAccumulator(device="cpu")
     acc.update(feats)
     assert acc.hsic.device.type == "cpu" and acc.hsic.dtype == torch.float64
+
+
+@pytest.mark.parametrize("context", ["threads=1", "inference_mode", "no_grad"])
+def test_layer_parallel_grams_match_serial(gen, context):
+    # On CPU with L >= threads each layer's Gram is one task on a worker thread; the
+    # result must not depend on that or on the caller's grad/inference mode.
+    feats = [f.float() for f in structured_layers(gen, n=96, dims=(40, 24, 56, 32, 48))]
+    want = NP.cka_matrix([f.double().numpy() for f in feats], "linear", True)
+    threads = torch.get_num_threads()
+    try:
+        if context == "threads=1":
+            torch.set_num_threads(1)
+        mode = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad}.get(context, torch.enable_grad)
+        with mode():
+            acc = mpruner.CKAAccumulator()
+            acc.update(feats)
+            got = acc.compute()
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-6)
