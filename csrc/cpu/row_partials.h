@@ -36,7 +36,7 @@ inline double dot1(const double* a, const double* b, int64_t m) {
 // to the pair sums (L x L, upper part) and the row sums (L x T). buf holds L * n doubles.
 template <typename scalar_t>
 inline void accumulate_row(const std::vector<const scalar_t*>& mats, int64_t T, int64_t n, int64_t i, bool unbiased,
-                    double* buf, double* pair_acc, double* row_acc) {
+                           double* buf, double* pair_acc, double* row_acc) {
   const int64_t L = static_cast<int64_t>(mats.size());
   if (math::entry_counts(i, i, unbiased)) {
     for (int64_t a = 0; a < L; ++a) {
