@@ -28,5 +28,7 @@ TORCH_LIBRARY(mpruner, m) {
   // Per-sequence all-pairs HSIC straight from hidden states (CPU): L tensors
   // (B, T, D_l); sequence b's real tokens are rows positions[b, :lengths[b]].
   // Gathers, centers and builds each sequence's Grams in cache -> (B, L, L) float64.
-  m.def("_token_hsic_fused(Tensor[] hidden, Tensor positions, Tensor lengths, bool unbiased) -> Tensor");
+  // The threads' Grams stay within max_gram_bytes (long sequences go in row blocks).
+  m.def("_token_hsic_fused(Tensor[] hidden, Tensor positions, Tensor lengths, bool unbiased, "
+        "int max_gram_bytes) -> Tensor");
 }

@@ -39,7 +39,7 @@ def _rbf_apply_fake(g, inv_two_sigma2):
 
 
 @torch.library.register_fake("mpruner::_token_hsic_fused")
-def _token_hsic_fused_fake(hidden, positions, lengths, unbiased):
+def _token_hsic_fused_fake(hidden, positions, lengths, unbiased, max_gram_bytes):
     return positions.new_empty((positions.shape[0], len(hidden), len(hidden)), dtype=torch.float64)
 
 

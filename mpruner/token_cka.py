@@ -89,8 +89,9 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         attention_mask: (B, T) with 1 for real tokens (any padding side); None = all real.
         unbiased: unbiased HSIC_1 (each sequence needs >= 4 tokens) or biased HSIC_0 (>= 2).
         precision: "highest" or "tf32" for the Gram GEMMs (GPU; CPU GEMMs are always float32/64).
-        max_gram_bytes: memory bound for the Grams of one group of sequences (GPU path; the
-            CPU kernel holds one sequence's Grams per thread).
+        max_gram_bytes: memory bound for the Grams held at once: one group of sequences on
+            GPUs; on CPU all threads' Grams together (sequences too long for it are
+            processed in blocks of Gram rows).
 
     Returns:
         (B, L, L) float64; entry [b] is the CKA matrix of sequence b.
@@ -107,17 +108,17 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
                          f"the {'unbiased' if unbiased else 'biased'} estimator needs >= {need} per sequence: drop "
                          "them" + (" or use unbiased=False" if unbiased else ""))
     if device.type == "cpu":
-        return _normalise(_token_hsic_fused(layers, lengths, order, unbiased))
+        return _normalise(_token_hsic_fused(layers, lengths, order, unbiased, max_gram_bytes))
     return _normalise(_token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes))
 
 
-def _token_hsic_fused(layers, lengths, order, unbiased) -> torch.Tensor:
+def _token_hsic_fused(layers, lengths, order, unbiased, max_gram_bytes=DEFAULT_GRAM_BYTES) -> torch.Tensor:
     """CPU: one task per sequence, its Grams built and reduced in cache (csrc/cpu/token_kernel.cpp)."""
     B, T = layers[0].shape[:2]
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in layers])
     layers = [t.to(dtype) for t in layers]
     positions = order if order is not None else torch.arange(T).expand(B, T)
-    return ops._token_hsic_fused(layers, positions, lengths, unbiased)
+    return ops._token_hsic_fused(layers, positions, lengths, unbiased, int(max_gram_bytes))
 
 
 def _token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes) -> torch.Tensor:

@@ -31,7 +31,7 @@ OPCHECK_CASES = {
     "token_hsic": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), False),
     "_token_hsic_fused": lambda g: ([torch.randn(3, 9, 5, generator=g), torch.randn(3, 9, 7, generator=g)],
                                     torch.stack([torch.randperm(9, generator=g) for _ in range(3)]),
-                                    torch.tensor([9, 6, 5]), True),
+                                    torch.tensor([9, 6, 5]), True, 2**20),
     "_hsic_partials": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), True),
     "_center_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.randn(2, 6, generator=g, dtype=torch.float64),
                                 torch.randn(2, generator=g, dtype=torch.float64), False),
@@ -139,10 +139,12 @@ def test_token_hsic_fused_rejects_bad_arguments(gen):
     with pytest.raises(RuntimeError, match=r"positions\[1, 2\]=6 is outside \[0, 6\)"):
         bad = pos.clone()
         bad[1, 2] = 6
-        ops._token_hsic_fused(hs, bad, n, False)
+        ops._token_hsic_fused(hs, bad, n, False, 2**20)
     with pytest.raises(RuntimeError, match=r"lengths\[0\]=7 is outside"):
-        ops._token_hsic_fused(hs, pos, torch.tensor([7, 5]), False)
+        ops._token_hsic_fused(hs, pos, torch.tensor([7, 5]), False, 2**20)
     with pytest.raises(RuntimeError, match=r"hidden\[1\] is Double but hidden\[0\] is Float"):
-        ops._token_hsic_fused([hs[0], hs[1].double()], pos, n, False)
+        ops._token_hsic_fused([hs[0], hs[1].double()], pos, n, False, 2**20)
     with pytest.raises(RuntimeError, match=r"hidden\[1\] must be \(B, T, D\)"):
-        ops._token_hsic_fused([hs[0], hs[1][:, :5]], pos, n, False)
+        ops._token_hsic_fused([hs[0], hs[1][:, :5]], pos, n, False, 2**20)
+    with pytest.raises(RuntimeError, match=r"max_gram_bytes must be > 0"):
+        ops._token_hsic_fused(hs, pos, n, False, 0)

@@ -61,7 +61,8 @@ def _paths(hs, mask, unbiased, **kw):
     grouped batched-GEMM path that GPUs take (run here on CPU so CPU CI covers it)."""
     layers = TC._layer_list(hs)
     lengths, order = TC._lengths(mask, *layers[0].shape[:2], layers[0].device)
-    fused = TC._normalise(TC._token_hsic_fused(layers, lengths, order, unbiased))
+    fused = TC._normalise(TC._token_hsic_fused(layers, lengths, order, unbiased,
+                                               kw.get("max_gram_bytes", TC.DEFAULT_GRAM_BYTES)))
     grouped = TC._normalise(TC._token_hsic_grouped(layers, lengths, order, unbiased, "highest",
                                                    kw.get("max_gram_bytes", TC.DEFAULT_GRAM_BYTES)))
     return fused, grouped
@@ -85,6 +86,23 @@ def test_fused_and_grouped_paths_match_numpy_at_real_lengths(gen, unbiased, padd
         h[~mask.bool()] = float("nan")
     want = _np_token(hs, mask, unbiased)
     for got in _paths(poisoned, mask, unbiased, max_gram_bytes=L * 8 * 70 * 70 * 2):  # ~2 sequences per group
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_fused_long_sequences_in_row_blocks(gen, unbiased):
+    # A memory bound far below L * n^2 makes the kernel take 16 Gram rows at a time
+    # (blocks against the remaining columns); the result must not change.
+    L, B, T = 4, 3, 90
+    hs = _hidden(gen, L=L, B=B, T=T, D=20)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 61:] = 0
+    mask[2, :7] = 0
+    want = _np_token(hs, mask, unbiased)
+    layers = TC._layer_list(hs)
+    lengths, order = TC._lengths(mask, B, T, torch.device("cpu"))
+    for budget in (1, 8 * L * 40 * T * 2, TC.DEFAULT_GRAM_BYTES):  # 16 rows, 40 rows, one block
+        got = TC._normalise(TC._token_hsic_fused(layers, lengths, order, unbiased, budget))
         np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
 
 

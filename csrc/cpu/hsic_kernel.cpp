@@ -12,7 +12,13 @@
 namespace mpruner {
 namespace {
 
-using cpu::accumulate_row;
+// Row i of every layer's Gram (mats: L Grams with row stride T) into the sums.
+template <typename scalar_t>
+void add_row(const std::vector<const scalar_t*>& mats, int64_t T, int64_t n, int64_t i, bool unbiased,
+             std::vector<const scalar_t*>& diag, double* buf, double* pair_acc, double* row_acc) {
+  for (size_t a = 0; a < mats.size(); ++a) diag[a] = mats[a] + i * T + i;
+  cpu::accumulate_row(diag, T, n, i, unbiased, buf, pair_acc, row_acc);
+}
 
 template <typename scalar_t>
 void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool unbiased, at::Tensor& pairs,
@@ -32,10 +38,11 @@ void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool un
     // Many sequences: each one is a task that owns its outputs.
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<double> buf(L * std::max<int64_t>(T, 1));
+      std::vector<const scalar_t*> diag(L);
       for (int64_t b = b0; b < b1; ++b) {
         auto mats = mats_of(b);
         for (int64_t i = 0; i < len[b]; ++i)
-          accumulate_row(mats, T, len[b], i, unbiased, buf.data(), P + b * L * L, R + b * L * T);
+          add_row(mats, T, len[b], i, unbiased, diag, buf.data(), P + b * L * L, R + b * L * T);
       }
     });
     return;
@@ -51,9 +58,10 @@ void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool un
     at::parallel_for(0, (n + 1) / 2, 1, [&](int64_t u0, int64_t u1) {
       double* slot = scratch.data() + at::get_thread_num() * (L * L + L * T);
       std::vector<double> buf(L * n);
+      std::vector<const scalar_t*> diag(L);
       for (int64_t u = u0; u < u1; ++u) {
-        accumulate_row(mats, T, n, u, unbiased, buf.data(), slot, slot + L * L);
-        if (n - 1 - u != u) accumulate_row(mats, T, n, n - 1 - u, unbiased, buf.data(), slot, slot + L * L);
+        add_row(mats, T, n, u, unbiased, diag, buf.data(), slot, slot + L * L);
+        if (n - 1 - u != u) add_row(mats, T, n, n - 1 - u, unbiased, diag, buf.data(), slot, slot + L * L);
       }
     });
     // Fixed-order merge keeps results reproducible for a given thread count.

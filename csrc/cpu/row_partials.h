@@ -32,15 +32,16 @@ inline double dot1(const double* a, const double* b, int64_t m) {
   return s;
 }
 
-// Adds row i of one sequence (columns i..n-1 of each layer's Gram, row stride T)
-// to the pair sums (L x L, upper part) and the row sums (L x T). buf holds L * n doubles.
+// Adds row i of one sequence to the pair sums (L x L, upper part) and the row sums
+// (L rows of stride T). diag[a] points at layer a's K_ii; the row goes on to K_i,n-1
+// contiguously, so Grams can be whole (row stride T) or blocks of rows. buf holds L * n doubles.
 template <typename scalar_t>
-inline void accumulate_row(const std::vector<const scalar_t*>& mats, int64_t T, int64_t n, int64_t i, bool unbiased,
+inline void accumulate_row(const std::vector<const scalar_t*>& diag, int64_t T, int64_t n, int64_t i, bool unbiased,
                            double* buf, double* pair_acc, double* row_acc) {
-  const int64_t L = static_cast<int64_t>(mats.size());
+  const int64_t L = static_cast<int64_t>(diag.size());
   if (math::entry_counts(i, i, unbiased)) {
     for (int64_t a = 0; a < L; ++a) {
-      buf[a] = static_cast<double>(mats[a][i * T + i]);
+      buf[a] = static_cast<double>(diag[a][0]);
       row_acc[a * T + i] += buf[a];
     }
     for (int64_t a = 0; a < L; ++a)
@@ -49,7 +50,7 @@ inline void accumulate_row(const std::vector<const scalar_t*>& mats, int64_t T, 
   const int64_t j0 = i + 1, m = n - j0;
   if (m <= 0) return;
   for (int64_t a = 0; a < L; ++a) {
-    const scalar_t* src = mats[a] + i * T + j0;
+    const scalar_t* src = diag[a] + 1;
     double* dst = buf + a * m;
     double* col = row_acc + a * T + j0;
     double s = 0;
