@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mpruner/checks.h"
+#include "mpruner/triangular_gram.h"
 
 namespace mpruner {
 namespace {
@@ -44,23 +45,6 @@ void check_min_samples(int64_t n, bool unbiased, const char* what) {
   TORCH_CHECK(n >= need, "mpruner: ", what, " has n=", n, " samples; the ",
               unbiased ? "unbiased" : "biased", " estimator needs n >= ", need,
               unbiased ? " (use unbiased=False or larger batches)" : " (use larger batches)");
-}
-
-// Rows [r0, r0 + rows) of the Gram hit only columns >= r0: one GEMM per block
-// of rows writes the upper triangle (plus the small lower parts of diagonal
-// blocks) with about half the multiply-adds of the full product.
-void triangular_gram_into(at::Tensor& out, const at::Tensor& xc) {
-  const int64_t n = xc.size(0);
-  const int64_t block = n <= 256 ? 64 : 128;
-  if (n <= block) {
-    at::mm_out(out, xc, xc.t());
-    return;
-  }
-  for (int64_t r0 = 0; r0 < n; r0 += block) {
-    int64_t rows = std::min(block, n - r0);
-    at::Tensor dst = out.narrow(0, r0, rows).narrow(1, r0, n - r0);
-    at::mm_out(dst, xc.narrow(0, r0, rows), xc.narrow(0, r0, n - r0).t());
-  }
 }
 
 // Whether ATen calls on x may run on worker threads: a real CPU tensor outside

@@ -16,27 +16,11 @@
 
 #include "mpruner/checks.h"
 #include "mpruner/hsic_math.h"
+#include "mpruner/triangular_gram.h"
 #include "row_partials.h"
 
 namespace mpruner {
 namespace {
-
-// Rows below `split` of a Gram need all columns; rows from `split` on only their
-// upper part: two GEMMs give the upper triangle with ~3/4 of the multiply-adds.
-template <typename work_t>
-void upper_gram(const at::Tensor& x, at::Tensor& g) {
-  const int64_t n = x.size(0);
-  if (n < 48) {
-    at::mm_out(g, x, x.t());
-    return;
-  }
-  const int64_t split = n / 2;
-  at::Tensor top = g.narrow(0, 0, split);
-  at::mm_out(top, x.narrow(0, 0, split), x.t());
-  at::Tensor bottom = g.narrow(0, split, n - split).narrow(1, split, n - split);
-  at::Tensor rest = x.narrow(0, split, n - split);
-  at::mm_out(bottom, rest, rest.t());
-}
 
 template <typename scalar_t, typename work_t>
 struct SequenceTask {
@@ -98,7 +82,7 @@ struct SequenceTask {
         at::Tensor xt = at::from_blob(x.data(), {w, hidden[l].size(2)}, opts);
         at::Tensor gt = at::from_blob(g, {r1 - r0, w}, opts);
         if (r1 - r0 == w) {
-          upper_gram<work_t>(xt, gt);
+          triangular_gram_into(gt, xt);
         } else {
           at::mm_out(gt, xt.narrow(0, 0, r1 - r0), xt.t());
         }
