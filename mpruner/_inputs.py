@@ -42,6 +42,9 @@ def as_samples(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} has dtype {x.dtype}; CKA needs floating-point activations: pass {name}.float()")
     if x.dim() < 1 or x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); every layer needs at least one sample and feature")
+    # CKA is a measurement here: the kernels have no backward, so activations that
+    # require grad (a forward pass outside torch.no_grad) are read detached.
+    x = x.detach()
     if x.dim() == 1:
         x = x.unsqueeze(1)
     if x.dtype in (torch.float16, torch.bfloat16):

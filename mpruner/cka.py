@@ -60,6 +60,7 @@ def _check_gram(k, name, unbiased):
     if n < I.min_samples(unbiased):
         raise ValueError(f"{name} is {n}x{n}; the {'unbiased' if unbiased else 'biased'} estimator needs "
                          f"n >= {I.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
+    k = k.detach()  # measurements, not differentiable: see _inputs.as_samples
     return k.float() if k.dtype in (torch.float16, torch.bfloat16) else k
 
 

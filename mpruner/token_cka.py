@@ -44,7 +44,7 @@ def _layer_list(hidden_states) -> List[torch.Tensor]:
             raise TypeError(f"hidden_states[{i}] has dtype {t.dtype}; pass floating-point activations")
         if t.numel() == 0:
             raise ValueError(f"hidden_states[{i}] is empty (shape {tuple(t.shape)})")
-    return layers
+    return [t.detach() for t in layers]  # measurements, not differentiable: see _inputs.as_samples
 
 
 def _lengths(mask: Optional[torch.Tensor], B: int, T: int, device) -> (torch.Tensor, Optional[torch.Tensor]):

@@ -111,3 +111,28 @@ def test_conv_shaped_features(gen):
     maps.append(maps[0] * 2 + 0.1 * torch.randn(12, 3, 4, 4, generator=gen, dtype=torch.float64))
     expected = NP.cka_matrix([m.reshape(12, -1).numpy() for m in maps])
     np.testing.assert_allclose(mpruner.cka_matrix(maps).numpy(), expected, atol=1e-10)
+
+
+def test_activations_that_require_grad_are_measured_detached(gen):
+    # A forward pass outside torch.no_grad gives activations that require grad; every
+    # entry point reads them detached (the kernels have no backward) and gives the same numbers.
+    feats = [f.float() for f in structured_layers(gen, n=24)]
+    live = [f.clone().requires_grad_(True) for f in feats]
+    tokens = [f.reshape(4, 6, -1) for f in feats]
+    live_tokens = [f.clone().requires_grad_(True) for f in tokens]
+    k, lk = mpruner.gram(feats[0]), mpruner.gram(live[0])
+    pairs = [
+        (mpruner.cka_matrix(feats, unbiased=True), mpruner.cka_matrix(live, unbiased=True)),
+        (mpruner.cka(feats[0], feats[1]), mpruner.cka(live[0], live[1])),
+        (k, lk),
+        (mpruner.center_gram(k), mpruner.center_gram(lk.clone().requires_grad_(True))),
+        (mpruner.token_cka(tokens), mpruner.token_cka(live_tokens)),
+    ]
+    for estimator in ("minibatch", "exact"):
+        a, b = mpruner.CKAAccumulator(estimator=estimator), mpruner.CKAAccumulator(estimator=estimator)
+        a.update(feats)
+        b.update(live)
+        pairs.append((a.compute(), b.compute()))
+    for want, got in pairs:
+        assert not got.requires_grad
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
