@@ -122,53 +122,34 @@ def _token_hsic_fused(layers, lengths, order, unbiased, max_gram_bytes=DEFAULT_G
 
 
 def _token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes) -> torch.Tensor:
-    """GPU: sequences of similar length share one batched GEMM and one kernel call per group."""
+    """GPU: sequences of similar length form a group; per group, one batched GEMM per layer
+    and one kernel call for all its sequences and layers. Only one layer's tokens of one
+    group are copied at a time (never a stack of all layers), and the group's Grams stay
+    within max_gram_bytes; layers may have different widths."""
     device = layers[0].device
-    B, T = layers[0].shape[:2]
+    B, L = layers[0].shape[0], len(layers)
     lens = lengths.tolist()
-    if len({t.shape[2] for t in layers}) != 1:
-        # Different widths: Grams per layer at full length, then the per-sequence kernel.
-        grams = torch.stack([token_cka_grams(t, lengths, order, precision) for t in layers])
-        return ops.token_hsic(grams, lengths, unbiased)
-    h = torch.stack(layers)
-    L, D = h.shape[0], h.shape[3]
-    work = torch.float64 if h.dtype == torch.float64 else torch.float32
+    work = torch.float64 if any(t.dtype == torch.float64 for t in layers) else torch.float32
     out = torch.empty(B, L, L, dtype=torch.float64, device=device)
     for idx in _groups(lens, L * (8 if work == torch.float64 else 4), max_gram_bytes):
         sel = torch.tensor(idx, device=device)
         tc = max(lens[b] for b in idx)
         n = lengths[sel]
-        if order is None:
-            x = h[:, sel, :tc].to(work)
-        else:
-            tok = order[sel, :tc]
-            x = torch.gather(h[:, sel], 2, tok[None, :, :, None].expand(L, -1, -1, D)).to(work)
-        valid = (torch.arange(tc, device=device)[None, :] < n[:, None])[None, :, :, None]
-        # Center each sequence's features over its real tokens (precision of float32 Grams).
-        # torch.where, not a product: padding may hold anything, NaN included.
-        x = torch.where(valid, x, 0)
-        mean = x.sum(2, keepdim=True) / n.to(work)[None, :, None, None]
-        x = torch.where(valid, x - mean, 0)
-        with I.gemm_precision(precision, device):
-            g = torch.matmul(x, x.transpose(-1, -2))
-        out[sel] = ops.token_hsic(g, n, unbiased)
+        valid = (torch.arange(tc, device=device)[None, :] < n[:, None])[:, :, None]
+        rows = sel[:, None]
+        cols = torch.arange(tc, device=device)[None, :] if order is None else order[sel, :tc]
+        grams = torch.empty(L, len(idx), tc, tc, dtype=work, device=device)
+        for l, h in enumerate(layers):
+            x = h[rows, cols].to(work)                         # (G, tc, D): valid tokens first
+            # Center each sequence's features over its real tokens (precision of float32
+            # Grams). torch.where, not a product: padding may hold anything, NaN included.
+            x = torch.where(valid, x, 0)
+            mean = x.sum(1, keepdim=True) / n.to(work)[:, None, None]
+            x = torch.where(valid, x - mean, 0)
+            with I.gemm_precision(precision, device):
+                torch.bmm(x, x.transpose(1, 2), out=grams[l])
+        out[sel] = ops.token_hsic(grams, n, unbiased)
     return out
-
-
-def token_cka_grams(x: torch.Tensor, lengths: torch.Tensor, order: Optional[torch.Tensor],
-                    precision="highest") -> torch.Tensor:
-    """(B, T, D) -> (B, T, T) per-sequence Grams of centered real tokens, valid tokens first."""
-    B, T, D = x.shape
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.to(work)
-    if order is not None:
-        x = torch.gather(x, 1, order[:, :, None].expand(-1, -1, D))
-    valid = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])[:, :, None]
-    x = torch.where(valid, x, 0)
-    mean = x.sum(1, keepdim=True) / lengths.clamp_min(1).to(work)[:, None, None]
-    x = torch.where(valid, x - mean, 0)
-    with I.gemm_precision(precision, x.device):
-        return torch.bmm(x, x.transpose(1, 2))
 
 
 def _normalise(hs: torch.Tensor) -> torch.Tensor:
