@@ -8,6 +8,7 @@ Adapters never copy the model; ``remove_layers`` decides what they mutate.
 """
 from __future__ import annotations
 
+import abc
 from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch.nn as nn
@@ -29,7 +30,7 @@ def is_block_container(module) -> bool:
     return isinstance(module, (nn.Sequential, nn.ModuleList))
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base class. Subclasses set ``name`` and implement ``matches`` and ``stacks``."""
 
     name: ClassVar[str] = "?"
@@ -38,9 +39,9 @@ class Adapter:
         self.model = model
 
     @classmethod
+    @abc.abstractmethod
     def matches(cls, model: nn.Module) -> bool:
         """Whether this adapter understands ``model``'s structure."""
-        raise NotImplementedError
 
     def for_model(self, model: nn.Module) -> "Adapter":
         """The same adapter bound to another model of the same structure (a deep copy)."""
@@ -49,8 +50,9 @@ class Adapter:
     def architecture(self) -> str:
         return type(self.model).__name__
 
+    @abc.abstractmethod
     def stacks(self) -> List[Stack]:
-        raise NotImplementedError
+        """The model's stacks of blocks, each with its containers in forward order."""
 
     def is_removable(self, block: nn.Module) -> bool:
         """Whether this block may be removed on its own (shape-preserving)."""
