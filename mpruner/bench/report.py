@@ -6,7 +6,7 @@ import math
 import os
 from typing import Dict, List, Optional
 
-# Goals of the issue: measured and reported, never asserted.
+# The speed goals: measured and reported, never asserted.
 GOALS = {
     "cpu": [
         {"workload": "dense", "against": "fastest peer", "min_speedup": 5.0},
