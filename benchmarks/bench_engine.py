@@ -4,8 +4,8 @@
     python benchmarks/bench_engine.py [--device cuda] [--out benchmarks/results]
 
 The script interleaves engine and GEMM repeats (so machine noise hits both alike),
-reports medians and their ratio, and writes engine_<device>.json. The goal (issue:
-engine <= 1.3x bare GEMM on CPU, <= 1.2x on GPU) is reported, never asserted.
+reports medians and their ratio, and writes engine_<device>.json. The goal
+(engine <= 1.3x bare GEMM on CPU, <= 1.2x on GPU) is reported, never asserted.
 """
 from __future__ import annotations
 
