@@ -174,3 +174,16 @@ def test_token_cka_errors(gen):
     bad[2][0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf.*layers \\[2\\]"):
         mpruner.token_cka(bad, None)
+
+
+def test_mixed_widths_float32_with_a_large_offset(gen):
+    # Each layer's tokens must be centered by that layer's own mean: with per-feature
+    # offsets of ~1000 in float32, Grams of badly centered features lose CKA's digits.
+    hs = _hidden(gen, L=4, B=3, T=50, D=8, dtype=torch.float64)
+    hs[1] = torch.cat([hs[1], hs[1][..., :3] * 2], -1)       # widths 8, 11, 8, 8
+    hs = [(h + 1000.0 * torch.randn(h.shape[-1], generator=gen, dtype=torch.float64)).float() for h in hs]
+    mask = torch.ones(3, 50)
+    mask[2, 30:] = 0
+    want = _np_token([h.double() for h in hs], mask, False)
+    for got in _paths(hs, mask, False):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-4)

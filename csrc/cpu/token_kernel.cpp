@@ -27,16 +27,17 @@ struct SequenceTask {
   const std::vector<at::Tensor>& hidden;
   const int64_t L;
   const int64_t rows_cap;  // Gram rows per block: L * rows_cap * n entries per thread at most
+  const int64_t dmax;      // widest layer: layer l's mean is at mean[l * dmax]
   bool unbiased;
   at::TensorOptions opts;
   std::vector<work_t> x, grams;
   std::vector<double> mean, buf, pair, row;
   std::vector<const work_t*> diag;
 
-  SequenceTask(const std::vector<at::Tensor>& h, int64_t nmax, int64_t dmax, int64_t rows, bool unb)
-      : hidden(h), L(static_cast<int64_t>(h.size())), rows_cap(rows), unbiased(unb),
-        opts(at::TensorOptions().dtype(c10::CppTypeToScalarType<work_t>::value)), x(nmax * dmax),
-        grams(L * std::min(rows, nmax) * nmax), mean(L * dmax), buf(L * nmax), pair(L * L), row(L * nmax), diag(L) {}
+  SequenceTask(const std::vector<at::Tensor>& h, int64_t nmax, int64_t width, int64_t rows, bool unb)
+      : hidden(h), L(static_cast<int64_t>(h.size())), rows_cap(rows), dmax(width), unbiased(unb),
+        opts(at::TensorOptions().dtype(c10::CppTypeToScalarType<work_t>::value)), x(nmax * width),
+        grams(L * std::min(rows, nmax) * nmax), mean(L * width), buf(L * nmax), pair(L * L), row(L * nmax), diag(L) {}
 
   const scalar_t* token(int64_t l, int64_t b, int64_t p) const {
     const at::Tensor& h = hidden[l];
@@ -47,7 +48,7 @@ struct SequenceTask {
   // features stay accurate when tokens share a large offset.
   void gather_centered(int64_t l, int64_t b, const int64_t* p, int64_t r0, int64_t n) {
     const int64_t D = hidden[l].size(2);
-    const double* mu = mean.data() + l * D;
+    const double* mu = mean.data() + l * dmax;
     for (int64_t i = r0; i < n; ++i) {
       const scalar_t* r = token(l, b, p[i]);
       work_t* dst = x.data() + (i - r0) * D;
@@ -60,7 +61,7 @@ struct SequenceTask {
   void run(int64_t b, const int64_t* p, int64_t n, double* o) {
     for (int64_t l = 0; l < L; ++l) {
       const int64_t D = hidden[l].size(2);
-      double* mu = mean.data() + l * D;
+      double* mu = mean.data() + l * dmax;  // dmax: layers may differ in width
       std::fill(mu, mu + D, 0.0);
       for (int64_t i = 0; i < n; ++i) {
         const scalar_t* r = token(l, b, p[i]);
