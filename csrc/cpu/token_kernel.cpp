@@ -31,13 +31,13 @@ struct SequenceTask {
   bool unbiased;
   at::TensorOptions opts;
   std::vector<work_t> x, grams;
-  std::vector<double> mean, buf, pair, row;
+  std::vector<double> mean, buf, pair, row, total;
   std::vector<const work_t*> diag;
 
   SequenceTask(const std::vector<at::Tensor>& h, int64_t nmax, int64_t width, int64_t rows, bool unb)
       : hidden(h), L(static_cast<int64_t>(h.size())), rows_cap(rows), dmax(width), unbiased(unb),
         opts(at::TensorOptions().dtype(c10::CppTypeToScalarType<work_t>::value)), x(nmax * width),
-        grams(L * std::min(rows, nmax) * nmax), mean(L * width), buf(L * nmax), pair(L * L), row(L * nmax), diag(L) {}
+        grams(L * std::min(rows, nmax) * nmax), mean(L * width), buf(L * nmax), pair(L * L), row(L * nmax), total(L), diag(L) {}
 
   const scalar_t* token(int64_t l, int64_t b, int64_t p) const {
     const at::Tensor& h = hidden[l];
@@ -94,17 +94,13 @@ struct SequenceTask {
       }
     }
     for (int64_t a = 0; a < L; ++a) {
-      const double* ra = row.data() + a * n;
-      double sa = 0;
-      for (int64_t i = 0; i < n; ++i) sa += ra[i];
+      total[a] = 0;
+      for (int64_t i = 0; i < n; ++i) total[a] += row[a * n + i];
+    }
+    for (int64_t a = 0; a < L; ++a) {
       for (int64_t c = a; c < L; ++c) {
-        const double* rc = row.data() + c * n;
-        double rr = 0, sc = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          rr += ra[i] * rc[i];
-          sc += rc[i];
-        }
-        o[a * L + c] = o[c * L + a] = math::hsic_from_sums(pair[a * L + c], rr, sa, sc, n, unbiased);
+        const double rr = cpu::dot1(row.data() + a * n, row.data() + c * n, n);
+        o[a * L + c] = o[c * L + a] = math::hsic_from_sums(pair[a * L + c], rr, total[a], total[c], n, unbiased);
       }
     }
   }
