@@ -10,13 +10,10 @@ The engine can be used on its own::
     acc.compute()
 """
 from .version import __version__
-from .ops import build_info, cuda_built
-from .cka import center_gram, cka, cka_matrix, gram, hsic
-from .token_cka import token_cka
-from .accumulator import CKAAccumulator
-from . import data, reference
+from .engine import CKAAccumulator, build_info, center_gram, cka, cka_matrix, cuda_built, gram, hsic, reference, token_cka
+from . import data
+from .adapters import BlockList, find_blocks
 from .analysis import Analysis, analyze
-from .blocks import BlockList, find_blocks
 from .prune import Finetuner, MPruner, PruneResult, cluster_layers, select_layers
 from .surgery import (ModelStats, get_record, load_pruned, model_stats, read_record, removable_layers,
                       remove_layers, save_pruned)

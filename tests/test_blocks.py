@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from _surgery_models import Bottleneck, ResNet, efficientnet_lite0, hf_model
-from mpruner.blocks import BlockList, find_blocks
+from mpruner.adapters import BlockList, find_blocks
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mpruner
-from mpruner.ops import ops
+from mpruner.engine.ops import ops
 
 import np_reference as NP
 from conftest import structured_layers

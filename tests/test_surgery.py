@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import _surgery_models as zoo
-from mpruner.blocks import find_blocks
+from mpruner.adapters import find_blocks
 from mpruner.surgery import (get_record, load_pruned, model_stats, read_record, removable_layers, remove_layers,
                              save_pruned)
 
@@ -279,7 +279,7 @@ def test_bad_arguments():
 def test_heterogeneous_per_layer_config_is_renumbered():
     import transformers as T
 
-    from mpruner.surgery.adapters.hf_common import shrink_layer_config
+    from mpruner.adapters.hf_common import shrink_layer_config
 
     config = T.LlamaConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=4, intermediate_size=64,
                            per_layer_config={1: {"intermediate_size": 48}, 3: {"intermediate_size": 40}})

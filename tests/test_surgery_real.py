@@ -3,7 +3,7 @@ all-MiniLM-L6-v2 (a 6-layer BERT) and ImageNet EfficientNet-Lite0."""
 import pytest
 import torch
 
-from mpruner.blocks import find_blocks
+from mpruner.adapters import find_blocks
 from mpruner.surgery import load_pruned, model_stats, remove_layers, save_pruned
 
 torch.set_num_threads(1)

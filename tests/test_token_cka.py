@@ -7,7 +7,7 @@ import mpruner
 from mpruner import reference as R
 import importlib
 
-TC = importlib.import_module("mpruner.token_cka")
+TC = importlib.import_module("mpruner.engine.token_cka")
 
 import np_reference as NP
 

@@ -10,8 +10,8 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .. import _inputs as I
-from ..blocks import BlockList
+from ..engine import inputs as I
+from ..adapters import BlockList
 from .capture import LayerCapture
 from .inputs import Forward, batch_context, call_model, check_data, model_device, to_device
 from .layers import LayerSelection, select_layers

@@ -6,7 +6,7 @@ from typing import List, Sequence, Tuple, Union
 
 import torch.nn as nn
 
-from ..blocks import BlockList, find_blocks
+from ..adapters import BlockList, find_blocks
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import _inputs as I
-from ..accumulator import CKAAccumulator
-from ..token_cka import token_cka
+from ..engine import inputs as I
+from ..engine import CKAAccumulator
+from ..engine import token_cka
 from .views import BatchContext
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..blocks import find_blocks
+from ..adapters import find_blocks
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers

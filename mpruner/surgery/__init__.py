@@ -1,6 +1,7 @@
 """Layer surgery: remove whole blocks from a model, repair it, save and reload it.
 
-Independent of the CKA engine: nothing here imports mpruner.ops or mpruner.cka.
+Independent of the CKA engine: nothing here imports mpruner.engine. The architecture knowledge
+(where the blocks are, how to cut them out) lives in mpruner.adapters.
 """
 from .persist import load_pruned, read_record, save_pruned
 from .record import get_record

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from ..blocks import BlockList
+from ..adapters import BlockList
 
 Plan = Dict[str, List[int]]
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch.nn as nn
 
-from ..blocks import BlockList
+from ..adapters import BlockList
 
 ATTRIBUTE = "_mpruner_surgery"
 

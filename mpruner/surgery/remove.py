@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from .adapters import GenericAdapter, detect_adapter, resolve_adapter
-from .adapters.base import Adapter
+from ..adapters import GenericAdapter, detect_adapter, resolve_adapter
+from ..adapters.base import Adapter
 from .plan import normalize_plan
 from .record import append_step
 

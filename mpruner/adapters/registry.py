@@ -1,4 +1,4 @@
-"""Architecture adapters and the lookup that picks one for a model."""
+"""The lookup that picks an adapter for a model, and ``find_blocks``."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
@@ -19,8 +19,7 @@ ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapte
 
 SUPPORTED_HF_MODEL_TYPES = tuple(t for a in ADAPTERS for t in getattr(a, "model_types", ()))
 
-__all__ = ["ADAPTERS", "Adapter", "GenericAdapter", "resolve_adapter", "detect_adapter"] + [
-    a.__name__ for a in ADAPTERS]
+__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "detect_adapter", "resolve_adapter", "find_blocks"]
 
 
 def detect_adapter(model: nn.Module) -> Optional[Adapter]:
@@ -58,3 +57,24 @@ def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] 
     raise TypeError(f"no mpruner adapter recognises {type(model).__name__}. Name the nn.Sequential/"
                     f"nn.ModuleList that holds its blocks, e.g. find_blocks(model, path='features') or "
                     f"remove_layers(model, {{'features': [2, 3]}}).")
+
+
+def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = None) -> list:
+    """Return the block lists of ``model`` as a list of :class:`BlockList`.
+
+    Args:
+        model: the network. Recognised architectures: Hugging Face BERT,
+            RoBERTa, DistilBERT, T5 (encoder and decoder stacks), LLaMA,
+            Mistral, Qwen2, GPT-2, ViT and ResNet; torchvision-style ResNet;
+            EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``.
+        path: attribute path of an ``nn.Sequential``/``nn.ModuleList`` to use
+            instead of auto-detection (``"features"``), or a list of them. The
+            returned lists then come from the generic adapter, which cannot
+            check that a block keeps its input's shape.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or no adapter recognises
+            it and no ``path`` was given.
+        ValueError: ``path`` does not name an ``nn.Sequential``/``nn.ModuleList``.
+    """
+    return resolve_adapter(model, path).block_lists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...blocks import BlockList
+from .blocks import BlockList
 from .base import Plan, kept_indices
 from .hf_common import HFAdapter, configs_of, find_container, renumber_layer_idx
 

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import _inputs as I
+from . import inputs as I
 from .cka import check_finite, hsic_to_cka, layer_hsic, nonfinite_error
 from .exact import ExactLinearSums
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...blocks import BlockList
+from .blocks import BlockList
 from .base import Plan
 from .hf_common import HFAdapter
 

@@ -10,7 +10,7 @@ from typing import ClassVar, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ...blocks import BlockList
+from .blocks import BlockList
 from .base import Adapter, Plan, kept_indices
 
 # Config fields that hold one entry per layer and must lose the removed ones.

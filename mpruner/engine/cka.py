@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _inputs as I
+from . import inputs as I
 from .ops import ops
 
 # A layer whose self-HSIC is below (DEGENERATE_FACTOR * eps^2 * ||x||^2)^2 is
@@ -60,7 +60,7 @@ def _check_gram(k, name, unbiased):
     if n < I.min_samples(unbiased):
         raise ValueError(f"{name} is {n}x{n}; the {'unbiased' if unbiased else 'biased'} estimator needs "
                          f"n >= {I.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
-    k = k.detach()  # measurements, not differentiable: see _inputs.as_samples
+    k = k.detach()  # measurements, not differentiable: see inputs.as_samples
     return k.float() if k.dtype in (torch.float16, torch.bfloat16) else k
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import torch.nn as nn
 
-from ...blocks import BlockList
+from .blocks import BlockList
 
 # One stack: its name and the containers whose children are its blocks, in
 # forward order. A multi-stage CNN has one stack spread over several containers.

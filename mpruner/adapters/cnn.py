@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from ...blocks import BlockList
+from .blocks import BlockList
 from .base import Adapter, Plan
 from .hf_common import HFAdapter, configs_of, find_container, hf_model_type
 

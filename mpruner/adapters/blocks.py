@@ -1,7 +1,7 @@
 """Block lists: the sequences of layers that depth pruning analyses and removes.
 
-``find_blocks(model)`` returns, for each stack of repeated blocks in a model, a
-:class:`BlockList` that names the stack, lists its blocks in forward order with
+``find_blocks(model)`` (in :mod:`mpruner.adapters.registry`) returns, for each stack
+of repeated blocks in a model, a :class:`BlockList` that names the stack, lists its blocks in forward order with
 their qualified module names, and says which of them may be removed. It is the
 one place where analysis (hooks, CKA) and surgery (``remove_layers``) agree on
 what "block 3" means.
@@ -9,11 +9,11 @@ what "block 3" means.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple, Union
+from typing import Iterator, Tuple
 
 import torch.nn as nn
 
-__all__ = ["BlockList", "find_blocks"]
+__all__ = ["BlockList"]
 
 
 @dataclass(frozen=True)
@@ -76,28 +76,3 @@ class BlockList:
     def __repr__(self) -> str:
         return (f"BlockList(name={self.name!r}, adapter={self.adapter!r}, architecture={self.architecture!r}, "
                 f"blocks={len(self.blocks)}, removable={list(self.removable)})")
-
-
-def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = None) -> list:
-    """Return the block lists of ``model`` as a list of :class:`BlockList`.
-
-    Args:
-        model: the network. Recognised architectures: Hugging Face BERT,
-            RoBERTa, DistilBERT, T5 (encoder and decoder stacks), LLaMA,
-            Mistral, Qwen2, GPT-2, ViT and ResNet; torchvision-style ResNet;
-            EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``.
-        path: attribute path of an ``nn.Sequential``/``nn.ModuleList`` to use
-            instead of auto-detection (``"features"``), or a list of them. The
-            returned lists then come from the generic adapter, which cannot
-            check that a block keeps its input's shape.
-
-    Raises:
-        TypeError: ``model`` is not an ``nn.Module``, or no adapter recognises
-            it and no ``path`` was given.
-        ValueError: ``path`` does not name an ``nn.Sequential``/``nn.ModuleList``.
-    """
-    # Imported here, not at the top: the adapters build BlockList objects, so
-    # they import this module, and a top-level import would be circular.
-    from .surgery.adapters import resolve_adapter
-
-    return resolve_adapter(model, path).block_lists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 try:
-    from . import _C  # noqa: F401  (importing registers torch.ops.mpruner.*)
+    from .. import _C  # noqa: F401  (importing registers torch.ops.mpruner.*)
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "mpruner's compiled engine (mpruner._C) is not built or does not match the "

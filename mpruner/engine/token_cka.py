@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import torch
 
-from . import _inputs as I
+from . import inputs as I
 from .ops import ops
 
 DEFAULT_GRAM_BYTES = 256 * 2**20
@@ -44,7 +44,7 @@ def _layer_list(hidden_states) -> List[torch.Tensor]:
             raise TypeError(f"hidden_states[{i}] has dtype {t.dtype}; pass floating-point activations")
         if t.numel() == 0:
             raise ValueError(f"hidden_states[{i}] is empty (shape {tuple(t.shape)})")
-    return [t.detach() for t in layers]  # measurements, not differentiable: see _inputs.as_samples
+    return [t.detach() for t in layers]  # measurements, not differentiable: see inputs.as_samples
 
 
 def _lengths(mask: Optional[torch.Tensor], B: int, T: int, device) -> (torch.Tensor, Optional[torch.Tensor]):
