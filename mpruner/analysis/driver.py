@@ -14,8 +14,9 @@ from ..engine import inputs as I
 from ..adapters import BlockList
 from . import distributed as dist_analysis
 from .capture import LayerCapture
-from .inputs import Forward, batch_context, call_model, check_data, model_device, to_device
+from .inputs import Forward, batch_context, call_model, check_data, to_device
 from .layers import LayerSelection, select_layers
+from .placement import execution_device
 from .result import Analysis
 from .sinks import MatrixSink, TokenSink
 from .views import VIEWS, apply_view
@@ -56,7 +57,9 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
         forward: ``forward(model, batch)`` replaces the default call (also used for ``other``).
         max_batches: stop after this many batches of ``data``.
         device: where CKA is computed (default: the model's device). Inputs always go to
-            the model's device.
+            the model's device; for a model dispatched over devices or offloaded by accelerate
+            (``device_map="auto"``, ``dispatch_model``, ``disk_offload``) that is its execution
+            device, and each block's output is moved to ``device`` as it is captured.
         progress: show a tqdm progress bar (on rank 0 only when distributed).
         distributed: ``"auto"`` (default): when a ``torch.distributed`` process group of W > 1
             ranks is initialised (torchrun), rank r analyses batches r, r + W, ... of ``data``
@@ -71,7 +74,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
     shard = dist_analysis.resolve(distributed)
     selection = select_layers(model, layers)
     other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
-    run_device = model_device(model)
+    run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
     if view == "tokens":
@@ -99,7 +102,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
                 feats, ctx = _run(model, capture, batch, run_device, forward, index)
                 other_feats = None
                 if other is not None:
-                    other_feats, _ = _run(other, other_capture, batch, model_device(other), forward, index)
+                    other_feats, _ = _run(other, other_capture, batch, execution_device(other), forward, index)
                 sink.update(feats, other_feats, ctx)
     except Exception as e:
         if shard is None:
