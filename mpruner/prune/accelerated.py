@@ -40,8 +40,16 @@ def make_accelerator(device: torch.device, amp):
 
 
 def check_world(accelerator) -> None:
-    """Refuse a process group that accelerate does not see (it reads the launcher's environment)."""
+    """Refuse a process group that accelerate does not see (it reads the launcher's environment),
+    and the sharded modes, which rewrite the model the loop keeps working on."""
     import torch.distributed as dist
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise NotImplementedError(f"Finetuner trains the model in place, which {accelerator.distributed_type.value} "
+                                  "sharding does not keep (it rewrites the module tree); use data-parallel "
+                                  "fine-tuning (torchrun without an FSDP/DeepSpeed accelerate config), or fine-tune "
+                                  "with your own accelerate loop: MPruner(finetune=...) takes any callable")
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() != accelerator.num_processes:
         raise RuntimeError(f"a torch.distributed group of {dist.get_world_size()} ranks is initialised but accelerate "

@@ -71,9 +71,10 @@ class Finetuner:
         seed: seeds the RNG before training, so a resumed run repeats the same steps.
         gradient_accumulation_steps: batches per optimizer step (their mean loss; the last
             group of an epoch may be shorter).
-        accelerator: an ``accelerate.Accelerator`` to train with (e.g. one configured for
-            FSDP or DeepSpeed by ``accelerate config``); default: one made per call
-            (mixed precision from ``amp``, on the CPU when the model is there).
+        accelerator: an ``accelerate.Accelerator`` to train with (e.g. with your own DDP
+            options); default: one made per call (mixed precision from ``amp``, on the CPU
+            when the model is there). FSDP and DeepSpeed are refused: they rewrite the
+            model that the loop keeps working on.
     """
 
     def __init__(self, train_data: Iterable, epochs: int = 1, lr: float = 5e-5, max_steps: Optional[int] = None,
