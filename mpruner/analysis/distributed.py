@@ -10,7 +10,7 @@ The communication is ``torch.distributed``'s (gloo on CPUs, NCCL on GPUs); nothi
 sends anything itself. A rank that raised during its batches still joins the final
 all-reduce with a failure flag, so the others stop with an error instead of waiting; a rank
 that died or hangs makes the others fail after the process group's timeout
-(``init_process_group(timeout=...)``, 10 minutes for gloo by default).
+(``init_process_group(timeout=...)``; torch defaults to 30 minutes for gloo, 10 for NCCL).
 """
 from __future__ import annotations
 
