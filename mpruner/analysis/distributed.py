@@ -11,6 +11,11 @@ sends anything itself. A rank that raised during its batches still joins the fin
 all-reduce with a failure flag, so the others stop with an error instead of waiting; a rank
 that died or hangs makes the others fail after the process group's timeout
 (``init_process_group(timeout=...)``; torch defaults to 30 minutes for gloo, 10 for NCCL).
+
+A sink other than MatrixSink / TokenSink takes part by defining three methods:
+``distributed_state(shape) -> [float64 tensors]`` (its sums; zeros of the same sizes must be
+a valid "nothing seen"), ``distributed_counts() -> [numbers]`` and
+``distributed_load(shape, tensors, counts)``, which stores the summed values back.
 """
 from __future__ import annotations
 
