@@ -122,3 +122,33 @@ def test_resolve_without_a_process_group():
         resolve(True)
     with pytest.raises(ValueError, match="distributed must be 'auto', True or False"):
         resolve("yes")
+
+
+class CountingSink:
+    """A sink outside mpruner's two, taking part through the three documented methods."""
+
+    def __init__(self):
+        self.sums, self.n = torch.arange(6, dtype=torch.float64).reshape(2, 3), 4
+
+    def distributed_state(self, shape):
+        return [self.sums]
+
+    def distributed_counts(self):
+        return [self.n]
+
+    def distributed_load(self, shape, tensors, counts):
+        self.sums, (self.n,) = tensors[0], counts
+
+
+def test_other_sinks_join_through_three_methods(tmp_path):
+    from mpruner.analysis.distributed import reduce_sink
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        sink = CountingSink()
+        assert reduce_sink(Shard(0, 1), sink, (2, 0), seen=3) == 3
+        assert sink.n == 4 and torch.equal(sink.sums, torch.arange(6, dtype=torch.float64).reshape(2, 3))
+        with pytest.raises(NotImplementedError, match="object cannot be summed over processes"):
+            reduce_sink(Shard(0, 1), object(), (2, 0), seen=3)
+    finally:
+        dist.destroy_process_group()
