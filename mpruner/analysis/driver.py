@@ -12,9 +12,11 @@ import torch.nn as nn
 
 from ..engine import inputs as I
 from ..adapters import BlockList
+from . import distributed as dist_analysis
 from .capture import LayerCapture
-from .inputs import Forward, batch_context, call_model, check_data, model_device, to_device
+from .inputs import Forward, batch_context, call_model, check_data, to_device
 from .layers import LayerSelection, select_layers
+from .placement import execution_device
 from .result import Analysis
 from .sinks import MatrixSink, TokenSink
 from .views import VIEWS, apply_view
@@ -24,7 +26,8 @@ Layers = Union[str, Sequence[str], BlockList]
 
 def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str = "mean", kernel: str = "linear",
             unbiased: bool = True, other: Optional[nn.Module] = None, forward: Optional[Forward] = None,
-            max_batches: Optional[int] = None, device=None, progress: bool = True) -> Analysis:
+            max_batches: Optional[int] = None, device=None, progress: bool = True,
+            distributed: Union[str, bool] = "auto") -> Analysis:
     """CKA between the layers of ``model`` on calibration ``data``, one batch in memory at a time.
 
     Forward hooks on the chosen layers apply ``view`` to each layer's output and hand
@@ -54,16 +57,24 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
         forward: ``forward(model, batch)`` replaces the default call (also used for ``other``).
         max_batches: stop after this many batches of ``data``.
         device: where CKA is computed (default: the model's device). Inputs always go to
-            the model's device.
-        progress: show a tqdm progress bar.
+            the model's device; for a model dispatched over devices or offloaded by accelerate
+            (``device_map="auto"``, ``dispatch_model``, ``disk_offload``) that is its execution
+            device, and each block's output is moved to ``device`` as it is captured.
+        progress: show a tqdm progress bar (on rank 0 only when distributed).
+        distributed: ``"auto"`` (default): when a ``torch.distributed`` process group of W > 1
+            ranks is initialised (torchrun), rank r analyses batches r, r + W, ... of ``data``
+            (after ``max_batches``) and one all-reduce sums the float64 statistics, so every
+            rank returns the single-process result. ``True``: the same, and an error without a
+            process group. ``False``: every rank analyses every batch.
 
     Returns:
         :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
     """
     _check_args(model, data, view, kernel, other, forward, max_batches)
+    shard = dist_analysis.resolve(distributed)
     selection = select_layers(model, layers)
     other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
-    run_device = model_device(model)
+    run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
     if view == "tokens":
@@ -74,21 +85,34 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
-    seen = 0
+    if shard is not None:
+        batches, total, progress = shard.take(batches), shard.count(total), progress and shard.rank == 0
+    seen, failure = 0, None
     other_hooks = LayerCapture(other_selection, view_fn) if other is not None else contextlib.nullcontext()
-    with _restore_modes(model, other), torch.no_grad(), _progress(batches, total, progress) as batches, \
-            LayerCapture(selection, view_fn) as capture, other_hooks as other_capture:
-        model.eval()
-        if other is not None:
-            other.eval()
-        for index, batch in enumerate(batches):
-            seen += 1
-            feats, ctx = _run(model, capture, batch, run_device, forward, index)
-            other_feats = None
+    try:
+        with _restore_modes(model, other), torch.no_grad(), _progress(batches, total, progress) as batches, \
+                LayerCapture(selection, view_fn) as capture, other_hooks as other_capture:
+            model.eval()
             if other is not None:
-                other_feats, _ = _run(other, other_capture, batch, model_device(other), forward, index)
-            sink.update(feats, other_feats, ctx)
+                other.eval()
+            for index, batch in enumerate(batches):
+                if shard is not None:
+                    index = shard.rank + index * shard.world  # the batch's place in the whole stream
+                seen += 1
+                feats, ctx = _run(model, capture, batch, run_device, forward, index)
+                other_feats = None
+                if other is not None:
+                    other_feats, _ = _run(other, other_capture, batch, execution_device(other), forward, index)
+                sink.update(feats, other_feats, ctx)
+    except Exception as e:
+        if shard is None:
+            raise
+        failure = e
+    if shard is not None:  # every rank joins, also one that failed (it re-raises its own error)
+        seen = dist_analysis.reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
     cka, num_samples, extra = sink.result()
+    if shard is not None:
+        extra = dict(extra, world_size=shard.world)
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
     if sink.skipped_batches:

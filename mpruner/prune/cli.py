@@ -51,6 +51,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--out", default="mpruner-pruned", help="output directory (%(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out/checkpoint")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="under torchrun: seconds a rank waits for the others before failing (%(default)s)")
     _loop_options(p)
     p.set_defaults(func=cmd_prune)
 
@@ -139,9 +141,11 @@ def _build(args):
 
 
 def cmd_prune(args) -> int:
+    from .distributed import init_from_environment
     from .loop import MPruner
     from .report import write_report
 
+    init_from_environment(args.timeout)  # under torchrun; a no-op in one process
     try:
         model, calib, evaluate, finetune = _build(args)
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers,
@@ -150,6 +154,8 @@ def cmd_prune(args) -> int:
                          max_iterations=args.max_iterations, view=args.view,
                          checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
         result = pruner.run(resume=args.resume)
+        if not pruner.ranks.is_main:  # rank 0 writes the report
+            return 0
         summary = write_report(result, args.out, extra={"model_source": args.model})
     except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
         print(f"mpruner prune: error: {e}", file=sys.stderr)

@@ -1,12 +1,16 @@
 """Recovery fine-tuning after layers are removed."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .accelerated import MIXED_PRECISIONS, check_world, make_accelerator, release
+from .batch_split import split_batch
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -45,48 +49,69 @@ def default_loss(model: nn.Module, batch, loss_fn: Optional[Callable] = None) ->
 
 
 class Finetuner:
-    """AdamW with linear warm-up and decay, gradient clipping and a progress bar.
+    """AdamW with linear warm-up and decay, gradient clipping and a progress bar, on ``accelerate``.
 
     ``Finetuner(train_data)(model)`` trains ``model`` in place. Works for Hugging Face
     models (dict batches with ``labels``: the model's loss) and plain classifiers
     (``(inputs, targets)`` batches: cross-entropy, or ``loss_fn(outputs, targets)``).
+
+    The step runs on an ``accelerate.Accelerator``: one CPU or GPU, or, under torchrun /
+    ``accelerate launch``, data-parallel (DDP) over all ranks. Every rank reads the same
+    batches and trains on its share of each (``mpruner.prune.batch_split``), so W ranks
+    with per-rank batch b take the step one process takes with batch W * b, and the model
+    is the same on every rank afterwards (dropout masks aside).
 
     Args:
         train_data: re-iterable batches (a DataLoader or a list).
         epochs: passes over ``train_data``; ``max_steps`` caps the optimizer steps.
         lr, weight_decay, warmup: AdamW learning rate, decay, warm-up fraction of steps.
         max_grad_norm: gradient clipping.
-        amp: ``"auto"`` (bfloat16 autocast on CUDA, off on CPU), True or False.
+        amp: ``"auto"`` (bfloat16 autocast on CUDA, off on CPU), True (bfloat16), False, or an
+            ``accelerate`` mixed-precision name (``"bf16"``, ``"fp16"``, ``"no"``).
         seed: seeds the RNG before training, so a resumed run repeats the same steps.
+        gradient_accumulation_steps: batches per optimizer step (their mean loss; the last
+            group of an epoch may be shorter).
+        accelerator: an ``accelerate.Accelerator`` to train with (e.g. with your own DDP
+            options); default: one made per call (mixed precision from ``amp``, on the CPU
+            when the model is there). FSDP and DeepSpeed are refused: they rewrite the
+            model that the loop keeps working on.
     """
 
     def __init__(self, train_data: Iterable, epochs: int = 1, lr: float = 5e-5, max_steps: Optional[int] = None,
                  loss_fn: Optional[Callable] = None, amp="auto", weight_decay: float = 0.01, warmup: float = 0.1,
-                 max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True):
+                 max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True, *,
+                 gradient_accumulation_steps: int = 1, accelerator=None):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+        if isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, int) \
+                or gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be an integer >= 1, got {gradient_accumulation_steps!r}")
+        if amp not in ("auto", True, False) and amp not in MIXED_PRECISIONS:
+            raise ValueError(f"amp must be 'auto', True, False or one of {MIXED_PRECISIONS}, got {amp!r}")
         self.train_data, self.epochs, self.lr, self.max_steps = train_data, epochs, lr, max_steps
         self.loss_fn, self.amp, self.weight_decay, self.warmup = loss_fn, amp, weight_decay, warmup
         self.max_grad_norm, self.seed, self.progress = max_grad_norm, seed, progress
+        self.gradient_accumulation_steps, self.accelerator = gradient_accumulation_steps, accelerator
 
     def _total_steps(self) -> Optional[int]:
         try:
             per_epoch = len(self.train_data)
         except TypeError:
             return self.max_steps
-        total = per_epoch * self.epochs
+        total = math.ceil(per_epoch / self.gradient_accumulation_steps) * self.epochs
         return min(total, self.max_steps) if self.max_steps else total
 
     def __call__(self, model: nn.Module) -> float:
         """Trains in place; returns the mean training loss of the last epoch."""
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        device = _model_device(model)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
+        accelerator = self.accelerator or make_accelerator(_model_device(model), self.amp)
+        check_world(accelerator)
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = self._total_steps()
         warm = max(1, int(self.warmup * total)) if total else 0
@@ -98,31 +123,23 @@ class Finetuner:
                 return (step + 1) / warm
             return max(0.0, (total - step) / max(1, total - warm))
 
+        # The scheduler is stepped here once per optimizer step, whatever the number of ranks.
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        use_amp = (device.type == "cuda") if self.amp == "auto" else bool(self.amp)
         bar = None
-        if self.progress:
+        if self.progress and accelerator.is_main_process:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc="fine-tune", leave=False, dynamic_ncols=True)
         was_training = model.training
-        model.train()
+        wrapped, opt = accelerator.prepare(model, opt)
+        wrapped.train()
         step, last_mean = 0, math.nan
         try:
             for _ in range(self.epochs):
                 losses = []
-                for batch in self.train_data:
-                    batch = _to(batch, device)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = default_loss(model, batch, self.loss_fn)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"fine-tuning loss became {loss.item()} at step {step}; lower lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-                    opt.step()
+                for group in _groups(self.train_data, self.gradient_accumulation_steps):
+                    losses.extend(self._step(accelerator, wrapped, opt, params, group, step))
                     sched.step()
-                    losses.append(loss.item())
                     step += 1
                     if bar is not None:
                         bar.update(1)
@@ -135,5 +152,40 @@ class Finetuner:
         finally:
             if bar is not None:
                 bar.close()
+            release(accelerator, model)
             model.train(was_training)
         return last_mean
+
+    def _step(self, accelerator, wrapped: nn.Module, opt, params, group, step: int):
+        """One optimizer step over a group of batches; returns each batch's loss over all ranks."""
+        rank, world = accelerator.process_index, accelerator.num_processes
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for i, batch in enumerate(group):
+            part, weight = split_batch(batch, rank, world)
+            part = _to(part, accelerator.device)
+            # Gradients are all-reduced on the group's last batch only.
+            sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(wrapped)
+            with sync:
+                with accelerator.autocast():
+                    loss = default_loss(wrapped, part, self.loss_fn)
+                # The whole batch's loss on every rank: the same finite check everywhere.
+                whole = accelerator.reduce(loss.detach().double() * (weight / world), "sum") if world > 1 else loss
+                if not torch.isfinite(whole):
+                    raise FloatingPointError(f"fine-tuning loss became {whole.item()} at step {step}; lower lr")
+                accelerator.backward(loss * (weight / len(group)))
+            losses.append(whole.item())
+        accelerator.clip_grad_norm_(params, self.max_grad_norm)
+        opt.step()
+        return losses
+
+
+def _groups(batches: Iterable, size: int):
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

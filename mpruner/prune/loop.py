@@ -15,6 +15,7 @@ from ..adapters import find_blocks
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
+from .distributed import Ranks
 
 TOLERANCE_MODES = ("absolute", "relative")
 AUTO_FLOOR = 0.9  # threshold="auto" never tries layers less similar than this to their predecessor
@@ -140,6 +141,7 @@ class MPruner:
         self.view, self.example_inputs, self.progress = view, example_inputs, progress
         self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see prune/distributed.py)
         self.block_list = self._resolve_block_list(model, layers)
         self._reset()
 
@@ -193,7 +195,7 @@ class MPruner:
                 "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
 
     def _log(self, msg: str):
-        if self.progress:
+        if self.progress and self.ranks.is_main:
             from tqdm.auto import tqdm
 
             tqdm.write(msg)
@@ -225,7 +227,7 @@ class MPruner:
         if self.done:
             return None
         if self.metric_before is None:
-            self.metric_before = float(self._timed("evaluate", self.evaluate, self.model))
+            self.metric_before = self.ranks.metric(float(self._timed("evaluate", self.evaluate, self.model)))
             self.metric_current = self.metric_before
             self._log(f"mpruner: original metric {self.metric_before:.4f}")
         if self.iteration >= self.max_iterations:
@@ -236,6 +238,7 @@ class MPruner:
         names = list(self._analysis.layer_names)
         allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
         plan = self._plan(cka, allowed)
+        plan, self.granularity, self._excluded = self.ranks.from_main((plan, self.granularity, self._excluded))
         L = len(names)
         if isinstance(plan, str):
             return self._finish(plan)
@@ -248,9 +251,9 @@ class MPruner:
             self._timed("finetune", self.finetune, candidate)
             secs["finetune"] = time.perf_counter() - t
         t = time.perf_counter()
-        metric = float(self._timed("evaluate", self.evaluate, candidate))
+        metric = self.ranks.metric(float(self._timed("evaluate", self.evaluate, candidate)))
         secs["evaluate"] = time.perf_counter() - t
-        accepted = self.accepts(metric)
+        accepted = self.ranks.from_main(self.accepts(metric))
         record = Iteration(self.iteration, self.granularity, threshold, names, cka.tolist(), clusters, removed,
                            [names[i] for i in removed], L, L - len(removed), metric, accepted, secs)
         self.history.append(record)
@@ -340,8 +343,9 @@ class MPruner:
         stats_before = None
         if self.example_inputs is not None:
             stats_before = model_stats(self.original, self.example_inputs).to_dict()
-        while not self.done:
-            self.step()
+        with self.ranks.guard(self.checkpoint_dir):
+            while not self.done:
+                self.step()
         stats_after = model_stats(self.model, self.example_inputs).to_dict() if self.example_inputs is not None else None
         return PruneResult(
             model=self.model, history=list(self.history), metric_before=self.metric_before,
@@ -354,6 +358,10 @@ class MPruner:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, model_changed: bool):
         if self.checkpoint_dir is None:
+            return
+        if not self.ranks.is_main:  # rank 0 writes; the others only keep the name in step
+            if model_changed or self._model_dir is None:
+                self._model_dir = f"model-{self.iteration:04d}"
             return
         d = self.checkpoint_dir
         d.mkdir(parents=True, exist_ok=True)
@@ -369,7 +377,7 @@ class MPruner:
         ckpt.prune_old_models(d, keep=self._model_dir)
 
     def _load(self):
-        state = ckpt.read_state(self.checkpoint_dir)
+        state = self.ranks.from_main(ckpt.read_state(self.checkpoint_dir) if self.ranks.is_main else None)
         if state is None:
             self._log(f"mpruner: no checkpoint in {self.checkpoint_dir}; starting from the beginning")
             return

@@ -1,0 +1,180 @@
+"""``analyze`` over several processes (torchrun): each rank takes its share of the batches,
+one all-reduce (a SUM) of the float64 sufficient statistics gives every rank the same result.
+
+Rank r of W takes batches r, r + W, r + 2W, ... of the same iterable (no padding
+duplicates, unlike ``DistributedSampler``), so the union over ranks is exactly the
+single-process stream. The minibatch HSIC and the per-sequence CKA sums are additive over
+batches, so the summed state equals one process's to float64 rounding (about 1e-16).
+
+The communication is ``torch.distributed``'s (gloo on CPUs, NCCL on GPUs); nothing here
+sends anything itself. A rank that raised during its batches still joins the final
+all-reduce with a failure flag, so the others stop with an error instead of waiting; a rank
+that died or hangs makes the others fail after the process group's timeout
+(``init_process_group(timeout=...)``; torch defaults to 30 minutes for gloo, 10 for NCCL).
+
+A sink other than MatrixSink / TokenSink takes part by defining three methods:
+``distributed_state(shape) -> [float64 tensors]`` (its sums; zeros of the same sizes must be
+a valid "nothing seen"), ``distributed_counts() -> [numbers]`` and
+``distributed_load(shape, tensors, counts)``, which stores the summed values back.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Iterable, List, Optional
+
+import torch
+
+DISTRIBUTED_CHOICES = ("auto", True, False)
+
+
+@dataclass
+class Shard:
+    """This process's place in the process group: rank r of world W."""
+
+    rank: int
+    world: int
+    group: object = None
+
+    def take(self, batches: Iterable) -> Iterable:
+        """Batches r, r + W, r + 2W, ... of ``batches``."""
+        return itertools.islice(batches, self.rank, None, self.world)
+
+    def count(self, total: Optional[int]) -> Optional[int]:
+        """How many of ``total`` batches this rank takes."""
+        return None if total is None else max(0, math.ceil((total - self.rank) / self.world))
+
+    @property
+    def device(self) -> torch.device:
+        """Where collectives run: the current CUDA device for NCCL, the CPU otherwise."""
+        import torch.distributed as dist
+
+        if dist.get_backend(self.group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def resolve(distributed) -> Optional[Shard]:
+    """The shard to analyse for ``analyze(distributed=...)``; None means every batch here.
+
+    ``"auto"``: shard when a process group of more than one rank is initialised.
+    ``True``: shard, and fail clearly when no process group is initialised. ``False``: never.
+    """
+    if distributed not in DISTRIBUTED_CHOICES or not isinstance(distributed, (str, bool)):
+        raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
+    if distributed is False:
+        return None
+    import torch.distributed as dist
+
+    ready = dist.is_available() and dist.is_initialized()
+    if not ready:
+        if distributed is True:
+            raise RuntimeError("analyze(distributed=True) needs an initialised torch.distributed process group: "
+                               "launch with torchrun and call torch.distributed.init_process_group() first, or "
+                               "pass distributed='auto' (shard only when a group exists) or False")
+        return None
+    world = dist.get_world_size()
+    if distributed == "auto" and world == 1:
+        return None
+    return Shard(dist.get_rank(), world)
+
+
+# ---------------------------------------------------------------- the reduction
+def _matrix_state(sink, shape) -> List[torch.Tensor]:
+    acc = sink.acc
+    if acc.estimator != "minibatch":
+        raise NotImplementedError("distributed analysis sums the minibatch estimator's HSIC; use distributed=False")
+    K = sum(shape)
+    if not acc.num_batches:  # this rank's share was empty or all skipped: it adds nothing
+        return [torch.zeros(K * K + K, dtype=torch.float64)]
+    state = acc.state_dict()
+    return [torch.cat([state["hsic"].flatten().double().cpu(), state["thresholds"].double().cpu()])]
+
+
+def _matrix_counts(sink) -> List[float]:
+    acc = sink.acc
+    return [acc.num_batches, acc.num_samples, acc.num_skipped, sink.skipped_batches, sink.skipped_samples]
+
+
+def _matrix_load(sink, shape, tensors: List[torch.Tensor], counts: List[int]) -> None:
+    acc = sink.acc
+    K = sum(shape)
+    flat = tensors[0]
+    num_batches, num_samples, num_skipped, sink.skipped_batches, sink.skipped_samples = counts
+    state = {"kernel": acc.kernel, "unbiased": acc.unbiased, "sigma": acc.sigma, "estimator": acc.estimator,
+             "shape": list(shape) if num_batches else None, "num_batches": num_batches,
+             "num_samples": num_samples, "num_skipped": num_skipped,
+             "hsic": flat[:K * K].reshape(K, K), "thresholds": flat[K * K:]}
+    acc.load_state_dict(state)
+
+
+def _token_state(sink, shape) -> List[torch.Tensor]:
+    return [torch.cat([sink.sum.flatten().double().cpu(), sink.count.flatten().double().cpu()])]
+
+
+def _token_counts(sink) -> List[float]:
+    return [sink.num_batches, sink.sequences, sink.tokens, sink.skipped_batches, sink.skipped_samples,
+            sink.constant]
+
+
+def _token_load(sink, shape, tensors: List[torch.Tensor], counts: List[int]) -> None:
+    K = sum(shape)
+    flat = tensors[0]
+    sink.sum = flat[:K * K].reshape(K, K).to(sink.sum.device)
+    sink.count = flat[K * K:].round().long().reshape(K, K).to(sink.count.device)
+    (sink.num_batches, sink.sequences, sink.tokens, sink.skipped_batches, sink.skipped_samples,
+     sink.constant) = counts
+
+
+def _handlers(sink):
+    from .sinks import MatrixSink, TokenSink
+
+    if isinstance(sink, MatrixSink):
+        return _matrix_state, _matrix_counts, _matrix_load
+    if isinstance(sink, TokenSink):
+        return _token_state, _token_counts, _token_load
+    # Other sinks take part by offering the same three steps themselves.
+    if all(hasattr(sink, m) for m in ("distributed_state", "distributed_counts", "distributed_load")):
+        return (type(sink).distributed_state, type(sink).distributed_counts, type(sink).distributed_load)
+    raise NotImplementedError(f"{type(sink).__name__} cannot be summed over processes; use distributed=False")
+
+
+def _all_reduce(shard: Shard, flat: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    flat = flat.to(shard.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=shard.group)
+    return flat.cpu()
+
+
+def reduce_sink(shard: Shard, sink, shape, seen: int, failure: Optional[BaseException] = None) -> int:
+    """Sums ``sink``'s state over all ranks in one all-reduce; returns the batches seen by all ranks.
+
+    Every rank calls it, also one whose loop raised (``failure``): it sends zeros and a
+    failure flag, then re-raises its own error; the others raise a RuntimeError saying so.
+    """
+    state_fn, counts_fn, load_fn = _handlers(sink)
+    if failure is None:
+        tensors, counts = state_fn(sink, shape), [float(c) for c in counts_fn(sink)]
+    else:  # the sink may be half-updated: send zeros of the right size
+        tensors = [torch.zeros_like(t) for t in state_fn(sink, shape)]
+        counts = [0.0] * len(counts_fn(sink))
+    sizes = [t.numel() for t in tensors]
+    flat = torch.cat([torch.tensor([float(failure is not None), float(seen)] + counts, dtype=torch.float64)]
+                     + [t.flatten() for t in tensors])
+    flat = _all_reduce(shard, flat)
+    failed = int(flat[0].item())
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RuntimeError(f"analyze failed on {failed} of {shard.world} ranks (their error is in their own "
+                           "output); this rank's share finished, but no result is returned")
+    head = 2 + len(counts)
+    total_seen, summed = int(flat[1].item()), [int(round(v)) for v in flat[2:head].tolist()]
+    parts, offset = [], head
+    for t, size in zip(tensors, sizes):
+        parts.append(flat[offset:offset + size].reshape(t.shape))
+        offset += size
+    load_fn(sink, shape, parts, summed)
+    return total_seen

@@ -1,0 +1,73 @@
+"""The ``accelerate.Accelerator`` behind :class:`mpruner.Finetuner`, and what it leaves behind.
+
+accelerate decides from the launcher's environment (torchrun, ``accelerate launch``) whether
+training is one process, DDP, FSDP or DeepSpeed; this module only picks the mixed precision
+and the device from the Finetuner's defaults and undoes what ``prepare`` did to the model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
+def mixed_precision(amp, device: torch.device) -> str:
+    """``amp`` of the Finetuner as accelerate's ``mixed_precision``: "auto" is bf16 on CUDA only."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    if amp is True:
+        return "bf16"
+    if amp is False:
+        return "no"
+    return amp
+
+
+def make_accelerator(device: torch.device, amp):
+    """An Accelerator for a model on ``device``: on the CPU when the model is there (the model
+    is never moved to a GPU it was not on); on this rank's GPU otherwise."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    precision = mixed_precision(amp, device)
+    cpu = device.type == "cpu"
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != precision or (cpu and state["device"].type != "cpu")):
+        # accelerate keeps one state per process; a later fine-tuning with another precision
+        # or device (a different Finetuner in the same program) starts a fresh one.
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=precision)
+
+
+def check_world(accelerator) -> None:
+    """Refuse a process group that accelerate does not see (it reads the launcher's environment),
+    and the sharded modes, which rewrite the model the loop keeps working on."""
+    import torch.distributed as dist
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise NotImplementedError(f"Finetuner trains the model in place, which {accelerator.distributed_type.value} "
+                                  "sharding does not keep (it rewrites the module tree); use data-parallel "
+                                  "fine-tuning (torchrun without an FSDP/DeepSpeed accelerate config), or fine-tune "
+                                  "with your own accelerate loop: MPruner(finetune=...) takes any callable")
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() != accelerator.num_processes:
+        raise RuntimeError(f"a torch.distributed group of {dist.get_world_size()} ranks is initialised but accelerate "
+                           f"sees {accelerator.num_processes} process(es): launch with torchrun or accelerate launch "
+                           "(they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), or pass "
+                           "Finetuner(accelerator=...)")
+
+
+def release(accelerator, model: nn.Module) -> None:
+    """Drop accelerate's references to the model and optimizer, and give the model back its
+    own ``forward`` (mixed precision wraps it in autocast)."""
+    # What free_memory() does, without its full gc.collect() (half a second per attempt).
+    for held in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
+        held.clear()
+    original = vars(model).pop("_original_forward", None)
+    if original is None:
+        return
+    if getattr(original, "__func__", None) is type(model).forward:
+        vars(model).pop("forward", None)
+    else:
+        model.forward = original
