@@ -8,11 +8,13 @@
 #   TORCH_SPEC  torch to install when the venv has none (torch==2.13.0, the CPU build)
 #   PYTEST_ARGS extra pytest arguments
 #   CTEST       1 to build the CMake/libtorch target and run ctest (1)
+#   CMAKE_ARGS  extra CMake arguments (e.g. -DMPRUNER_WITH_CUDA=ON for the CUDA library)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 CTEST ?= 1
+CMAKE_ARGS ?=
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PIP := $(PY) -m pip
@@ -58,7 +60,7 @@ ctest: build
 	  mkdir -p $(CMAKE_BUILD) && \
 	  cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	    -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
-	    -DPython_EXECUTABLE=$(PY) >$(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }; \
+	    -DPython_EXECUTABLE=$(PY) $(CMAKE_ARGS) >$(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }; \
 	  cmake --build $(CMAKE_BUILD) >>$(CMAKE_BUILD).log 2>&1 || { tail -50 $(CMAKE_BUILD).log; exit 1; }; \
 	  ctest --test-dir $(CMAKE_BUILD) --output-on-failure; \
 	fi

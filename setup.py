@@ -5,7 +5,7 @@
 Environment:
   FORCE_CUDA=1       build the CUDA kernels even when no GPU / CUDA torch is detected
   FORCE_ONLY_CPU=1   build the CPU kernels only (wins over FORCE_CUDA)
-  TORCH_CUDA_ARCH_LIST  e.g. "8.0;9.0" (default "8.0;9.0" when no GPU is visible)
+  TORCH_CUDA_ARCH_LIST  e.g. "9.0" (default "8.0;9.0+PTX" when no GPU is visible: PTX lets newer GPUs JIT)
   MAX_JOBS           parallel compile jobs (ninja)
   MPRUNER_DEBUG=1    -O0 -g
 """
@@ -49,7 +49,7 @@ def resolve_config():
         sys.exit(f"mpruner: a CUDA build needs a CUDA build of torch (found torch {torch.__version__})")
     if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch would otherwise guess from a GPU that is not there.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     return with_cuda, why
 
 

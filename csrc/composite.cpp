@@ -10,10 +10,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <numeric>
 #include <vector>
 
 #include "mpruner/checks.h"
+#include "mpruner/hsic_math.h"
 #include "mpruner/triangular_gram.h"
 
 namespace mpruner {
@@ -59,6 +62,23 @@ bool plain_cpu_tensor(const at::Tensor& x) {
   return x.is_cpu() && !x.requires_grad() && !wrapped && !mode;
 }
 
+// lengths[b] must lie in [0, T]: checked here, once and alike on every device (the
+// CUDA kernel could only clamp, and combine_sums divides by the raw values). One
+// small device read per call; skipped for tensors without data (fake, meta).
+void check_lengths(const at::Tensor& lengths, int64_t T, const char* op) {
+  const auto ks = lengths.key_set();
+  if (lengths.is_meta() || ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
+      c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) || lengths.numel() == 0)
+    return;
+  at::Tensor len = lengths.to(at::kLong);
+  if (!((len < 0) | (len > T)).any().item<bool>()) return;
+  at::Tensor host = len.cpu();
+  const int64_t* v = host.data_ptr<int64_t>();
+  for (int64_t b = 0; b < host.numel(); ++b)
+    TORCH_CHECK(v[b] >= 0 && v[b] <= T, "mpruner.", op, ": lengths[", b, "]=", v[b], " is outside [0, ", T,
+                "]; each length counts the valid tokens of its sequence");
+}
+
 // HSIC from the kernel's sums, vectorised over (B, L, L); mirrors math::hsic_from_sums.
 at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, const at::Tensor& lengths, bool unbiased) {
   at::Tensor s = rowsums.sum(-1);                                  // (B, L)
@@ -69,6 +89,70 @@ at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, cons
     return (pairs + ss / ((n - 1) * (n - 2)) - rr * (2.0 / (n - 2))) / (n * (n - 3));
   }
   return (pairs - rr * (2.0 / n) + ss / (n * n)) / ((n - 1) * (n - 1));
+}
+
+// The device path (every backend but the CPU's per-layer one): batched, a fixed
+// number of ATen calls per width group. MPRUNER_ENGINE_PATH=device routes CPU
+// tensors through it too, so that CPU tests check the composite the GPU runs.
+bool device_path(const at::Tensor& x) {
+  if (!x.is_cpu()) return true;
+  const char* v = std::getenv("MPRUNER_ENGINE_PATH");
+  return v != nullptr && std::string(v) == "device";
+}
+
+at::Tensor center_features(at::TensorList xs, at::ScalarType dtype) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mpruner::_center_features", "")
+                       .typed<at::Tensor(at::TensorList, at::ScalarType)>();
+  return op.call(xs, dtype);
+}
+
+// Upper triangle of the (G, n, n) Grams of xc (G, n, d) by block-row batched GEMMs:
+// rows [r0, r0 + b) only meet columns >= r0. About 9 launches, flops (1 + b/n)/2 of
+// the full product.
+void triangular_bmm_into(at::Tensor& out, const at::Tensor& xc) {
+  const int64_t n = xc.size(1);
+  const int64_t block = std::max<int64_t>(128, (n / 8 + 63) / 64 * 64);
+  if (n <= block) {
+    at::bmm_out(out, xc, xc.transpose(1, 2));
+    return;
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += block) {
+    const int64_t rows = std::min(block, n - r0);
+    at::Tensor dst = out.narrow(1, r0, rows).narrow(2, r0, n - r0);
+    at::bmm_out(dst, xc.narrow(1, r0, rows), xc.narrow(1, r0, n - r0).transpose(1, 2));
+  }
+}
+
+// Bandwidth of the RBF kernel as in the canonical CKA reference (Kornblith et al.
+// 2019, gram_rbf): sigma^2 * the median of ALL n^2 squared distances of the batch,
+// diagonal zeros included, the mean of the two middle values for an even count
+// (np.median). Only the upper triangle of g is read (the CPU leaves the lower one
+// unset). The full list is n zeros followed by every off-diagonal distance twice,
+// so its k-th value is an order statistic of the upper triangle (math::
+// rbf_median_rank). The distances are formed in the Gram's dtype one layer chunk
+// at a time, so memory stays within about max_bytes whatever L is.
+at::Tensor rbf_inverse_bandwidths(const at::Tensor& g, double sigma, int64_t max_bytes = int64_t(256) << 20) {
+  const int64_t L = g.size(0), n = g.size(1);
+  const int64_t nn = n * n;
+  const int64_t lo = nn % 2 == 0 ? nn / 2 - 1 : nn / 2, hi = nn / 2;  // 0-based middle positions
+  const int64_t per_layer = nn * g.element_size() * 4;                   // d2, its temporaries, kthvalue's copy
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(L, max_bytes / std::max<int64_t>(per_layer, 1)));
+  std::vector<at::Tensor> meds;
+  for (int64_t l0 = 0; l0 < L; l0 += chunk) {
+    at::Tensor gc = g.narrow(0, l0, std::min(chunk, L - l0));
+    at::Tensor diag = gc.diagonal(0, 1, 2);  // (c, n)
+    // Strict upper triangle: d2; everything else 0 (sorted first, as the mapping expects).
+    at::Tensor d2 = (diag.unsqueeze(2) + diag.unsqueeze(1) - 2.0 * gc).clamp_min_(0.0).triu_(1).reshape({gc.size(0), nn});
+    auto kth = [&](int64_t pos) {  // pos-th (0-based) value of the full n^2 list
+      const int64_t rank = math::rbf_median_rank(pos, n);  // index into the masked list
+      return std::get<0>(d2.kthvalue(rank + 1, 1)).to(at::kDouble);
+    };
+    meds.push_back(lo == hi ? kth(lo) : 0.5 * (kth(lo) + kth(hi)));
+  }
+  at::Tensor med = meds.size() == 1 ? meds[0] : at::cat(meds);
+  // All-identical samples (median 0) give a constant kernel, whose HSIC is 0.
+  return at::where(med > 0, 1.0 / (2.0 * sigma * sigma * med), at::zeros_like(med));
 }
 
 at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, bool triangular) {
@@ -92,7 +176,7 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
   at::Tensor out = at::empty({L, n, n}, xs[0].options().dtype(dtype));
   // Centering the features first keeps float32 Grams accurate when activations
   // share a large common offset; HSIC is invariant to it.
-  if (triangular && xs[0].is_cpu()) {
+  if (triangular && !device_path(xs[0])) {
     // CPU: upper-triangle block-row GEMMs (about half the work). With enough layers
     // to go round, each thread takes whole layers: it centers one into a buffer it
     // reuses and runs that layer's GEMMs single-threaded while the data is in its
@@ -113,26 +197,23 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
       }
     });
   } else {
-    // Layers of one width share a batched GEMM (few launches on GPUs); centering
-    // writes straight into the stacked GEMM input, so it costs no extra copy.
-    std::vector<int64_t> order(L);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return xs[a].size(1) < xs[b].size(1); });
+    // Each run of consecutive layers of one width (a transformer's blocks, a CNN's
+    // stage): one multi-tensor centering (two launches on CUDA) into the stacked GEMM
+    // input, then batched GEMMs written straight into the run's slice of the output.
+    // A handful of launches per run whatever its length. With triangular=True the
+    // GEMMs go by block rows (the upper triangle: about half the flops).
     for (int64_t g0 = 0; g0 < L;) {
       int64_t g1 = g0;
-      while (g1 < L && xs[order[g1]].size(1) == xs[order[g0]].size(1)) ++g1;
-      at::Tensor xc = at::empty({g1 - g0, n, xs[order[g0]].size(1)}, out.options());
-      for (int64_t k = g0; k < g1; ++k) {
-        at::Tensor x = xs[order[k]].to(dtype);
-        at::Tensor slot = xc.select(0, k - g0);
-        at::sub_out(slot, x, x.mean(0, /*keepdim=*/true));
-      }
-      bool in_place = (g1 - g0 == L);  // one width: write the output directly
-      if (in_place) {
-        at::bmm_out(out, xc, xc.transpose(1, 2));
+      while (g1 < L && xs[g1].size(1) == xs[g0].size(1)) ++g1;
+      std::vector<at::Tensor> group;
+      group.reserve(g1 - g0);
+      for (int64_t k = g0; k < g1; ++k) group.push_back(xs[k].to(dtype));
+      at::Tensor xc = center_features(group, dtype);
+      at::Tensor dst = out.narrow(0, g0, g1 - g0);
+      if (triangular) {
+        triangular_bmm_into(dst, xc);
       } else {
-        at::Tensor part = at::bmm(xc, xc.transpose(1, 2));
-        for (int64_t k = g0; k < g1; ++k) out.select(0, order[k]).copy_(part.select(0, k - g0));
+        at::bmm_out(dst, xc, xc.transpose(1, 2));
       }
       g0 = g1;
     }
@@ -140,14 +221,7 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
   if (kernel == "rbf") {
     TORCH_CHECK(n >= 2, "mpruner.grams: the RBF kernel needs n >= 2 samples, got ", n);
     TORCH_CHECK(sigma > 0, "mpruner.grams: sigma must be > 0, got ", sigma);
-    at::Tensor iu = at::triu_indices(n, n, 1, out.options().dtype(at::kLong));
-    at::Tensor rows = iu.select(0, 0), cols = iu.select(0, 1);
-    at::Tensor diag = out.diagonal(0, 1, 2).to(at::kDouble);           // (L, n)
-    at::Tensor upper = out.index({at::indexing::Slice(), rows, cols}).to(at::kDouble);
-    at::Tensor d2 = (diag.index_select(1, rows) + diag.index_select(1, cols) - 2.0 * upper).clamp_min(0.0);
-    at::Tensor med = std::get<0>(d2.median(-1));                        // (L,)
-    // All-identical samples (median 0) give a constant kernel, whose HSIC is 0.
-    at::Tensor inv = at::where(med > 0, 1.0 / (2.0 * sigma * sigma * med), at::zeros_like(med));
+    at::Tensor inv = rbf_inverse_bandwidths(out, sigma);
     out = rbf_apply(out, inv);
   }
   return out;
@@ -185,6 +259,7 @@ at::Tensor token_hsic_impl(const at::Tensor& grams, const at::Tensor& lengths, b
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == grams.size(1), "mpruner.token_hsic: lengths must be (B,) with B=",
               grams.size(1), ", got shape ", lengths.sizes());
   check_same_device(grams, lengths, "grams", "lengths");
+  check_lengths(lengths, grams.size(-1), "token_hsic");
   at::Tensor g = grams.scalar_type() == at::kDouble ? grams : grams.to(at::kFloat);
   auto partials = hsic_partials(g.contiguous(), lengths.to(at::kLong), unbiased);
   return combine_sums(std::get<0>(partials), std::get<1>(partials), lengths, unbiased);

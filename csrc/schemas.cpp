@@ -25,6 +25,9 @@ TORCH_LIBRARY(mpruner, m) {
   m.def("_center_apply(Tensor k, Tensor rowsums, Tensor totals, bool unbiased) -> Tensor");
   // RBF Gram from a linear Gram (B, n, n) and 1/(2 sigma^2) per matrix (B,), float64.
   m.def("_rbf_apply(Tensor g, Tensor inv_two_sigma2) -> Tensor");
+  // G layers (n, d) of one width (dtype float32/float64), each minus its per-feature
+  // mean, stacked -> (G, n, d). CUDA: two launches whatever G is.
+  m.def("_center_features(Tensor[] xs, ScalarType dtype) -> Tensor");
   // Per-sequence all-pairs HSIC straight from hidden states (CPU): L tensors
   // (B, T, D_l); sequence b's real tokens are rows positions[b, :lengths[b]].
   // Gathers, centers and builds each sequence's Grams in cache -> (B, L, L) float64.

@@ -7,12 +7,17 @@ def gram(x, kernel="linear", sigma=0.5):
     g = x @ x.T
     if kernel == "linear":
         return g
-    sq = np.diag(g)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * g, 0)
-    iu = np.triu_indices(len(x), 1)
-    vals = np.sort(d2[iu])
-    med = vals[(len(vals) - 1) // 2]  # lower median, as torch.median
-    return np.exp(-d2 / (2 * sigma * sigma * med))
+    return gram_rbf(x, sigma)
+
+
+def gram_rbf(x, threshold=1.0):
+    """The published formula (Kornblith et al. 2019, CKA notebook): median of all n^2
+    squared distances, diagonal zeros included, np.median's mean of the middle two."""
+    dot_products = x.dot(x.T)
+    sq_norms = np.diag(dot_products)
+    sq_distances = -2 * dot_products + sq_norms[:, None] + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)
+    return np.exp(-sq_distances / (2 * threshold ** 2 * sq_median_distance))
 
 
 def hsic(k, l, unbiased=False):

@@ -27,9 +27,10 @@ at::Tensor center_apply_cpu(const at::Tensor& k_in, const at::Tensor& rowsums_in
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t b = row / n, i = row % n;
         const double g = math::grand_term(sp[b], n, unbiased);
-        const double ti = math::row_term(rp[b * n + i], n, unbiased);
+        const double scale = math::row_scale(n, unbiased);
+        const double ti = rp[b * n + i] * scale;
         for (int64_t j = 0; j < n; ++j) {
-          const double tj = math::row_term(rp[b * n + j], n, unbiased);
+          const double tj = rp[b * n + j] * scale;
           dst[row * n + j] = static_cast<scalar_t>(
               math::centered_entry(static_cast<double>(src[row * n + j]), ti, tj, g, i == j, unbiased));
         }
@@ -64,10 +65,23 @@ at::Tensor rbf_apply_cpu(const at::Tensor& g_in, const at::Tensor& inv_in) {
   return out;
 }
 
+// Layers of one width, each minus its per-feature mean, stacked into (G, n, d).
+at::Tensor center_features_cpu(at::TensorList xs, at::ScalarType dtype) {
+  check_center_features_args(xs, dtype);
+  const int64_t G = xs.size(), n = xs[0].size(0), d = xs[0].size(1);
+  at::Tensor out = at::empty({G, n, d}, xs[0].options().dtype(dtype));
+  for (int64_t g = 0; g < G; ++g) {
+    at::Tensor slot = out.select(0, g);
+    at::sub_out(slot, xs[g], xs[g].mean(0, /*keepdim=*/true));
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace mpruner
 
 TORCH_LIBRARY_IMPL(mpruner, CPU, m) {
+  m.impl("_center_features", &mpruner::center_features_cpu);
   m.impl("_center_apply", &mpruner::center_apply_cpu);
   m.impl("_rbf_apply", &mpruner::rbf_apply_cpu);
 }

@@ -13,17 +13,13 @@ import torch
 from ..engine import inputs as I
 from ..engine import CKAAccumulator
 from ..engine import token_cka
+from ..engine.cka import NonFiniteError
 from .views import BatchContext
 
 
-def _nonfinite(flags: List[torch.Tensor], names: Sequence[str], ctx: BatchContext) -> None:
-    """Raise naming the layers whose flag is False (one device sync for all layers)."""
-    ok = torch.stack([f.to(flags[0].device) for f in flags])
-    if bool(ok.all()):
-        return
-    bad = [names[i] for i in (~ok).nonzero().flatten().tolist()]
-    raise ValueError(f"NaN or Inf in the output of {', '.join(map(repr, bad))} in batch {ctx.index}; check the model "
-                     "and that batch (e.g. float16 overflow, or uninitialised weights)")
+def _nonfinite_error(bad: Sequence[str], batch) -> ValueError:
+    return ValueError(f"NaN or Inf in the output of {', '.join(map(repr, bad))} in batch {batch}; check the model "
+                      "and that batch (e.g. float16 overflow, or uninitialised weights)")
 
 
 def _rows(xs: Sequence[torch.Tensor], names: Sequence[str], ctx: BatchContext) -> int:
@@ -48,12 +44,16 @@ class MatrixSink:
     def update(self, feats: List[torch.Tensor], other: Optional[List[torch.Tensor]], ctx: BatchContext) -> None:
         xs = feats + (other or [])
         n = _rows(xs, self.names, ctx)
-        _nonfinite([torch.isfinite(x).all() for x in xs], self.names, ctx)
         if n < self.need:  # too small for the estimator: skipped and counted (see analyze)
             self.skipped_batches += 1
             self.skipped_samples += n
             return
-        self.acc.update(feats, other if self.has_other else None)
+        # NaN/Inf: no pass over the activations here; the engine sees them in each
+        # layer's self-HSIC (on GPUs at compute(), without a sync per batch).
+        try:
+            self.acc.update(feats, other if self.has_other else None, batch=ctx.index)
+        except NonFiniteError as e:
+            raise _nonfinite_error(e.layers, e.batch) from None
 
     @property
     def num_batches(self) -> int:
@@ -62,7 +62,11 @@ class MatrixSink:
     def result(self) -> Tuple[torch.Tensor, int, dict]:
         if self.acc.num_batches == 0:
             raise ValueError(_no_batches(self.skipped_batches, self.need, "samples"))
-        return self.acc.compute().cpu(), self.acc.num_samples, {"estimator": "minibatch"}
+        try:
+            c = self.acc.compute()
+        except NonFiniteError as e:
+            raise _nonfinite_error(e.layers, e.batch) from None
+        return c.cpu(), self.acc.num_samples, {"estimator": "minibatch"}
 
 
 class TokenSink:
@@ -90,11 +94,6 @@ class TokenSink:
                                  "per-sequence CKA needs the same tokens in every layer")
         mask = next((m for _, m in pairs if m is not None), None)
         B, T = xs[0].shape[:2]
-        if mask is None:
-            flags = [torch.isfinite(x).all() for x in xs]
-        else:
-            flags = [(torch.isfinite(x).all(-1) | ~mask.to(x.device)).all() for x in xs]
-        _nonfinite(flags, self.names, ctx)
         lengths = mask.sum(1).cpu() if mask is not None else torch.full((B,), T)
         keep = lengths >= self.need
         kept = int(keep.sum())
@@ -111,7 +110,10 @@ class TokenSink:
             mask = None if mask is None else mask.index_select(0, index)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: summarised once in result()
-            c = token_cka(xs, mask, unbiased=self.unbiased)
+            try:  # NaN/Inf in real tokens shows in the per-sequence self-HSIC (padding is never read)
+                c = token_cka(xs, mask, unbiased=self.unbiased)
+            except NonFiniteError as e:
+                raise _nonfinite_error([self.names[i] for i in e.layers], ctx.index) from None
         finite = torch.isfinite(c)
         self.constant += int((~finite).flatten(1).any(1).sum())
         self.sum += torch.where(finite, c, 0).sum(0)

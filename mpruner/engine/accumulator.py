@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import inputs as I
-from .cka import check_finite, hsic_to_cka, layer_hsic, nonfinite_error
+from .cka import NonFiniteError, check_finite, hsic_to_cka, layer_hsic, nonfinite_error
 from .exact import ExactLinearSums
 
 ESTIMATORS = ("minibatch", "exact")
@@ -60,6 +60,7 @@ class CKAAccumulator:
         self._sums: Optional[torch.Tensor] = None       # (K, K) float64 HSIC sums, K = L + M
         self._thresholds: Optional[torch.Tensor] = None  # (K,) degeneracy thresholds, summed like the HSIC
         self._exact: Optional[ExactLinearSums] = None
+        self._first_bad: Optional[torch.Tensor] = None  # (K,) first batch with NaN/Inf per layer, -1: none
         self._shape: Optional[tuple] = None             # (L, M)
         self.num_batches = 0
         self.num_samples = 0
@@ -75,8 +76,16 @@ class CKAAccumulator:
         return self._sums
 
     # ------------------------------------------------------------------ updates
-    def update(self, features: Sequence[torch.Tensor], other: Optional[Sequence[torch.Tensor]] = None) -> None:
-        """Adds one minibatch: L tensors (n, ...) with the same n (and M more in ``other``)."""
+    def update(self, features: Sequence[torch.Tensor], other: Optional[Sequence[torch.Tensor]] = None, *,
+               batch: Optional[int] = None) -> None:
+        """Adds one minibatch: L tensors (n, ...) with the same n (and M more in ``other``).
+
+        NaN/Inf activations show in the layer's self-HSIC (no extra pass over the data).
+        On the CPU they raise here; on other devices (``nan_policy="raise"``) a device flag
+        records the first bad batch per layer and ``compute()`` raises, so ``update`` never
+        waits for the device. ``batch`` is the index named in that error (default: the
+        number of batches passed so far).
+        """
         feats = I.as_layer_list(features, "features")
         oth = None if other is None else I.as_layer_list(other, "other")
         shape = (len(feats), 0 if oth is None else len(oth))
@@ -90,10 +99,11 @@ class CKAAccumulator:
         if self.device is None:
             self.device = xs[0].device
         n = xs[0].shape[0]
+        index = self.num_batches + self.num_skipped if batch is None else int(batch)
         if self.estimator == "exact":
-            ok = self._update_exact(xs, names)
+            ok = self._update_exact(xs, names, index)
         else:
-            ok = self._update_minibatch(xs, names)
+            ok = self._update_minibatch(xs, names, index)
         if not ok:
             self.num_skipped += 1
             return
@@ -101,13 +111,23 @@ class CKAAccumulator:
         self.num_batches += 1
         self.num_samples += n
 
-    def _update_minibatch(self, xs: List[torch.Tensor], names: List[str]) -> bool:
+    def _defer_checks(self, device: torch.device) -> bool:
+        """Whether the NaN/Inf check waits for compute() (no host sync per batch)."""
+        return self.nan_policy == "raise" and I.device_path(device)
+
+    def _update_minibatch(self, xs: List[torch.Tensor], names: List[str], index: int) -> bool:
         h, thr = layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision)
-        bad = check_finite(h, names)
-        if bad:
-            if self.nan_policy == "skip":
-                return False
-            raise nonfinite_error(bad, names, f" (batch {self.num_batches + self.num_skipped})")
+        if self._defer_checks(h.device) and not I.compiling():
+            bad = ~torch.isfinite(torch.diagonal(h))
+            if self._first_bad is None:
+                self._first_bad = torch.full(bad.shape, -1, dtype=torch.long, device=h.device)
+            self._first_bad = torch.where(bad & (self._first_bad < 0), index, self._first_bad)
+        else:
+            bad = check_finite(h, names)
+            if bad:
+                if self.nan_policy == "skip":
+                    return False
+                raise nonfinite_error(bad, names, f" (batch {index})", index)
         if self._sums is None:
             self._sums, self._thresholds = h.clone(), thr.clone()
         else:
@@ -115,15 +135,26 @@ class CKAAccumulator:
             self._thresholds += thr
         return True
 
-    def _update_exact(self, xs: List[torch.Tensor], names: List[str]) -> bool:
+    def _raise_deferred(self, names: List[str]) -> None:
+        """Raises for the NaN/Inf batches recorded on the device (one read, at compute())."""
+        if self._first_bad is None:
+            return
+        first = self._first_bad.tolist()
+        bad = [i for i, b in enumerate(first) if b >= 0]
+        if bad:
+            index = min(first[i] for i in bad)
+            bad = [i for i in bad if first[i] == index]
+            raise nonfinite_error(bad, names, f" (batch {index})", index)
+
+    def _update_exact(self, xs: List[torch.Tensor], names: List[str], index: int) -> bool:
         finite = [bool(torch.isfinite(x).all()) for x in xs]
         if not all(finite):
             if self.nan_policy == "skip":
                 return False
             bad = [i for i, f in enumerate(finite) if not f]
-            raise ValueError(f"NaN or Inf in the activations of {', '.join(names[i] for i in bad)} "
-                             f"(batch {self.num_batches + self.num_skipped}); fix the model/inputs or pass "
-                             "nan_policy='skip'")
+            raise NonFiniteError(f"NaN or Inf in the activations of {', '.join(names[i] for i in bad)} "
+                                 f"(batch {index}); fix the model/inputs or pass nan_policy='skip'",
+                                 [names[i] for i in bad], index)
         if self._exact is None:
             self._exact = ExactLinearSums([x.shape[1] for x in xs], xs[0].device, self.max_exact_bytes)
         self._exact.update(xs)
@@ -151,6 +182,7 @@ class CKAAccumulator:
             h = self._exact.hsic(self.unbiased)
             thr = self._exact.thresholds()
         else:
+            self._raise_deferred(names)
             h, thr = self._sums, self._thresholds
         c = hsic_to_cka(h, thr, names)
         return c if M == 0 else c[:L, L:]
@@ -170,6 +202,9 @@ class CKAAccumulator:
     def merge(self, other: "CKAAccumulator") -> "CKAAccumulator":
         """Adds another accumulator's batches to this one (same options and layers); returns self."""
         self._check_compatible(other)
+        for acc in (self, other):
+            if acc._shape is not None:
+                acc._raise_deferred(acc._names(acc._shape))
         if other._shape is None:
             self.num_skipped += other.num_skipped
             return self
@@ -195,6 +230,7 @@ class CKAAccumulator:
 
         if self._shape is None:
             raise RuntimeError("all_reduce needs at least one update() on every rank")
+        self._raise_deferred(self._names(self._shape))
         if self.estimator == "exact":
             self._exact.prepare_all_reduce(group)  # one common shift on every rank
         tensors = self._exact.tensors() if self.estimator == "exact" else [self._sums, self._thresholds]
@@ -213,6 +249,7 @@ class CKAAccumulator:
                  "shape": None if self._shape is None else list(self._shape), "num_batches": self.num_batches,
                  "num_samples": self.num_samples, "num_skipped": self.num_skipped}
         if self._shape is not None:
+            self._raise_deferred(self._names(self._shape))
             if self.estimator == "exact":
                 state["exact"] = self._exact.state_dict()
             else:

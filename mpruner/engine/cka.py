@@ -103,9 +103,18 @@ def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float
     else:
         # Rough per-layer magnitude from a few samples (a full pass would cost more than
         # the HSIC reduction); a constant layer's HSIC sits ~20 orders of magnitude lower.
+        # One multi-tensor norm over views of the first rows: a few launches whatever L is.
         m = min(n, 8)
-        scale = torch.stack([x[:m].double().pow(2).sum() / m for x in xs])
+        scale = torch.stack(torch._foreach_norm([x[:m] for x in xs], 2, dtype=torch.float64)).pow(2) / m
     return h, (DEGENERATE_FACTOR * eps * eps * scale) ** 2
+
+
+class NonFiniteError(ValueError):
+    """NaN/Inf in the activations: ``layers`` (names) and ``batch`` (index, or None) say where."""
+
+    def __init__(self, message: str, layers: Sequence[str] = (), batch=None):
+        super().__init__(message)
+        self.layers, self.batch = list(layers), batch
 
 
 def check_finite(h: torch.Tensor, names: Sequence[str]) -> List[int]:
@@ -116,10 +125,10 @@ def check_finite(h: torch.Tensor, names: Sequence[str]) -> List[int]:
     return bad
 
 
-def nonfinite_error(bad, names, where=""):
+def nonfinite_error(bad, names, where="", batch=None):
     listed = ", ".join(names[i] for i in bad)
-    return ValueError(f"NaN or Inf in the activations of {listed}{where}; fix the model/inputs, or with "
-                      "CKAAccumulator pass nan_policy='skip' to drop such batches")
+    return NonFiniteError(f"NaN or Inf in the activations of {listed}{where}; fix the model/inputs, or with "
+                          "CKAAccumulator pass nan_policy='skip' to drop such batches", [names[i] for i in bad], batch)
 
 
 def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str]) -> torch.Tensor:

@@ -38,6 +38,11 @@ def _rbf_apply_fake(g, inv_two_sigma2):
     return torch.empty_like(g)
 
 
+@torch.library.register_fake("mpruner::_center_features")
+def _center_features_fake(xs, dtype):
+    return xs[0].new_empty((len(xs),) + tuple(xs[0].shape), dtype=dtype)
+
+
 @torch.library.register_fake("mpruner::_token_hsic_fused")
 def _token_hsic_fused_fake(hidden, positions, lengths, unbiased, max_gram_bytes):
     return positions.new_empty((positions.shape[0], len(hidden), len(hidden)), dtype=torch.float64)

@@ -18,8 +18,9 @@ def _as2d(x: torch.Tensor) -> torch.Tensor:
 def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None) -> torch.Tensor:
     """Gram matrix of x (n, ...): linear X X^T, or RBF with sigma^2 = sigma_f^2 * median d^2.
 
-    The median is taken over the distinct pairs i < j, as ``torch.median`` does
-    (the lower middle value for an even count).
+    The median is that of the canonical CKA reference (Kornblith et al. 2019,
+    ``gram_rbf``): over all n^2 squared distances, the diagonal zeros included, and
+    the mean of the two middle values for an even count (``np.median``).
     """
     x = _as2d(x)
     if kernel == "linear":
@@ -27,10 +28,13 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None)
     if kernel != "rbf":
         raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
     f = 0.5 if sigma is None else sigma
-    sq = (x * x).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
-    iu = torch.triu_indices(x.shape[0], x.shape[0], 1)
-    med = d2[iu[0], iu[1]].median()
+    g = x @ x.T
+    sq = torch.diagonal(g)
+    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
+    d2.fill_diagonal_(0)
+    v = d2.flatten().sort().values
+    m = v.numel()
+    med = v[m // 2] if m % 2 else (v[m // 2 - 1] + v[m // 2]) / 2
     if med <= 0:
         return torch.ones_like(d2)
     return torch.exp(-d2 / (2 * f * f * med))

@@ -16,6 +16,7 @@ from typing import List, Optional
 import torch
 
 from . import inputs as I
+from .cka import NonFiniteError
 from .ops import ops
 
 DEFAULT_GRAM_BYTES = 256 * 2**20
@@ -156,7 +157,7 @@ def _normalise(hs: torch.Tensor) -> torch.Tensor:
     d = torch.diagonal(hs, dim1=1, dim2=2)                     # (B, L)
     if not torch.isfinite(d).all():
         bad = sorted({int(i) for i in (~torch.isfinite(d)).nonzero()[:, 1].tolist()})
-        raise ValueError(f"NaN or Inf in the hidden states of layers {bad}; fix the model/inputs")
+        raise NonFiniteError(f"NaN or Inf in the hidden states of layers {bad}; fix the model/inputs", bad)
     degenerate = d <= 0
     safe = torch.where(degenerate, torch.ones_like(d), d)
     c = hs / torch.sqrt(safe[:, :, None] * safe[:, None, :])

@@ -50,4 +50,18 @@ inline void check_rbf_args(const at::Tensor& g, const at::Tensor& inv) {
   TORCH_CHECK(inv.dim() == 1 && inv.size(0) == g.size(0), "mpruner._rbf_apply: inv_two_sigma2 must be (B,)");
 }
 
+// _center_features: G layers (n, d) of one width, on one device, stored in dtype.
+inline void check_center_features_args(at::TensorList xs, at::ScalarType dtype) {
+  TORCH_CHECK(!xs.empty(), "mpruner._center_features: xs is empty");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "mpruner._center_features: dtype must be float32 or "
+              "float64, got ", dtype);
+  for (size_t g = 0; g < xs.size(); ++g) {
+    TORCH_CHECK(xs[g].dim() == 2 && xs[g].sizes() == xs[0].sizes(), "mpruner._center_features: xs[", g,
+                "] must be (n, d) like xs[0] ", xs[0].sizes(), ", got ", xs[g].sizes());
+    TORCH_CHECK(xs[g].scalar_type() == dtype, "mpruner._center_features: xs[", g, "] is ", xs[g].scalar_type(),
+                " but dtype is ", dtype);
+    check_same_device(xs[g], xs[0], "a layer", "xs[0]");
+  }
+}
+
 }  // namespace mpruner

@@ -20,12 +20,23 @@ namespace math {
 //   biased:   (HKH)_ij = K_ij - r_i/n - r_j/n + s/n^2
 //   unbiased: U(K)_ij  = K~_ij - r_i/(n-2) - r_j/(n-2) + s/((n-1)(n-2)), 0 on the diagonal
 // where r are row sums (of K~, the zero-diagonal Gram, when unbiased) and s = sum(r).
+// Reciprocals, so that per-element work is multiplications: 1/(n-2) or 1/n for the
+// row terms, 1/((n-1)(n-2)) or 1/n^2 for the grand term. Kernels compute them once
+// per row (CPU and CUDA alike).
+MPRUNER_HD double row_scale(int64_t n, bool unbiased) {
+  return unbiased ? 1.0 / double(n - 2) : 1.0 / double(n);
+}
+
+MPRUNER_HD double grand_scale(int64_t n, bool unbiased) {
+  return unbiased ? 1.0 / (double(n - 1) * double(n - 2)) : 1.0 / (double(n) * double(n));
+}
+
 MPRUNER_HD double row_term(double row_sum, int64_t n, bool unbiased) {
-  return unbiased ? row_sum / double(n - 2) : row_sum / double(n);
+  return row_sum * row_scale(n, unbiased);
 }
 
 MPRUNER_HD double grand_term(double total, int64_t n, bool unbiased) {
-  return unbiased ? total / (double(n - 1) * double(n - 2)) : total / (double(n) * double(n));
+  return total * grand_scale(n, unbiased);
 }
 
 MPRUNER_HD double centered_entry(double k, double t_i, double t_j, double g, bool diagonal, bool unbiased) {
@@ -67,6 +78,15 @@ MPRUNER_HD double rbf_entry(double g_ij, double g_ii, double g_jj, double inv_tw
 // Weight of an upper-triangle entry in the symmetric sum over all (i, j).
 MPRUNER_HD double triangle_weight(int64_t i, int64_t j) {
   return i == j ? 1.0 : 2.0;
+}
+
+// Position in the strict-upper-triangle-masked list of n^2 squared distances (the
+// lower triangle and the diagonal set to 0, then sorted) of the pos-th value of
+// the full list of all n^2 squared distances (n diagonal zeros, then every
+// off-diagonal distance twice). The masked list starts with z = n(n+1)/2 zeros.
+MPRUNER_HD int64_t rbf_median_rank(int64_t pos, int64_t n) {
+  if (pos < n) return pos;  // one of the diagonal zeros; any of the z leading zeros
+  return n * (n + 1) / 2 + (pos - n) / 2;
 }
 
 }  // namespace math
