@@ -46,7 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warning(message, category, filename, lineno, line=None) -> str:
+    # A command-line user needs the message, not the library line that raised it.
+    return f"mpruner: {category.__name__}: {message}\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _short_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
