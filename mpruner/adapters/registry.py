@@ -41,6 +41,9 @@ def block_containers(model: nn.Module) -> List[Tuple[str, int]]:
     return found
 
 
+_GUESSED: set = set()  # (model class, container) pairs already announced
+
+
 def _how_to_name(containers: List[Tuple[str, int]]) -> str:
     listed = ", ".join(f"{path!r} ({n} blocks)" for path, n in containers)
     example = containers[0][0]
@@ -83,10 +86,12 @@ def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] 
                         f"(supported: {', '.join(SUPPORTED_HF_MODEL_TYPES)}); {where}. Note that the generic "
                         f"adapter does not fix the config, so save_pretrained/from_pretrained will not reload it.")
     if len(containers) == 1:
-        # One candidate: it can only be the block list. Say so, since it was a guess.
+        # One candidate: it can only be the block list. Say so (once per class), since it was a guess.
         path, n = containers[0]
-        warnings.warn(f"no mpruner adapter recognises {type(model).__name__}; using its only nn.Sequential/"
-                      f"nn.ModuleList of two or more blocks, {path!r} ({n} blocks)", UserWarning, stacklevel=3)
+        if (type(model), path) not in _GUESSED:
+            _GUESSED.add((type(model), path))
+            warnings.warn(f"no mpruner adapter recognises {type(model).__name__}; using its only nn.Sequential/"
+                          f"nn.ModuleList of two or more blocks, {path!r} ({n} blocks)", UserWarning, stacklevel=3)
         return GenericAdapter(model, [path])
     if containers:
         raise TypeError(f"no mpruner adapter recognises {type(model).__name__}, and it has "

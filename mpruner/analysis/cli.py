@@ -126,15 +126,40 @@ def check_args(args) -> None:
 # Python argument spellings in library messages -> this command's flags.
 CLI_SPELLINGS = (("unbiased=False", "--biased"), ("pass column=<name> (--column on the command line)",
                                                    "pass --column <name>"),
-                 ("max_batches", "--max-batches"), ("layers=", "--layers "))
+                 ("max_batches", "--max-batches"))
 
 
 def cli_message(error: BaseException) -> str:
     """A library error message in the command line's own words."""
     text = str(error)
+    if text.startswith("layers="):  # "layers='x': no such block list" names the --layers value
+        text = "--layers " + text[len("layers="):]
     for python, flag in CLI_SPELLINGS:
         text = text.replace(python, flag)
     return text
+
+
+def auto_layers(model, layers, say, command: str):
+    """``--layers auto`` on a model no adapter knows: name the container it falls back to
+    (its only nn.Sequential/nn.ModuleList of blocks) in a line of its own, and use it by name."""
+    if layers != "auto":
+        return layers
+    import warnings
+
+    from ..adapters import find_blocks
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # said below, in the command's words
+            lists = find_blocks(model)
+    except TypeError:
+        return layers  # the command's own call raises, listing the candidates
+    if lists and lists[0].adapter == "generic" and lists[0].name:
+        say(f"mpruner {command}: no adapter knows {type(model).__name__}; using its only nn.Sequential/"
+            f"nn.ModuleList of two or more blocks, {lists[0].name!r} ({len(lists[0])} blocks); "
+            f"--layers NAME picks another")
+        return lists[0].name
+    return layers
 
 
 def is_factory(spec: str) -> bool:
@@ -245,8 +270,8 @@ def cmd_analyze(args) -> int:
     layers = args.layers
     if "," in layers:
         layers = [name.strip() for name in layers.split(",") if name.strip()]
-    def say(line):  # one line per stage, with or without bars; stdout keeps the report
-        print(line, file=sys.stderr, flush=True)
+    def say(line):  # one line per stage, with or without bars
+        print(line, flush=True)
 
     try:
         check_args(args)
@@ -254,6 +279,7 @@ def cmd_analyze(args) -> int:
         model, data, forward = build(args)
         if args.device:
             model.to(args.device)  # the CLI's own model instance
+        layers = auto_layers(model, layers, say, "analyze")
         size = f"{len(data)} batches" if hasattr(data, "__len__") else "the batches"
         say(f"mpruner analyze: running {type(model).__name__} over {size}"
             + (f" (at most {args.max_batches})" if args.max_batches else ""))

@@ -1,4 +1,7 @@
-"""``mpruner bench``: the benchmark suite from the command line.
+"""mpruner bench: the CKA benchmark suite from the command line.
+
+Every row runs in its own subprocess on the same activations; times, ratios to mpruner,
+errors against a float64 reference of each row's estimator and peak memory go to --out.
 
     mpruner bench --quick                           # a first look in under a minute: small sizes
     mpruner bench                                   # CPU: dense, conv, tokens + N/L/d sweeps
@@ -7,7 +10,7 @@
     mpruner bench --workload dense --peers none --repeats 3
     mpruner bench --replot --out benchmarks/results # tables and plots again from the JSON
 """
-# (This docstring is the command's --help description: plain text, no reST markup.)
+# (The docstring is the command's --help description: plain text, no reST markup.)
 from __future__ import annotations
 
 import argparse

@@ -102,7 +102,8 @@ def add_parsers(sub) -> None:
                    help="truncate texts to this many tokens (default: %(default)s)")
     p.add_argument("--out", default="mpruner-pruned", help="output directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from --out/checkpoint (refused when there is none)")
+                   help="continue an interrupted run from --out/checkpoint (refused when there is none) "
+                        "(default: start afresh)")
     _loop_options(p)
     p.set_defaults(func=cmd_prune)
 
@@ -116,7 +117,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--quick", action="store_true",
                    help="a tiny smoke run (about a minute; accuracies not meaningful) (default: off)")
     d.add_argument("--resume", action="store_true",
-                   help="continue an interrupted demo from --out/checkpoint (refused when there is none)")
+                   help="continue an interrupted demo from --out/checkpoint (refused when there is none) "
+                        "(default: start afresh)")
     d.add_argument("--threshold", type=_threshold, help="CKA threshold in (0, 1], or 'auto' (default: auto)")
     d.add_argument("--tolerance", type=_tolerance, help="allowed accuracy drop (default: 0.01)")
     d.add_argument("--no-progress", action="store_true",
@@ -268,9 +270,12 @@ def cmd_prune(args) -> int:
 
     try:
         _check_args(args)
-        print(f"mpruner prune: loading {args.model}", file=sys.stderr, flush=True)
+        print(f"mpruner prune: loading {args.model}", flush=True)
         model, calib, evaluate, finetune, tokenizer = _build(args)
-        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers,
+        from ..analysis.cli import auto_layers
+
+        layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
+        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers,
                          threshold=args.threshold, tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
                          max_iterations=args.max_iterations, view=args.view,

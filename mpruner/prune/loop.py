@@ -154,12 +154,17 @@ class MPruner:
             lists = find_blocks(model)  # raises, naming the fix, when no adapter knows the model
             if not lists:
                 raise ValueError("found no block list in this model; pass layers='<attribute path>'")
+            if lists[0].adapter == "generic" and lists[0].name:
+                self._path = lists[0].name  # a guessed container: keep it when pruning leaves it one block
             return lists[0].name
         try:
-            names = [bl.name for bl in find_blocks(model)]
+            detected = {bl.name: bl for bl in find_blocks(model)}
         except TypeError:
-            names = []
-        if layers in names:
+            detected = {}
+        names = list(detected)
+        if layers in detected:
+            if detected[layers].adapter == "generic" and layers:
+                self._path = layers  # a guessed container: keep it when pruning leaves it one block
             return layers
         try:
             found = find_blocks(model, path=layers)
