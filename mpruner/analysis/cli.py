@@ -32,8 +32,8 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "analyze", help="CKA between the layers of a model on calibration data (cka.json, cka.png)",
-        description="Run a model over calibration data and compute the CKA similarity of its layers "
-                    "(MPruner's analysis stage).",
+        description="Run a model over calibration data and compute the CKA similarity of its layers\n"
+                    "(MPruner's analysis stage). Arguments and files are checked before the model loads.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model directory, or module:factory (a callable returning the nn.Module)")

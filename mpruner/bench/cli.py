@@ -268,7 +268,8 @@ def run(args) -> int:
     headline = [w for w in names if w in WORKLOADS]
     sweeps = [w.split("-")[1] for w in names if w in GROUPS["sweeps"]]
     shapes = {(WORKLOADS[w].n, WORKLOADS[w].d) for w in headline if WORKLOADS[w].kind == "minibatch"}
-    roof = runner.roofline(cfg, sorted(shapes) or [(256, 768)])
+    roof = ({"status": "skipped (--quick)"} if args.quick else  # the roofline costs more than the quick rows
+            runner.roofline(cfg, sorted(shapes) or [(256, 768)]))
     meta = {"machine": machine, "config": {k: v for k, v in vars(cfg).items() if k not in ("work_dir", "verbose")},
             "roofline": roof}
 

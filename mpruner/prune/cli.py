@@ -5,6 +5,7 @@ import argparse
 import csv
 import os
 import sys
+import textwrap
 
 PRUNE_EXAMPLES = """examples:
   mpruner prune --model ./my-bert-classifier --calib calib.txt --train train.csv --eval test.csv --out runs/bert
@@ -77,10 +78,11 @@ def add_parsers(sub) -> None:
     from ..analysis.views import VIEWS
 
     p = sub.add_parser("prune", help="prune a model: analyse, remove, fine-tune, accept or roll back",
-                       description="MPruner depth pruning: analyse layer CKA on calibration data, remove a "
-                                   "cluster's redundant layers, fine-tune, keep the result if the metric stays "
-                                   "within --tolerance of the original model's (else roll back and try a finer "
-                                   "step); repeat. Every attempt is checkpointed in --out/checkpoint.",
+                       description=textwrap.fill(
+                           "MPruner depth pruning: analyse layer CKA on calibration data, remove a cluster's "
+                           "redundant layers, fine-tune, keep the result if the metric stays within --tolerance of "
+                           "the original model's (else roll back and try a finer step); repeat. Every attempt is "
+                           "checkpointed in --out/checkpoint.", 90),
                        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model directory (loaded as a sequence classifier), or module:factory")
@@ -108,8 +110,10 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline",
-                       description="Fine-tune a real pretrained model (cached for the next run), then prune it "
-                                   "with MPruner, all offline; writes a report, heatmaps and the pruned model.")
+                       description=textwrap.fill(
+                           "Fine-tune a real pretrained model (cached for the next run), then prune it with "
+                           "MPruner, all offline; writes a report, heatmaps and the pruned model (with its "
+                           "tokenizer) into --out.", 90))
     d.add_argument("--scenario", choices=("text", "vision"), default="text",
                    help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST "
                         "(default: %(default)s)")
