@@ -119,7 +119,7 @@ def add_parsers(sub) -> None:
                         "(default: %(default)s)")
     d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: %(default)s)")
     d.add_argument("--quick", action="store_true",
-                   help="a tiny smoke run (about a minute; accuracies not meaningful) (default: off)")
+                   help="a tiny smoke run (under a minute of CPU time; accuracies not meaningful) (default: off)")
     d.add_argument("--resume", action="store_true",
                    help="continue an interrupted demo from --out/checkpoint (refused when there is none) "
                         "(default: start afresh)")

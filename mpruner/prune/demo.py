@@ -59,7 +59,8 @@ CONFIGS = {
                          recover_samples=1920, recover_lr=3e-4, max_iterations=10),
 }
 QUICK = {  # a smoke run for tests and a first look: minutes, not meaningful accuracies
-    "text": dict(train=96, eval=64, calib=32, batch_size=16, recover_samples=32, max_iterations=1),
+    "text": dict(train=64, eval=48, calib=32, batch_size=16, recover_samples=32, max_iterations=1, start_epochs=1,
+                 max_length=32),
     "vision": dict(train=256, eval=128, calib=64, batch_size=32, recover_samples=64, max_iterations=2),
 }
 
