@@ -3,7 +3,7 @@
 Every row runs in its own subprocess on the same activations; times, ratios to mpruner,
 errors against a float64 reference of each row's estimator and peak memory go to --out.
 
-    mpruner bench --quick                           # a first look in under a minute: small sizes
+    mpruner bench --quick                           # a first look: small sizes, ~30 s of CPU time
     mpruner bench                                   # CPU: dense, conv, tokens + N/L/d sweeps
     mpruner bench --peers all --out benchmarks/results
     mpruner bench --device cuda --workload gpu,tokens
@@ -31,8 +31,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="comma list of dense, conv, tokens, gpu, dense-small, tokens-small, sweep-N, sweep-L, "
                         "sweep-d, or the groups headline, sweeps, all (default: all = headline + sweeps)")
     p.add_argument("--quick", action="store_true",
-                   help="a first look in under a minute: the small workloads (dense-small, tokens-small), mpruner "
-                        "against the plain-PyTorch rows, the floor and the fastest installed peer, 3 repeats, one "
+                   help="a first look at small sizes (about 30 s of CPU time): the workloads dense-small and "
+                        "tokens-small, mpruner against the plain-PyTorch rows, the floor and pytorch-cka (the "
+                        "fastest peer, where installed), 3 repeats, one "
                         "process per row, no waiting for a quiet machine; files tagged <device>-quick "
                         "(default: off)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: %(default)s)")
