@@ -139,6 +139,15 @@ def cli_message(error: BaseException) -> str:
     return text
 
 
+def no_library_bars() -> None:
+    """--no-progress: also the bars transformers draws (weight loading, saving)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def auto_layers(model, layers, say, command: str):
     """``--layers auto`` on a model no adapter knows: name the container it falls back to
     (its only nn.Sequential/nn.ModuleList of blocks) in a line of its own, and use it by name."""
@@ -275,6 +284,8 @@ def cmd_analyze(args) -> int:
 
     try:
         check_args(args)
+        if args.no_progress:
+            no_library_bars()
         say(f"mpruner analyze: loading {args.model} and {args.data}")
         model, data, forward = build(args)
         if args.device:

@@ -274,6 +274,10 @@ def cmd_prune(args) -> int:
 
     try:
         _check_args(args)
+        if args.no_progress:
+            from ..analysis.cli import no_library_bars
+
+            no_library_bars()
         print(f"mpruner prune: loading {args.model}", flush=True)
         model, calib, evaluate, finetune, tokenizer = _build(args)
         from ..analysis.cli import auto_layers

@@ -249,14 +249,6 @@ def _check_config(cfg: DemoConfig) -> None:
         raise ValueError(f"tolerance must be a number >= 0 (--tolerance), got {cfg.tolerance!r}")
 
 
-def _quiet_transformers() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()  # its weight-loading bar
-
-
 def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool = False, progress: bool = True,
              resume: bool = False, **overrides) -> Dict:
     """Runs a scenario end to end and writes its report into ``out``; returns the summary dict.
@@ -286,7 +278,9 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
         print(line, flush=True)
 
     if not progress:
-        _quiet_transformers()
+        from ..analysis.cli import no_library_bars
+
+        no_library_bars()  # transformers' weight-loading bars too
     t0 = time.perf_counter()
     log(f"mpruner demo: {scenario}{' (quick)' if quick else ''}: loading the model and data")
     sc = (TextScenario if scenario == "text" else VisionScenario)(cfg, progress)
