@@ -35,7 +35,9 @@ def cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpruner", description="Depth pruning by CKA layer redundancy (MPruner).")
     sub = parser.add_subparsers(dest="command", metavar="command")
-    p = sub.add_parser("info", help="show version, torch, compiled backends, CUDA and OpenMP")
+    p = sub.add_parser("info", help="show version, torch, compiled backends, CUDA and OpenMP",
+                       description="Show how mpruner was built (version, torch, compiled backends, CUDA "
+                                   "architectures, OpenMP) and what this machine offers.")
     p.set_defaults(func=cmd_info)
     from .analysis.cli import add_analyze_parser
     add_analyze_parser(sub)
@@ -46,13 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warning(message, category, filename, lineno, line=None) -> str:
+    # A command-line user needs the message, not the library line that raised it.
+    return f"mpruner: {category.__name__}: {message}\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    import warnings
+
+    saved, warnings.formatwarning = warnings.formatwarning, _short_warning
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":  # pragma: no cover

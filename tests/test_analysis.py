@@ -392,8 +392,13 @@ def test_unknown_layers_list_the_block_lists(gen):
         analyze(TokenNet(), [{}], layers=["layers.0", "layers.9"], progress=False)
     with pytest.raises(ValueError, match=r"'embed' is a Embedding, not a block list"):
         analyze(TokenNet(), [{}], layers="embed", progress=False)
-    with pytest.raises(TypeError, match=r"no mpruner adapter recognises TokenNet.*path='features'"):
-        analyze(TokenNet(), [{}], progress=False)
+    two = TokenNet()
+    two.extra = nn.ModuleList([nn.Identity(), nn.Identity()])
+    with pytest.raises(TypeError, match=r"no mpruner adapter recognises TokenNet.*'layers' \(4 blocks\), "
+                                        r"'extra' \(2 blocks\).*--layers layers"):
+        analyze(two, [{}], progress=False)
+    with pytest.raises(ValueError, match=r"did you mean 'layers'"):
+        analyze(TokenNet(), [{}], layers="layer", progress=False)
     with pytest.raises(ValueError, match="twice"):
         analyze(TokenNet(), [{}], layers=["layers.0", "layers.0"], progress=False)
 

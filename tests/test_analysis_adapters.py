@@ -68,6 +68,17 @@ def test_t5_stacks(layers, expected):
     check(model, result, block_list)
 
 
+@pytest.mark.parametrize("layers", ["encoder.block", "decoder.block"])
+def test_t5_plain_text_batches_feed_both_stacks(layers):
+    # Batches with only input_ids/attention_mask (what data.text_batches gives): the text goes
+    # to the decoder too, as `mpruner analyze` does, instead of transformers' "specify exactly
+    # one of input_ids or inputs_embeds".
+    model, _ = hf_model("t5")
+    result = analyze(model, text_batches(), layers=layers, view="mean", progress=False)
+    (block_list,) = [bl for bl in find_blocks(model) if bl.name == layers]
+    check(model, result, block_list)
+
+
 @pytest.mark.parametrize("kind, size", [("vit", 16), ("hf-resnet", 32)])
 def test_hf_vision_models(kind, size):
     model, _ = hf_model(kind)

@@ -78,4 +78,4 @@ def test_prune_cli_with_factories(tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
     bad = subprocess.run([sys.executable, "-m", "mpruner", "prune", "--model", "nope-dir", "--calib", "x",
                           "--eval", "y"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "not a Hugging Face model directory" in bad.stderr
+    assert bad.returncode == 1 and "--model 'nope-dir' is neither a directory" in bad.stderr

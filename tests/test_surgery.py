@@ -417,8 +417,13 @@ def test_generic_container_by_name(tmp_path):
     assert len(pruned.features) == 2 and output_of(pruned, x).shape == (3, 2)
     save_pruned(pruned, tmp_path)
     assert torch.equal(output_of(load_pruned(tmp_path, Net), x), output_of(pruned, x))
-    with pytest.raises(TypeError, match="no mpruner adapter recognises Net"):
+    by_index = remove_layers(model, [0])  # its only block container is taken (a UserWarning says so, once)
+    assert len(by_index.features) == 3
+    model.stem = nn.Sequential(nn.Linear(8, 8), nn.Tanh())  # two candidates: refused, both listed
+    with pytest.raises(TypeError, match=r"no mpruner adapter recognises Net.*'features' \(4 blocks\), "
+                                        r"'stem' \(2 blocks\).*--layers features"):
         remove_layers(model, [0])
+    del model.stem
     with pytest.raises(ValueError, match="keys of indices must name"):
         remove_layers(model, {"head": [0]})
     with pytest.raises(ValueError, match="remove all 4 blocks"):

@@ -7,6 +7,7 @@ assumed to keep its input's shape, which the caller must make sure of.
 """
 from __future__ import annotations
 
+import difflib
 from typing import List, Sequence
 
 import torch.nn as nn
@@ -29,6 +30,13 @@ def keeps_shape(block: nn.Module) -> bool:
     return True
 
 
+def did_you_mean(model: nn.Module, name: str) -> str:
+    """`` (did you mean 'a', 'b'?)`` with the module names of ``model`` closest to ``name``, or ``""``."""
+    names = [n for n, _ in model.named_modules() if n]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def check_paths(model: nn.Module, paths: Sequence[str]) -> List[str]:
     """Validate attribute paths of block containers; return them as a list."""
     if isinstance(paths, str):
@@ -43,7 +51,8 @@ def check_paths(model: nn.Module, paths: Sequence[str]) -> List[str]:
         try:
             module = model.get_submodule(path)
         except AttributeError:
-            raise ValueError(f"path {path!r}: {type(model).__name__} has no submodule {path!r}") from None
+            raise ValueError(f"path {path!r}: {type(model).__name__} has no submodule {path!r}"
+                             f"{did_you_mean(model, path)}") from None
         if not is_block_container(module):
             raise ValueError(f"path {path!r} is a {type(module).__name__}; it must name an nn.Sequential "
                              f"or nn.ModuleList whose children are the blocks")

@@ -1,11 +1,12 @@
 """The lookup that picks an adapter for a model, and ``find_blocks``."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
-from .base import Adapter
+from .base import Adapter, is_block_container, join
 from .cnn import EfficientNetLiteAdapter, HFResNetAdapter, TorchvisionResNetAdapter
 from .generic import GenericAdapter
 from .hf_common import hf_model_type
@@ -19,7 +20,35 @@ ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapte
 
 SUPPORTED_HF_MODEL_TYPES = tuple(t for a in ADAPTERS for t in getattr(a, "model_types", ()))
 
-__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "detect_adapter", "resolve_adapter", "find_blocks"]
+__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "block_containers", "detect_adapter", "resolve_adapter",
+           "find_blocks"]
+
+
+def block_containers(model: nn.Module) -> List[Tuple[str, int]]:
+    """``(attribute path, number of blocks)`` of every outermost ``nn.Sequential``/``nn.ModuleList``
+    of two or more children in ``model`` (containers inside them are their blocks' own parts)."""
+    found: List[Tuple[str, int]] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            path = join(prefix, name)
+            if is_block_container(child) and len(child) >= 2:
+                found.append((path, len(child)))
+            else:
+                walk(path, child)
+
+    walk("", model)
+    return found
+
+
+_GUESSED: set = set()  # (model class, container) pairs already announced
+
+
+def _how_to_name(containers: List[Tuple[str, int]]) -> str:
+    listed = ", ".join(f"{path!r} ({n} blocks)" for path, n in containers)
+    example = containers[0][0]
+    return (f"{listed}. Name the one that holds its blocks: layers={example!r} "
+            f"(command line: --layers {example}), or find_blocks(model, path={example!r})")
 
 
 def detect_adapter(model: nn.Module) -> Optional[Adapter]:
@@ -49,14 +78,28 @@ def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] 
         raise TypeError(f"{type(model).__name__} wraps a {type(wrapped).__name__}; pass the wrapped model "
                         f"(model.module) instead of the wrapper")
     model_type = hf_model_type(model)
+    containers = block_containers(model)
     if model_type is not None:
+        where = ("its nn.Sequential/nn.ModuleList containers: " + _how_to_name(containers) if containers
+                 else "name its block container, e.g. path='model.layers'")
         raise TypeError(f"no mpruner adapter for Hugging Face model_type {model_type!r} "
-                        f"(supported: {', '.join(SUPPORTED_HF_MODEL_TYPES)}). Name its block container "
-                        f"instead, e.g. find_blocks(model, path='model.layers'); note that the generic "
+                        f"(supported: {', '.join(SUPPORTED_HF_MODEL_TYPES)}); {where}. Note that the generic "
                         f"adapter does not fix the config, so save_pretrained/from_pretrained will not reload it.")
-    raise TypeError(f"no mpruner adapter recognises {type(model).__name__}. Name the nn.Sequential/"
-                    f"nn.ModuleList that holds its blocks, e.g. find_blocks(model, path='features') or "
-                    f"remove_layers(model, {{'features': [2, 3]}}).")
+    if len(containers) == 1:
+        # One candidate: it can only be the block list. Say so (once per class), since it was a guess.
+        path, n = containers[0]
+        if (type(model), path) not in _GUESSED:
+            _GUESSED.add((type(model), path))
+            warnings.warn(f"no mpruner adapter recognises {type(model).__name__}; using its only nn.Sequential/"
+                          f"nn.ModuleList of two or more blocks, {path!r} ({n} blocks)", UserWarning, stacklevel=3)
+        return GenericAdapter(model, [path])
+    if containers:
+        raise TypeError(f"no mpruner adapter recognises {type(model).__name__}, and it has "
+                        f"{len(containers)} nn.Sequential/nn.ModuleList containers: {_how_to_name(containers)}.")
+    raise TypeError(f"no mpruner adapter recognises {type(model).__name__}, and it has no nn.Sequential/"
+                    f"nn.ModuleList of two or more blocks. Put its blocks in one and name it "
+                    f"(layers='blocks', command line --layers blocks), or list the modules to analyse: "
+                    f"layers=['block1', 'block2'] (--layers block1,block2).")
 
 
 def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = None) -> list:
@@ -66,7 +109,9 @@ def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = No
         model: the network. Recognised architectures: Hugging Face BERT,
             RoBERTa, DistilBERT, T5 (encoder and decoder stacks), LLaMA,
             Mistral, Qwen2, GPT-2, ViT and ResNet; torchvision-style ResNet;
-            EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``.
+            EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``; any
+            other model with exactly one ``nn.Sequential``/``nn.ModuleList`` of
+            two or more blocks (used with a ``UserWarning`` naming it).
         path: attribute path of an ``nn.Sequential``/``nn.ModuleList`` to use
             instead of auto-detection (``"features"``), or a list of them. The
             returned lists then come from the generic adapter, which cannot
@@ -74,7 +119,8 @@ def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = No
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or no adapter recognises
-            it and no ``path`` was given.
+            it, no ``path`` was given and it has no single block container
+            (the message lists the candidates).
         ValueError: ``path`` does not name an ``nn.Sequential``/``nn.ModuleList``.
     """
     return resolve_adapter(model, path).block_lists()

@@ -32,34 +32,151 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "analyze", help="CKA between the layers of a model on calibration data (cka.json, cka.png)",
-        description="Run a model over calibration data and compute the CKA similarity of its layers "
-                    "(MPruner's analysis stage).",
+        description="Run a model over calibration data and compute the CKA similarity of its layers\n"
+                    "(MPruner's analysis stage). Arguments and files are checked before the model loads.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="Hugging Face model directory, or module:factory")
-    p.add_argument("--data", required=True, help="text file (one example per line), CSV/TSV file, or module:factory")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory, or module:factory (a callable returning the nn.Module)")
+    p.add_argument("--data", required=True,
+                   help="text file (one example per line), CSV/TSV file, or module:factory (batches)")
     p.add_argument("--column", help="CSV/TSV column holding the text (default: 'text')")
     p.add_argument("--out", default="mpruner-analysis", help="output directory (default: %(default)s)")
     p.add_argument("--layers", default="auto",
-                   help="'auto', a block-list name or attribute path, or comma-separated module names")
-    p.add_argument("--view", default="mean", choices=VIEWS, help="how a layer output becomes features (%(default)s)")
-    p.add_argument("--kernel", default="linear", choices=("linear", "rbf"), help="CKA kernel (%(default)s)")
-    p.add_argument("--biased", action="store_true", help="biased HSIC_0 instead of the unbiased HSIC_1")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (%(default)s)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (%(default)s)")
-    p.add_argument("--limit", type=int, help="use at most this many texts")
-    p.add_argument("--max-batches", type=int, help="stop after this many batches")
+                   help="'auto', a block-list name or attribute path, or comma-separated module names "
+                        "(default: %(default)s: the detected block list, or the model's only "
+                        "nn.Sequential/nn.ModuleList)")
+    p.add_argument("--view", default="mean", choices=VIEWS,
+                   help="how a layer output becomes features (default: %(default)s)")
+    p.add_argument("--kernel", default="linear", choices=("linear", "rbf"), help="CKA kernel (default: %(default)s)")
+    p.add_argument("--biased", action="store_true",
+                   help="biased HSIC_0 (batches of >= 2) instead of the unbiased HSIC_1 (>= 4) (default: unbiased)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts per batch (default: %(default)s)")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="truncate texts to this many tokens (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, help="use at most this many texts (default: all)")
+    p.add_argument("--max-batches", type=positive_int, help="stop after this many batches (default: all)")
     p.add_argument("--device", help="run on this device, e.g. cuda (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; one line per stage is still printed (default: bars on)")
     p.set_defaults(func=cmd_analyze)
     return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def check_out_dir(path: str, flag: str = "--out") -> None:
+    """Refuses an output directory that cannot be created, before anything slow runs."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{flag} {path!r} is an existing file, not a directory; pass a directory (it is created)")
+    parent = p
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r} cannot be created: {parent!r} is a file")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r} cannot be created: {parent!r} is not writable")
+
+
+def check_source(spec: str, flag: str, kind: str) -> None:
+    """Checks that ``--flag spec`` names something that exists: a ``file.py`` of ``file.py:factory``,
+    a Hugging Face directory (``kind="model"``) or a data file (``kind="file"``). Cheap: no import, no load."""
+    if is_factory(spec):
+        module_name, _, attr = spec.rpartition(":")
+        if not module_name or not attr:
+            raise ValueError(f"{flag} {spec!r}: expected module:factory or path/to/file.py:factory")
+        if module_name.endswith(".py") and not os.path.isfile(module_name):
+            raise FileNotFoundError(f"{flag} {spec!r}: no file {module_name!r}")
+        return
+    if kind == "model":
+        if not os.path.isdir(spec):
+            raise FileNotFoundError(f"{flag} {spec!r} is neither a directory (a Hugging Face model) nor "
+                                    "module:factory")
+        if not os.path.isfile(os.path.join(spec, "config.json")):
+            raise FileNotFoundError(f"{flag} {spec!r} has no config.json; pass a Hugging Face model directory "
+                                    "(save_pretrained) or module:factory")
+    elif not os.path.isfile(spec):
+        raise FileNotFoundError(f"{flag} {spec!r}: no such file (a text/CSV file, or module:factory)")
+
+
+def check_args(args) -> None:
+    """Everything ``mpruner analyze`` can check before the model loads."""
+    check_source(args.model, "--model", "model")
+    check_source(args.data, "--data", "file")
+    if not is_factory(args.data) and is_factory(args.model):
+        raise ValueError("a text/CSV --data file needs a Hugging Face model directory (for its tokenizer); "
+                         "with --model module:factory pass --data module:factory too")
+    need = 2 if args.biased else 4
+    if not is_factory(args.data) and args.batch_size < need:
+        raise ValueError(f"--batch-size {args.batch_size}: the {'biased' if args.biased else 'unbiased'} HSIC "
+                         f"needs at least {need} samples per batch; use --batch-size {need} or more"
+                         + ("" if args.biased else " (or --biased, which needs 2)"))
+    check_out_dir(args.out)
+
+
+# Python argument spellings in library messages -> this command's flags.
+CLI_SPELLINGS = (("unbiased=False", "--biased"), ("pass column=<name> (--column on the command line)",
+                                                   "pass --column <name>"),
+                 ("max_batches", "--max-batches"))
+
+
+def cli_message(error: BaseException) -> str:
+    """A library error message in the command line's own words."""
+    text = str(error)
+    if text.startswith("layers="):  # "layers='x': no such block list" names the --layers value
+        text = "--layers " + text[len("layers="):]
+    for python, flag in CLI_SPELLINGS:
+        text = text.replace(python, flag)
+    return text
+
+
+def no_library_bars() -> None:
+    """--no-progress: also the bars transformers draws (weight loading, saving)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
+def auto_layers(model, layers, say, command: str):
+    """``--layers auto`` on a model no adapter knows: name the container it falls back to
+    (its only nn.Sequential/nn.ModuleList of blocks) in a line of its own, and use it by name."""
+    if layers != "auto":
+        return layers
+    import warnings
+
+    from ..adapters import find_blocks
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # said below, in the command's words
+            lists = find_blocks(model)
+    except TypeError:
+        return layers  # the command's own call raises, listing the candidates
+    if lists and lists[0].adapter == "generic" and lists[0].name:
+        say(f"mpruner {command}: no adapter knows {type(model).__name__}; using its only nn.Sequential/"
+            f"nn.ModuleList of two or more blocks, {lists[0].name!r} ({len(lists[0])} blocks); "
+            f"--layers NAME picks another")
+        return lists[0].name
+    return layers
 
 
 def is_factory(spec: str) -> bool:
     return ":" in spec and not os.path.exists(spec)
 
 
-def load_factory(spec: str, option: str):
-    """``module:name`` or ``file.py:name`` -> the object, called if callable."""
+def load_factory(spec: str, option: str, call: bool = True):
+    """``module:name`` or ``file.py:name`` -> the object, called if callable (and ``call``)."""
     module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         raise ValueError(f"{option} {spec!r}: expected module:factory or path/to/file.py:factory")
@@ -80,7 +197,7 @@ def load_factory(spec: str, option: str):
         if not hasattr(obj, part):
             raise AttributeError(f"{option} {spec!r}: {module_name} has no attribute {attr!r}")
         obj = getattr(obj, part)
-    return obj() if callable(obj) and not _is_module(obj) else obj
+    return obj() if call and callable(obj) and not _is_module(obj) else obj
 
 
 def _is_module(obj) -> bool:
@@ -116,7 +233,9 @@ def build(args):
 
     from ..data import read_texts, text_batches
 
-    forward, tokenizer_dir = None, None
+    forward, tokenizer_dir, texts = None, None, None
+    if not is_factory(args.data):
+        texts = read_texts(args.data, args.column, args.limit)  # a bad file or column shows before the model loads
     if is_factory(args.model):
         model = load_factory(args.model, "--model")
         if not isinstance(model, nn.Module):
@@ -134,7 +253,6 @@ def build(args):
         import transformers as T
 
         tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        texts = read_texts(args.data, args.column, args.limit)
         data = text_batches(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     return model, data, forward
 
@@ -161,17 +279,28 @@ def cmd_analyze(args) -> int:
     layers = args.layers
     if "," in layers:
         layers = [name.strip() for name in layers.split(",") if name.strip()]
+    def say(line):  # one line per stage, with or without bars
+        print(line, flush=True)
+
     try:
+        check_args(args)
+        if args.no_progress:
+            no_library_bars()
+        say(f"mpruner analyze: loading {args.model} and {args.data}")
         model, data, forward = build(args)
         if args.device:
             model.to(args.device)  # the CLI's own model instance
+        layers = auto_layers(model, layers, say, "analyze")
+        size = f"{len(data)} batches" if hasattr(data, "__len__") else "the batches"
+        say(f"mpruner analyze: running {type(model).__name__} over {size}"
+            + (f" (at most {args.max_batches})" if args.max_batches else ""))
         analysis = analyze(model, data, layers=layers, view=args.view, kernel=args.kernel, unbiased=not args.biased,
                            forward=forward, max_batches=args.max_batches, progress=not args.no_progress)
         os.makedirs(args.out, exist_ok=True)
         analysis.save(os.path.join(args.out, "cka.json"))
         analysis.plot(os.path.join(args.out, "cka.png"))
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError, AttributeError, RuntimeError) as e:
-        print(f"mpruner analyze: error: {e}", file=sys.stderr)
+        print(f"mpruner analyze: error: {cli_message(e)}", file=sys.stderr)
         return 1
     print(report(analysis, args.out))
     return 0

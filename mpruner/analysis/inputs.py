@@ -55,6 +55,11 @@ def call_model(model: nn.Module, batch, forward: Optional[Forward], index: int):
     if forward is not None:
         return forward(model, batch)
     if isinstance(batch, Mapping):
+        if _needs_decoder_inputs(model, batch):
+            # An encoder-decoder model (T5) needs inputs for both stacks; the text goes to both,
+            # as `mpruner analyze` does, so encoder and decoder blocks can be analysed.
+            return model(**batch, decoder_input_ids=batch["input_ids"],
+                         decoder_attention_mask=batch.get("attention_mask"))
         return model(**batch)
     if isinstance(batch, (list, tuple)):
         if not batch:
@@ -65,6 +70,15 @@ def call_model(model: nn.Module, batch, forward: Optional[Forward], index: int):
     raise TypeError(f"batch {index} is a {type(batch).__name__}: analyze calls model(**batch) for a dict, "
                     "model(batch[0]) for a tuple/list and model(batch) for a tensor; for anything else pass "
                     "forward=lambda model, batch: model(...)")
+
+
+DECODER_KEYS = ("decoder_input_ids", "decoder_inputs_embeds", "labels")
+
+
+def _needs_decoder_inputs(model: nn.Module, batch: Mapping) -> bool:
+    config = getattr(model, "config", None)
+    return (bool(getattr(config, "is_encoder_decoder", False)) and isinstance(batch.get("input_ids"), torch.Tensor)
+            and not any(k in batch for k in DECODER_KEYS))
 
 
 def batch_context(batch, index: int) -> BatchContext:

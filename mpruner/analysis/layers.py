@@ -1,12 +1,14 @@
 """Which modules ``analyze`` hooks: a block list, an attribute path, or module names."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple, Union
 
 import torch.nn as nn
 
 from ..adapters import BlockList, find_blocks
+from ..adapters.generic import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,9 @@ class LayerSelection:
 
 def _detected(model: nn.Module) -> List[BlockList]:
     try:
-        return find_blocks(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a guessed container is only listed here
+            return find_blocks(model)
     except TypeError:
         return []
 
@@ -31,8 +35,12 @@ def _detected(model: nn.Module) -> List[BlockList]:
 def _available(model: nn.Module) -> str:
     lists = _detected(model)
     if not lists:
+        from ..adapters.registry import block_containers
+
+        containers = ", ".join(f"{p!r} ({n} blocks)" for p, n in block_containers(model))
         return (f"mpruner detects no block list in {type(model).__name__}; pass layers='<attribute path of an "
-                "nn.Sequential/nn.ModuleList>' or a list of module names")
+                "nn.Sequential/nn.ModuleList>' or a list of module names"
+                + (f" (its containers: {containers})" if containers else ""))
     return "available block lists: " + ", ".join(f"{bl.name!r} ({len(bl)} blocks)" for bl in lists)
 
 
@@ -64,7 +72,7 @@ def select_layers(model: nn.Module, layers: Union[str, Sequence[str], BlockList]
             module = model.get_submodule(layers)
         except AttributeError:
             raise ValueError(f"{argument}={layers!r}: {type(model).__name__} has no block list or submodule of "
-                             f"that name; {_available(model)}") from None
+                             f"that name{did_you_mean(model, layers)}; {_available(model)}") from None
         if not isinstance(module, (nn.Sequential, nn.ModuleList)):
             raise ValueError(f"{argument}={layers!r} is a {type(module).__name__}, not a block list or an "
                              f"nn.Sequential/nn.ModuleList; pass a list of module names to hook single modules "
@@ -88,8 +96,8 @@ def _from_names(model: nn.Module, layers: Sequence, argument: str) -> LayerSelec
             try:
                 module = model.get_submodule(item)
             except AttributeError:
-                raise ValueError(f"{argument}: {type(model).__name__} has no submodule {item!r}; "
-                                 f"{_available(model)}") from None
+                raise ValueError(f"{argument}: {type(model).__name__} has no submodule {item!r}"
+                                 f"{did_you_mean(model, item)}; {_available(model)}") from None
             name = item
         else:
             raise TypeError(f"{argument} lists {type(item).__name__}; list module names (str) or modules")

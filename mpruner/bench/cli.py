@@ -1,17 +1,23 @@
-"""``mpruner bench``: the benchmark suite from the command line.
+"""mpruner bench: the CKA benchmark suite from the command line.
 
+Every row runs in its own subprocess on the same activations; times, ratios to mpruner,
+errors against a float64 reference of each row's estimator and peak memory go to --out.
+
+    mpruner bench --quick                           # a first look: small sizes, ~30 s of CPU time
     mpruner bench                                   # CPU: dense, conv, tokens + N/L/d sweeps
     mpruner bench --peers all --out benchmarks/results
     mpruner bench --device cuda --workload gpu,tokens
     mpruner bench --workload dense --peers none --repeats 3
+    mpruner bench --replot --out benchmarks/results # tables and plots again from the JSON
 """
+# (The docstring is the command's --help description: plain text, no reST markup.)
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
 import time
-from typing import List
+from typing import List, Optional
 
 GROUPS = {"headline": None, "sweeps": ["sweep-N", "sweep-L", "sweep-d"]}
 # cka-analyzer is left out: its all-samples N x N float64 centering costs hours per pair at N = 8192.
@@ -24,38 +30,52 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--workload", default="all",
                    help="comma list of dense, conv, tokens, gpu, dense-small, tokens-small, sweep-N, sweep-L, "
                         "sweep-d, or the groups headline, sweeps, all (default: all = headline + sweeps)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true",
+                   help="a first look at small sizes (about 30 s of CPU time): the workloads dense-small and "
+                        "tokens-small, mpruner against the plain-PyTorch rows, the floor and pytorch-cka (the "
+                        "fastest peer, where installed), 3 repeats, one "
+                        "process per row, no waiting for a quiet machine; files tagged <device>-quick "
+                        "(default: off)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: %(default)s)")
     p.add_argument("--peers", default="installed",
                    help="installed (default: those already installed), all (installs missing ones with "
                         "pip --no-deps first), none, or a comma list of torch-cka, cka-pytorch, pytorch-cka, "
                         "ckatorch, cka-analyzer")
-    p.add_argument("--out", default="mpruner-bench", help="directory for the JSON and PNG files")
-    p.add_argument("--tag", default=None, help="file name prefix (default: cpu or gpu)")
-    p.add_argument("--methods", default=None, help="comma list: run only these methods (and peers)")
+    p.add_argument("--out", default="mpruner-bench", help="directory for the JSON and PNG files (default: %(default)s)")
+    p.add_argument("--tag", default=None, help="file name prefix (default: cpu or gpu; with --quick cpu-quick/gpu-quick)")
+    p.add_argument("--methods", default=None,
+                   help="comma list: run only these rows, e.g. mpruner,pytorch-cka (default: every row that applies; "
+                        "an unknown name is refused with the list)")
     p.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS),
                    help=f"methods in the scaling sweeps (default: {','.join(SWEEP_METHODS)})")
     p.add_argument("--repeats", type=int, default=5,
-                   help="timed repeats after a warm-up, the median is reported (the sweeps use at most 3)")
+                   help="timed repeats after a warm-up, the median is reported (the sweeps use at most 3) "
+                        "(default: %(default)s)")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the timed repeats of one row; slower methods are timed on a subset of "
                         "batches / pairs / sequences and extrapolated (default 15)")
-    p.add_argument("--timeout", type=float, default=600, help="hard limit per subprocess (s)")
+    p.add_argument("--timeout", type=float, default=600, help="hard limit per subprocess, s (default: %(default)s)")
     p.add_argument("--mem-cap", type=float, default=8,
-                   help="cap on the resident (host) memory of each subprocess, GiB (GPU memory is capped by the GPU)")
+                   help="cap on the resident (host) memory of each subprocess, GiB (GPU memory is capped by the GPU) "
+                        "(default: %(default)s)")
     p.add_argument("--quiet-wait", type=float, default=60,
                    help="CPU: before each row wait up to this many seconds for the other processes' CPU use "
-                        "to drop below 25%% (a shared machine's noise); 0 to skip")
+                        "to drop below 25%% (a shared machine's noise); 0 to skip (default: %(default)s)")
     p.add_argument("--retry-noisy", type=int, default=1,
                    help="CPU: measure a row again (up to this many times) when other processes used more than "
-                        "25%% of the CPU while it ran, keeping the quieter measurement")
+                        "25%% of the CPU while it ran, keeping the quieter measurement (default: %(default)s)")
     p.add_argument("--processes", type=int, default=3,
                    help="headline rows that take under 5 s: report the median over this many fresh processes "
-                        "(the sweeps use one)")
-    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown of mpruner")
-    p.add_argument("--work-dir", default=None, help="keep references and subprocess logs here")
+                        "(the sweeps use one) (default: %(default)s)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="skip the torch.profiler breakdown of mpruner (default: profiled)")
+    p.add_argument("--work-dir", default=None,
+                   help="keep references and subprocess logs here (default: a temporary directory)")
     p.add_argument("--replot", action="store_true",
-                   help="measure nothing: rebuild the tables, goals and plots from the JSON files in --out")
-    p.add_argument("--quiet", action="store_true")
+                   help="measure nothing: rebuild the tables, goals and plots from the JSON files in --out "
+                        "(default: off)")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the tables and goals, not a line per row while it runs (default: off)")
     p.set_defaults(func=run)
     return p
 
@@ -85,9 +105,47 @@ def _peers(arg: str) -> List[str]:
     names = list(PEERS) if arg == "all" else [p.strip() for p in arg.split(",") if p.strip()]
     unknown = [p for p in names if p not in PEERS]
     if unknown:
-        raise SystemExit(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
+        raise SystemExit(f"mpruner bench: error: --peers: unknown {unknown}; choose from installed, all, none, or "
+                         f"{', '.join(PEERS)}")
     install(names)
     return names
+
+
+QUICK_WORKLOADS = "dense-small,tokens-small"
+QUICK_METHODS = ["mpruner", "mpruner token_cka", "torch baseline", "torch batched", "gram floor", "pytorch-cka",
+                 "pytorch-cka per sequence"]
+
+
+def method_names(arg: str) -> List[str]:
+    """``--methods``: the named rows, every name checked against the suite's (with a suggestion)."""
+    import difflib
+
+    from .worker import all_methods
+
+    known = list(all_methods())
+    names = [m.strip() for m in arg.split(",") if m.strip()]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        hints = [f"{m!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(m, known, 1)) else repr(m)
+                 for m in unknown]
+        raise SystemExit(f"mpruner bench: error: --methods: unknown {', '.join(hints)}; choose from "
+                         f"{', '.join(known)}")
+    if not names:
+        raise SystemExit("mpruner bench: error: --methods is empty; name rows, e.g. --methods mpruner,pytorch-cka")
+    return names
+
+
+def _with_named_peers(names: Optional[List[str]], peers: List[str], arg: str) -> List[str]:
+    """Peers that ``--methods`` names are run even if ``--peers`` left them out (their row
+    then says when the package is not installed) instead of silently vanishing."""
+    from .worker import all_methods
+
+    methods = all_methods()
+    extra = [methods[m].peer for m in names or [] if methods[m].peer and methods[m].peer not in peers]
+    if extra:
+        print(f"mpruner bench: --methods names {', '.join(dict.fromkeys(extra))}, which --peers {arg} leaves out; "
+              "running it")
+    return list(dict.fromkeys(peers + extra))
 
 
 def _on_sigterm(signum, frame):
@@ -99,7 +157,7 @@ def replot(args, tag: str) -> int:
     import glob
     import json
 
-    results, sweeps, meta = {}, {}, None
+    results, sweeps, meta, elapsed = {}, {}, None, None
     for path in sorted(glob.glob(os.path.join(args.out, f"{tag}_*.json"))):
         with open(path) as f:
             d = json.load(f)
@@ -107,12 +165,14 @@ def replot(args, tag: str) -> int:
             results[d["workload"]["name"]] = d
         elif "points" in d:
             sweeps[d["axis"]] = d["points"]
+        elif "elapsed_s" in d:
+            elapsed = d["elapsed_s"]  # the measuring run's, kept
         meta = meta or d
     if meta is None:
         raise SystemExit(f"no {tag}_*.json in {args.out}")
     order = ["dense", "conv", "tokens", "gpu"]
     results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
-    _finish(args, tag, results, sweeps, meta, None)
+    _finish(args, tag, results, sweeps, {**meta, "elapsed_s": elapsed}, None)
     return 0
 
 
@@ -126,7 +186,8 @@ def _finish(args, tag, results, sweeps, meta, t0):
         print(f"\n== {res['workload']['name']}: {res['workload']['description']}\n" + report.table(res))
     if results:
         summary = {k: meta[k] for k in ("machine", "config", "roofline") if k in meta}
-        summary.update(goals=goals, elapsed_s=None if t0 is None else time.perf_counter() - t0, headline={
+        summary.update(goals=goals, elapsed_s=meta.get("elapsed_s") if t0 is None else time.perf_counter() - t0,
+                       headline={
             w: {"workload": r["workload"], "profile": r.get("profile"), "rows": [
                 {k: row.get(k) for k in ("method", "estimator", "status", "time_s", "ratio_vs_mpruner", "max_err",
                                          "peak_mem_bytes", "roofline_fraction", "extrapolation")}
@@ -156,9 +217,24 @@ def run(args) -> int:
     from . import measure, report, runner
     from .workloads import WORKLOADS, sweep_workloads
 
-    tag = args.tag or ("gpu" if args.device == "cuda" else "cpu")
+    if args.quick:
+        if args.workload == "all":
+            args.workload = QUICK_WORKLOADS
+        if args.methods is None:
+            from .peers import installed_version
+            from .worker import all_methods
+
+            methods = all_methods()  # a peer row only where its package is installed
+            args.methods = ",".join(m for m in QUICK_METHODS
+                                    if not methods[m].peer or installed_version(methods[m].peer) is not None)
+        args.repeats, args.processes, args.quiet_wait, args.retry_noisy = min(args.repeats, 3), 1, 0, 0
+        args.no_profile, args.budget = True, args.budget or 3.0
+    tag = args.tag or ("gpu" if args.device == "cuda" else "cpu") + ("-quick" if args.quick else "")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"mpruner bench: error: --out {args.out!r} is an existing file, not a directory")
     if args.replot:
         return replot(args, tag)
+    only = None if args.methods is None else method_names(args.methods)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
@@ -172,14 +248,15 @@ def run(args) -> int:
     names = _workloads(args.workload, dev_type)
     bad = [w for w in names if w not in WORKLOADS and w not in GROUPS["sweeps"]]
     if bad:
-        raise SystemExit(f"unknown workloads {bad}; choose from {', '.join(list(WORKLOADS) + GROUPS['sweeps'])}")
+        raise SystemExit(f"mpruner bench: error: --workload: unknown {bad}; choose from "
+                         f"{', '.join(list(WORKLOADS) + GROUPS['sweeps'] + list(GROUPS) + ['all'])}")
+    sweep_only = method_names(args.sweep_methods)
+    peers = _with_named_peers(only, _peers(args.peers), args.peers)
     cfg = runner.Config(device=args.device, repeats=args.repeats,
                         budget_s=args.budget or 15.0, timeout_s=args.timeout,
                         mem_cap_bytes=int(args.mem_cap * 2**30),
                         quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy, processes=args.processes,
-                        peers=_peers(args.peers), work_dir=args.work_dir or "", verbose=not args.quiet)
-    only = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
-    sweep_only = [m.strip() for m in args.sweep_methods.split(",")]
+                        peers=peers, work_dir=args.work_dir or "", verbose=not args.quiet)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     machine = measure.machine_info(torch.device(args.device))
@@ -192,7 +269,8 @@ def run(args) -> int:
     headline = [w for w in names if w in WORKLOADS]
     sweeps = [w.split("-")[1] for w in names if w in GROUPS["sweeps"]]
     shapes = {(WORKLOADS[w].n, WORKLOADS[w].d) for w in headline if WORKLOADS[w].kind == "minibatch"}
-    roof = runner.roofline(cfg, sorted(shapes) or [(256, 768)])
+    roof = ({"status": "skipped (--quick)"} if args.quick else  # the roofline costs more than the quick rows
+            runner.roofline(cfg, sorted(shapes) or [(256, 768)]))
     meta = {"machine": machine, "config": {k: v for k, v in vars(cfg).items() if k not in ("work_dir", "verbose")},
             "roofline": roof}
 

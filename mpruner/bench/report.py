@@ -204,44 +204,59 @@ METHOD_COLORS = {"mpruner": "#1f77b4", "mpruner full-batch": "#17becf", "torch b
                  "ckatorch": "#9467bd", "cka-analyzer": "#e377c2"}
 
 
+GROUP_LABELS = {"mpruner": "mpruner", "baseline": "plain PyTorch", "floor": "Gram GEMM floor", "peer": "other libraries"}
+FONT = 11  # points; the figures are saved at 100 dpi, 1200 px wide or more
+
+
 def plot_headline(results: Dict[str, Dict], path: str, title: str):
+    """One horizontal bar chart per workload, stacked; the legend lists the groups that ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = [k for k, v in results.items() if any(_ok(r) for r in v["rows"])]
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        rows = [r for r in results[name]["rows"] if _ok(r)]
-        rows.sort(key=lambda r: r["time_s"])
-        y = range(len(rows))
-        ax.barh(list(y), [r["time_s"] for r in rows], color=[COLORS.get(r["group"], "k") for r in rows],
-                hatch=None)
+    counts = [sum(_ok(r) for r in results[n]["rows"]) for n in names]
+    height = sum(1.2 + 0.42 * c for c in counts) + 1.0  # inches; the top 1.0 holds the title and legend
+    fig, axes = plt.subplots(len(names), 1, figsize=(12.5, height), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.2 + 0.42 * c for c in counts]})
+    groups_seen, any_extrapolated = [], False
+    for ax, name in zip(axes[:, 0], names):
+        rows = sorted((r for r in results[name]["rows"] if _ok(r)), key=lambda r: r["time_s"])
+        y = list(range(len(rows)))
         for i, r in enumerate(rows):
-            if r.get("status") == "extrapolated":
-                ax.barh(i, r["time_s"], color="none", edgecolor="white", hatch="//")
+            extrapolated = r.get("status") == "extrapolated"
+            any_extrapolated |= extrapolated
+            if r["group"] not in groups_seen:
+                groups_seen.append(r["group"])
+            ax.barh(i, r["time_s"], color=COLORS.get(r["group"], "k"), alpha=0.45 if extrapolated else 1.0)
             ratio = r.get("ratio_vs_mpruner")
-            label = fmt_time(r["time_s"]) + (f"  ({fmt_ratio(ratio)}x)" if ratio is not None else "")
-            ax.text(r["time_s"] * 1.08, i, label, va="center", fontsize=7)
-        ax.set_yticks(list(y))
-        ax.set_yticklabels([r["method"] for r in rows], fontsize=8)
+            label = ("~" if extrapolated else "") + fmt_time(r["time_s"]) + (
+                f"  ({fmt_ratio(ratio)}x)" if ratio is not None else "")
+            ax.text(r["time_s"] * 1.08, i, label, va="center", fontsize=FONT - 1)
+        ax.set_yticks(y)
+        ax.set_yticklabels([r["method"] for r in rows], fontsize=FONT)
         ax.set_xscale("log")
-        lo = min(r["time_s"] for r in rows)
-        hi = max(r["time_s"] for r in rows)
-        ax.set_xlim(lo / 2, hi * 30)
+        lo, hi = min(r["time_s"] for r in rows), max(r["time_s"] for r in rows)
+        ax.set_xlim(lo / 2, hi * 12)
         ax.invert_yaxis()
-        ax.set_xlabel("time (s, log)  — hatched: extrapolated", fontsize=8)
+        ax.tick_params(axis="x", labelsize=FONT - 1)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
         desc = results[name]["workload"]["description"].split(", 32 sequences")[0]
-        ax.set_title(f"{name}: {desc}", fontsize=7, wrap=True)
-    from matplotlib.patches import Patch
-
-    axes[0][0].legend(handles=[Patch(color=c, label=g) for g, c in COLORS.items()], fontsize=7, loc="upper right")
-    fig.suptitle(title + "   (x = time / mpruner's time)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+        ax.set_title(f"{name}: {desc}", fontsize=FONT + 1, loc="left")
+    axes[-1][0].set_xlabel("time per run (s, log scale)", fontsize=FONT)
+    handles = [Patch(color=COLORS.get(g, "k"), label=GROUP_LABELS.get(g, g)) for g in groups_seen]
+    if any_extrapolated:
+        handles.append(Patch(color="#7f7f7f", alpha=0.45, label="pale, ~: timed on a subset, extrapolated"))
+    fig.suptitle(title + "   (x = time / mpruner's time)", fontsize=FONT + 2, x=0.01, ha="left",
+                 y=1 - 0.12 / height, va="top")
+    fig.legend(handles=handles, fontsize=FONT, loc="upper left", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.0, 1 - 0.42 / height), handlelength=1.5, columnspacing=1.2)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / height))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -255,7 +270,8 @@ def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
     axes_names = [a for a in ("N", "L", "d") if a in sweeps]
     if not axes_names:
         return
-    fig, axes = plt.subplots(2, len(axes_names), figsize=(4.6 * len(axes_names), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(axes_names), figsize=(max(12.5, 5.4 * len(axes_names)), 9.5), squeeze=False)
+    any_extrapolated = False
     for c, axis in enumerate(axes_names):
         points = sweeps[axis]
         methods = list(dict.fromkeys(r["method"] for p in points for r in p["rows"]))
@@ -280,7 +296,8 @@ def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
             axes[1][c].plot(xs, ms, label=m, **{**style, "color": line.get_color()})
             for x, t, e in zip(xs, ts, ext):
                 if e:
-                    axes[0][c].plot([x], [t], marker="o", mfc="white", color=line.get_color(), ms=6)
+                    any_extrapolated = True
+                    axes[0][c].plot([x], [t], marker="o", mfc="white", color=line.get_color(), ms=7)
         for rr, ylabel in ((0, "time (s)"), (1, "peak memory above baseline (MiB)")):
             ax = axes[rr][c]
             ax.set_xscale("log", base=2)
@@ -288,13 +305,20 @@ def plot_scaling(sweeps: Dict[str, List[Dict]], path: str, title: str):
                 ax.set_yscale("log")
             else:
                 ax.set_ylim(bottom=0)  # linear: flat means flat
-            ax.set_xlabel(axis)
-            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_xlabel(axis, fontsize=FONT)
+            ax.set_ylabel(ylabel, fontsize=FONT)
+            ax.tick_params(labelsize=FONT - 1)
             ax.grid(True, which="both", alpha=0.3)
         fixed = ", ".join(f"{k}={points[0]['workload'][k]}" for k in ("L", "N", "n", "d") if k != axis)
-        axes[0][c].set_title(f"sweep over {axis} ({fixed})", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title + "  (open markers: extrapolated)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+        axes[0][c].set_title(f"sweep over {axis} ({fixed})", fontsize=FONT)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # the methods that ran
+    for ax in axes[0][1:]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, fontsize=FONT, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.suptitle(title + ("  (open markers: extrapolated)" if any_extrapolated else ""), fontsize=FONT + 2)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(labels) - 1) // 5), 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)

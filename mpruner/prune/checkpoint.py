@@ -24,6 +24,35 @@ from ..surgery import save_pruned
 STATE = "state.json"
 
 
+class CheckpointMismatch(ValueError):
+    """Resuming from a checkpoint made with other options; ``differences`` maps each
+    differing option to ``(in the checkpoint, in this run)``."""
+
+    def __init__(self, directory: Path, differences: dict):
+        self.directory, self.differences = directory, differences
+        changed = "; ".join(f"{k}: {saved!r} in the checkpoint, {now!r} now" for k, (saved, now) in differences.items())
+        super().__init__(f"the checkpoint in {directory} was made with other options ({changed}); resume with the "
+                         f"same options, or use another checkpoint_dir to start afresh")
+
+
+def option_differences(saved: dict, now: dict) -> dict:
+    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+
+
+def check_directory(path: Path) -> None:
+    """Refuses a checkpoint directory that could not be written, before any work is done."""
+    p = Path(os.path.abspath(path))
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"checkpoint_dir {str(path)!r} is an existing file, not a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"checkpoint_dir {str(path)!r} cannot be created: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"checkpoint_dir {str(path)!r} cannot be created: {str(parent)!r} is not writable")
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:

@@ -5,6 +5,7 @@ import argparse
 import csv
 import os
 import sys
+import textwrap
 
 PRUNE_EXAMPLES = """examples:
   mpruner prune --model ./my-bert-classifier --calib calib.txt --train train.csv --eval test.csv --out runs/bert
@@ -12,73 +13,205 @@ PRUNE_EXAMPLES = """examples:
                 --eval nets.py:evaluate --layers blocks --out runs/net
 
 With a Hugging Face directory, --train/--eval are CSV files with a text and a label column
-(--text-column, --label-column) and the metric is accuracy. With module:factory, --train gives
-batches (dicts with labels, or (inputs, targets)) and --eval gives either evaluate(model) -> float
-or labelled batches (accuracy).
+(--text-column, --label-column) and the metric is accuracy. With module:name, --calib and --train
+name zero-argument factories of batches (dicts with labels, or (inputs, targets)); --eval names
+either the metric function itself, evaluate(model) -> float (higher is better), or a zero-argument
+factory returning that function or labelled batches (then the metric is accuracy).
 """
+
+# Python option names (MPruner, checkpoints) -> the flags that set them.
+FLAGS = {"block_list": "--layers", "threshold": "--threshold", "tolerance": "--tolerance",
+         "tolerance_mode": "--tolerance-mode", "max_granularity": "--max-granularity", "view": "--view",
+         "cluster_method": "(cluster_method)", "seed": "(seed)", "checkpoint_dir": "--out"}
 
 
 def _loop_options(p):
+    from ..analysis.cli import positive_int
+
     g = p.add_argument_group("the MPruner loop")
-    g.add_argument("--threshold", default="0.98", help="CKA threshold for clusters, or 'auto' (%(default)s)")
-    g.add_argument("--tolerance", type=float, default=0.01, help="allowed metric drop (%(default)s)")
-    g.add_argument("--tolerance-mode", choices=("absolute", "relative"), default="absolute")
-    g.add_argument("--max-granularity", type=int, default=3)
-    g.add_argument("--max-iterations", type=int, default=10)
-    g.add_argument("--epochs", type=int, default=1, help="recovery fine-tuning epochs per attempt (%(default)s)")
-    g.add_argument("--lr", type=float, default=5e-5, help="recovery fine-tuning learning rate (%(default)s)")
-    g.add_argument("--max-steps", type=int, help="cap on recovery fine-tuning steps per attempt")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--threshold", default="0.98", type=_threshold,
+                   help="CKA threshold for clusters, in (0, 1], or 'auto' (default: %(default)s)")
+    g.add_argument("--tolerance", type=_tolerance, default=0.01,
+                   help="allowed metric drop against the original model's (default: %(default)s)")
+    g.add_argument("--tolerance-mode", choices=("absolute", "relative"), default="absolute",
+                   help="absolute: metric >= before - tolerance; relative: metric >= before * (1 - tolerance) "
+                        "(default: %(default)s)")
+    g.add_argument("--max-granularity", type=positive_int, default=3,
+                   help="largest step k (removes cluster[1::k]) tried after rollbacks (default: %(default)s)")
+    g.add_argument("--max-iterations", type=positive_int, default=10,
+                   help="most attempts, each a removal + fine-tune + evaluation (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=1,
+                   help="recovery fine-tuning epochs per attempt (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=5e-5, help="recovery fine-tuning learning rate (default: %(default)s)")
+    g.add_argument("--max-steps", type=positive_int,
+                   help="cap on recovery fine-tuning steps per attempt (default: no cap)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
 
 
 def _threshold(value: str):
-    return value if value == "auto" else float(value)
+    """argparse type of --threshold: 'auto' or a number in (0, 1]."""
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {value!r}") from None
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"a CKA threshold is in (0, 1] (or 'auto'), got {number}")
+    return number
+
+
+def _tolerance(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
 
 
 def add_parsers(sub) -> None:
     """Registers ``prune`` and ``demo`` on the ``mpruner`` command's subparsers."""
+    from ..analysis.cli import positive_int
+    from ..analysis.views import VIEWS
+
     p = sub.add_parser("prune", help="prune a model: analyse, remove, fine-tune, accept or roll back",
+                       description=textwrap.fill(
+                           "MPruner depth pruning: analyse layer CKA on calibration data, remove a cluster's "
+                           "redundant layers, fine-tune, keep the result if the metric stays within --tolerance of "
+                           "the original model's (else roll back and try a finer step); repeat. Every attempt is "
+                           "checkpointed in --out/checkpoint.", 90),
                        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="Hugging Face model directory, or module:factory")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory (loaded as a sequence classifier), or module:factory")
     p.add_argument("--calib", required=True, help="calibration data: text file / CSV column, or module:factory")
-    p.add_argument("--train", help="fine-tuning data: labelled CSV, or module:factory (none: no recovery)")
-    p.add_argument("--eval", required=True, help="evaluation: labelled CSV, or module:factory")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--layers", default="auto", help="'auto', a block-list name or attribute path")
-    p.add_argument("--view", default="mean", help="layer view for the analysis (%(default)s)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--out", default="mpruner-pruned", help="output directory (%(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out/checkpoint")
+    p.add_argument("--train", help="fine-tuning data: labelled CSV, or module:factory (default: none, no recovery "
+                                   "fine-tuning)")
+    p.add_argument("--eval", required=True,
+                   help="evaluation: labelled CSV (accuracy), or module:name naming evaluate(model) -> float "
+                        "itself, or a zero-argument factory of that function or of labelled batches")
+    p.add_argument("--text-column", default="text", help="CSV column with the text (default: %(default)s)")
+    p.add_argument("--label-column", default="label", help="CSV column with the label (default: %(default)s)")
+    p.add_argument("--layers", default="auto",
+                   help="'auto', a block-list name or attribute path (default: %(default)s: the detected block "
+                        "list, or the model's only nn.Sequential/nn.ModuleList)")
+    p.add_argument("--view", default="mean", choices=VIEWS, help="layer view for the analysis (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="texts per batch for CSV/text data; calibration needs >= 4 (default: %(default)s)")
+    p.add_argument("--max-length", type=positive_int, default=128,
+                   help="truncate texts to this many tokens (default: %(default)s)")
+    p.add_argument("--out", default="mpruner-pruned", help="output directory (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from --out/checkpoint (refused when there is none) "
+                        "(default: start afresh)")
     p.add_argument("--timeout", type=float, default=1800.0,
-                   help="under torchrun: seconds a rank waits for the others before failing (%(default)s)")
+                   help="under torchrun: seconds a rank waits for the others before failing (default: %(default)s)")
     _loop_options(p)
     p.set_defaults(func=cmd_prune)
 
-    d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline")
+    d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline",
+                       description=textwrap.fill(
+                           "Fine-tune a real pretrained model (cached for the next run), then prune it with "
+                           "MPruner, all offline; writes a report, heatmaps and the pruned model (with its "
+                           "tokenizer) into --out.", 90))
     d.add_argument("--scenario", choices=("text", "vision"), default="text",
-                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST")
-    d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (%(default)s)")
-    d.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes; accuracies not meaningful)")
-    d.add_argument("--resume", action="store_true", help="continue an interrupted demo from --out/checkpoint")
-    d.add_argument("--threshold", help="CKA threshold or 'auto' (default: auto)")
-    d.add_argument("--tolerance", type=float, help="allowed accuracy drop (default 0.01)")
-    d.add_argument("--no-progress", action="store_true")
+                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST "
+                        "(default: %(default)s)")
+    d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: %(default)s)")
+    d.add_argument("--quick", action="store_true",
+                   help="a tiny smoke run (under a minute of CPU time; accuracies not meaningful) (default: off)")
+    d.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo from --out/checkpoint (refused when there is none) "
+                        "(default: start afresh)")
+    d.add_argument("--threshold", type=_threshold, help="CKA threshold in (0, 1], or 'auto' (default: auto)")
+    d.add_argument("--tolerance", type=_tolerance, help="allowed accuracy drop (default: 0.01)")
+    d.add_argument("--no-progress", action="store_true",
+                   help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
     d.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    threshold = None if args.threshold is None else _threshold(args.threshold)
+    from ..analysis.cli import check_out_dir
+
     try:
+        check_out_dir(args.out)
+        _check_resume(args)
         run_demo(args.scenario, args.out, quick=args.quick, progress=not args.no_progress, resume=args.resume,
-                 threshold=threshold, tolerance=args.tolerance)
+                 threshold=args.threshold, tolerance=args.tolerance)
     except (ImportError, FileNotFoundError, ValueError) as e:
-        print(f"mpruner demo: error: {e}", file=sys.stderr)
+        print(f"mpruner demo: error: {_flag_message(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_resume(args) -> None:
+    if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint", "state.json")):
+        raise ValueError(f"--resume: there is no checkpoint in {os.path.join(args.out, 'checkpoint')} to continue "
+                         f"from; run without --resume to start, or pass the --out of the interrupted run")
+
+
+def _check_args(args) -> None:
+    """Everything ``mpruner prune`` can check before the model loads."""
+    from ..analysis.cli import check_out_dir, check_source, is_factory
+
+    check_source(args.model, "--model", "model")
+    for flag in ("calib", "train", "eval"):
+        value = getattr(args, flag)
+        if value is not None:
+            check_source(value, f"--{flag}", "file")
+            if is_factory(args.model) and not is_factory(value):
+                raise ValueError(f"--{flag} {value!r}: with --model module:factory, --{flag} must be "
+                                 "module:factory too (a data file needs a Hugging Face model directory's tokenizer)")
+    if not is_factory(args.calib) and args.batch_size < 4:
+        raise ValueError(f"--batch-size {args.batch_size}: the calibration batches need at least 4 samples each "
+                         "(the unbiased HSIC); use --batch-size 4 or more")
+    check_out_dir(args.out)
+    _check_resume(args)
+
+
+def _flag_message(error: BaseException) -> str:
+    """A library message in the command line's words: option names become flags."""
+    from ..analysis.cli import cli_message
+    from .checkpoint import CheckpointMismatch
+
+    if isinstance(error, CheckpointMismatch):
+        changed = "; ".join(f"{FLAGS.get(k, k)} was {saved!r}, now {now!r}"
+                            for k, (saved, now) in error.differences.items())
+        return (f"--resume: the checkpoint in {error.directory} was made with other options ({changed}); "
+                "rerun with the checkpoint's options, or use another --out to start afresh")
+    return cli_message(error).replace("checkpoint_dir", "--out")
+
+
+def _evaluate_from(spec: str):
+    """``--eval module:name``: the metric function itself (one parameter), or a zero-argument
+    factory that returns the metric function or labelled batches (accuracy)."""
+    import inspect
+
+    import torch.nn as nn
+
+    from ..analysis.cli import load_factory
+    from .demo import accuracy
+
+    obj = load_factory(spec, "--eval", call=False)
+    if callable(obj) and not isinstance(obj, (nn.Module, type)):
+        try:
+            params = [q for q in inspect.signature(obj).parameters.values()
+                      if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD) and q.default is q.empty]
+        except (TypeError, ValueError):  # no signature (a builtin): treat it as the metric function
+            params = [None]
+        if len(params) > 1:
+            raise TypeError(f"--eval {spec!r} takes {len(params)} required arguments; it must be evaluate(model) "
+                            "-> float, or a zero-argument factory")
+        if len(params) == 1:
+            return obj
+        obj = obj()
+    if callable(obj) and not isinstance(obj, nn.Module):
+        return obj
+    return lambda m: accuracy(m, obj)
 
 
 def _labelled_csv(path, text_col, label_col, classes=None):
@@ -116,28 +249,25 @@ def _build(args):
             raise TypeError(f"--model {args.model!r} gave a {type(model).__name__}, not a torch.nn.Module")
         calib = load_factory(args.calib, "--calib")
         train = load_factory(args.train, "--train") if args.train else None
-        ev = load_factory(args.eval, "--eval")
-        evaluate = ev if callable(ev) and not isinstance(ev, nn.Module) else (lambda m: accuracy(m, ev))
+        evaluate = _evaluate_from(args.eval)
     else:
-        import transformers as T
-
-        if not os.path.isfile(os.path.join(args.model, "config.json")):
-            raise FileNotFoundError(f"--model {args.model!r} is not a Hugging Face model directory (no config.json) "
-                                    "nor module:factory")
-        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        # The data files first (cheap, and a bad column shows at once), then the model.
         train_ds = _labelled_csv(args.train, args.text_column, args.label_column) if args.train else None
         eval_ds = _labelled_csv(args.eval, args.text_column, args.label_column,
                                 list(train_ds.classes) if train_ds else None)
+        texts = read_texts(args.calib, args.text_column if args.calib.endswith((".csv", ".tsv")) else None)
+        import transformers as T
+
+        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
         model = T.AutoModelForSequenceClassification.from_pretrained(args.model, local_files_only=True,
                                                                      num_labels=len(eval_ds.classes))
-        texts = read_texts(args.calib, args.text_column if args.calib.endswith((".csv", ".tsv")) else None)
         calib = text_batches(texts, tok, args.batch_size, args.max_length)
         train = text_batches(train_ds, tok, args.batch_size, args.max_length, with_labels=True) if train_ds else None
         evald = text_batches(eval_ds, tok, args.batch_size, args.max_length, with_labels=True)
         evaluate = lambda m: accuracy(m, evald)  # noqa: E731
     finetune = None if train is None else Finetuner(train, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps,
                                                     progress=progress)
-    return model, calib, evaluate, finetune
+    return model, calib, evaluate, finetune, (None if is_factory(args.model) else tok)
 
 
 def cmd_prune(args) -> int:
@@ -147,18 +277,27 @@ def cmd_prune(args) -> int:
 
     init_from_environment(args.timeout)  # under torchrun; a no-op in one process
     try:
-        model, calib, evaluate, finetune = _build(args)
-        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers,
-                         threshold=_threshold(args.threshold), tolerance=args.tolerance,
+        _check_args(args)
+        if args.no_progress:
+            from ..analysis.cli import no_library_bars
+
+            no_library_bars()
+        print(f"mpruner prune: loading {args.model}", flush=True)
+        model, calib, evaluate, finetune, tokenizer = _build(args)
+        from ..analysis.cli import auto_layers
+
+        layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
+        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers,
+                         threshold=args.threshold, tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
                          max_iterations=args.max_iterations, view=args.view,
                          checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
         result = pruner.run(resume=args.resume)
         if not pruner.ranks.is_main:  # rank 0 writes the report
             return 0
-        summary = write_report(result, args.out, extra={"model_source": args.model})
+        summary = write_report(result, args.out, extra={"model_source": args.model}, tokenizer=tokenizer)
     except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
-        print(f"mpruner prune: error: {e}", file=sys.stderr)
+        print(f"mpruner prune: error: {_flag_message(e)}", file=sys.stderr)
         return 1
     print(result.summary())
     print(f"wrote {args.out}: summary.json, history.json, heatmaps, model/ ({summary['model_saved_with']})")

@@ -59,7 +59,8 @@ CONFIGS = {
                          recover_samples=1920, recover_lr=3e-4, max_iterations=10),
 }
 QUICK = {  # a smoke run for tests and a first look: minutes, not meaningful accuracies
-    "text": dict(train=96, eval=64, calib=32, batch_size=16, recover_samples=32, max_iterations=1),
+    "text": dict(train=64, eval=48, calib=32, batch_size=16, recover_samples=32, max_iterations=1, start_epochs=1,
+                 max_length=32),
     "vision": dict(train=256, eval=128, calib=64, batch_size=32, recover_samples=64, max_iterations=2),
 }
 
@@ -240,6 +241,14 @@ class VisionScenario(_Scenario):
                 "metric": "accuracy", "image_size": self.cfg.size}
 
 
+def _check_config(cfg: DemoConfig) -> None:
+    t = cfg.threshold
+    if t != "auto" and not (isinstance(t, (int, float)) and 0 < t <= 1):
+        raise ValueError(f"threshold must be in (0, 1] or 'auto' (--threshold), got {t!r}")
+    if not isinstance(cfg.tolerance, (int, float)) or cfg.tolerance < 0:
+        raise ValueError(f"tolerance must be a number >= 0 (--tolerance), got {cfg.tolerance!r}")
+
+
 def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool = False, progress: bool = True,
              resume: bool = False, **overrides) -> Dict:
     """Runs a scenario end to end and writes its report into ``out``; returns the summary dict.
@@ -256,18 +265,35 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
     if unknown:
         raise ValueError(f"unknown demo settings {sorted(unknown)}; known: {sorted(DemoConfig.__dataclass_fields__)}")
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    log = print if progress else (lambda *_: None)
+    _check_config(cfg)  # before the models and data load (tens of seconds)
+    checkpoint = Path(out) / "checkpoint"
+    from .checkpoint import STATE, check_directory
+
+    check_directory(checkpoint)
+    if resume and not (checkpoint / STATE).is_file():
+        raise ValueError(f"resume=True: there is no checkpoint in {checkpoint} to continue from; "
+                         "run without resume (--resume) to start")
+
+    def log(line: str) -> None:  # one line per stage, with or without progress bars
+        print(line, flush=True)
+
+    if not progress:
+        from ..analysis.cli import no_library_bars
+
+        no_library_bars()  # transformers' weight-loading bars too
     t0 = time.perf_counter()
+    log(f"mpruner demo: {scenario}{' (quick)' if quick else ''}: loading the model and data")
     sc = (TextScenario if scenario == "text" else VisionScenario)(cfg, progress)
     model, start_seconds = sc.starting_model(log)
     evald = sc.eval_batches()
     recover = Finetuner(sc.train_batches(cfg.recover_samples), epochs=1, lr=cfg.recover_lr, progress=progress)
+    log(f"mpruner demo: pruning (threshold {cfg.threshold}, tolerance {cfg.tolerance})")
     pruner = MPruner(model, sc.calib_batches(), lambda m: accuracy(m, evald), finetune=recover,
                      threshold=cfg.threshold, tolerance=cfg.tolerance, max_granularity=cfg.max_granularity,
                      max_iterations=cfg.max_iterations, view="mean", progress=progress,
-                     checkpoint_dir=Path(out) / "checkpoint")
+                     checkpoint_dir=checkpoint)
     if not resume:
-        shutil.rmtree(Path(out) / "checkpoint", ignore_errors=True)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     result = pruner.run(resume=resume)
     info = {"scenario": scenario, "quick": quick, "config": asdict(cfg), **sc.describe(),
             "seconds_start_model": start_seconds, "seconds_total": time.perf_counter() - t0}
@@ -275,7 +301,7 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
         first = torch.tensor(result.history[0].cka)
         info["adjacent_cka_original"] = adjacent_similarities(first)
         info["removed_at_0.98"] = select_layers(cluster_layers(first, 0.98), 1)
-    summary = write_report(result, out, extra=info)
+    summary = write_report(result, out, extra=info, tokenizer=getattr(sc, "tokenizer", None))
     log("")
     log(result.summary())
     log(f"wrote {out}/summary.json, heatmaps and the pruned model ({summary['model_saved_with']})")

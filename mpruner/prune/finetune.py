@@ -142,8 +142,9 @@ class Finetuner:
                     sched.step()
                     step += 1
                     if bar is not None:
+                        # postfix without its own refresh: one redraw per step (a log shows each step once)
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                         bar.update(1)
-                        bar.set_postfix(loss=f"{losses[-1]:.4f}")
                     if self.max_steps and step >= self.max_steps:
                         break
                 last_mean = sum(losses) / max(1, len(losses))

@@ -105,7 +105,8 @@ class MPruner:
         view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...).
         checkpoint_dir: writes every attempt's state atomically; ``run(resume=True)`` continues from it.
         example_inputs: when given, ``model_stats`` (MACs, latency) before and after.
-        progress: progress bars and one line per attempt.
+        progress: progress bars (one line per stage and attempt is printed either way; ``verbose=False``
+            silences those).
         cluster_method: ``"anchor"`` (MPruner) or ``"adjacent"``.
         analyze_kwargs: extra arguments for ``mpruner.analyze`` (e.g. ``max_batches``, ``forward``).
         seed: fine-tuning of attempt i starts from ``torch.manual_seed(seed + i)``.
@@ -116,7 +117,7 @@ class MPruner:
                  threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
                  max_iterations: int = 10, view: str = "mean", checkpoint_dir=None, example_inputs=None,
                  progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
-                 analyze_kwargs: Optional[dict] = None, seed: int = 0):
+                 analyze_kwargs: Optional[dict] = None, seed: int = 0, verbose: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
@@ -138,10 +139,12 @@ class MPruner:
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
         self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
         self.max_granularity, self.max_iterations = max_granularity, max_iterations
-        self.view, self.example_inputs, self.progress = view, example_inputs, progress
+        self.view, self.example_inputs, self.progress, self.verbose = view, example_inputs, progress, verbose
         self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see prune/distributed.py)
+        if self.checkpoint_dir is not None:
+            ckpt.check_directory(self.checkpoint_dir)  # now, not after the first attempt
         self.block_list = self._resolve_block_list(model, layers)
         self._reset()
 
@@ -153,12 +156,17 @@ class MPruner:
             lists = find_blocks(model)  # raises, naming the fix, when no adapter knows the model
             if not lists:
                 raise ValueError("found no block list in this model; pass layers='<attribute path>'")
+            if lists[0].adapter == "generic" and lists[0].name:
+                self._path = lists[0].name  # a guessed container: keep it when pruning leaves it one block
             return lists[0].name
         try:
-            names = [bl.name for bl in find_blocks(model)]
+            detected = {bl.name: bl for bl in find_blocks(model)}
         except TypeError:
-            names = []
-        if layers in names:
+            detected = {}
+        names = list(detected)
+        if layers in detected:
+            if detected[layers].adapter == "generic" and layers:
+                self._path = layers  # a guessed container: keep it when pruning leaves it one block
             return layers
         try:
             found = find_blocks(model, path=layers)
@@ -195,10 +203,14 @@ class MPruner:
                 "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
 
     def _log(self, msg: str):
-        if self.progress and self.ranks.is_main:
+        if not self.verbose or not self.ranks.is_main:
+            return
+        if self.progress:
             from tqdm.auto import tqdm
 
-            tqdm.write(msg)
+            tqdm.write(msg)  # above any bar
+        else:
+            print(msg, flush=True)
 
     def _timed(self, stage, fn, *args):
         t = time.perf_counter()
@@ -379,11 +391,14 @@ class MPruner:
     def _load(self):
         state = self.ranks.from_main(ckpt.read_state(self.checkpoint_dir) if self.ranks.is_main else None)
         if state is None:
-            self._log(f"mpruner: no checkpoint in {self.checkpoint_dir}; starting from the beginning")
+            import warnings
+
+            warnings.warn(f"resume=True: no checkpoint in {self.checkpoint_dir}; starting from the beginning",
+                          UserWarning, stacklevel=3)
             return
-        if state["options"] != self._options():
-            raise ValueError(f"the checkpoint in {self.checkpoint_dir} was made with options {state['options']}, "
-                             f"this run uses {self._options()}; use another checkpoint_dir or the same options")
+        differences = ckpt.option_differences(state["options"], self._options())
+        if differences:
+            raise ckpt.CheckpointMismatch(self.checkpoint_dir, differences)
         self._reset()
         self.model = load_pruned(self.checkpoint_dir / state["model_dir"], lambda: copy.deepcopy(self.original))
         self._model_dir = state["model_dir"]

@@ -23,8 +23,13 @@ def save_model(model: nn.Module, path: Path) -> str:
     return "save_pruned"
 
 
-def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = None, heatmaps: bool = True) -> dict:
-    """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-<attempt>.png`` and ``model/`` into ``out``."""
+def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = None, heatmaps: bool = True,
+                 tokenizer=None) -> dict:
+    """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-<attempt>.png`` and ``model/`` into ``out``.
+
+    ``tokenizer`` (or a processor: anything with ``save_pretrained``) is saved beside the
+    model, so ``model/`` reloads as a usable model (``AutoTokenizer.from_pretrained(out/model)``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -40,6 +45,9 @@ def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = 
             files.setdefault("heatmaps", []).append(path.name)
     files["model"] = "model"
     saved_with = save_model(result.model, out / "model")
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out / "model"))
+        files["tokenizer"] = "model"
     summary = {
         "layers_before": result.layers_before, "layers_after": result.layers_after,
         "params_before": result.params_before, "params_after": result.params_after,

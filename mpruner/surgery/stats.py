@@ -26,8 +26,21 @@ class ModelStats:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"params {_si(self.params)}, MACs {_si(self.macs)}, latency {self.latency_ms:.3g} ms, "
+        return (f"params {_si(self.params)}, MACs {_si(self.macs)}, latency {format_ms(self.latency_ms)}, "
                 f"weights {_si(self.weight_bytes)}B")
+
+
+def format_ms(ms: float) -> str:
+    """A duration given in milliseconds in the unit a person reads: ``850 µs``, ``12.3 ms``, ``1.12 s``, ``2.5 min``."""
+    if ms != ms:  # NaN: not measured
+        return "not measured"
+    if ms < 1:
+        return f"{ms * 1e3:.3g} µs"
+    if ms < 1e3:
+        return f"{ms:.3g} ms"
+    if ms < 60e3:
+        return f"{ms / 1e3:.3g} s"
+    return f"{ms / 60e3:.3g} min"
 
 
 def _si(value: float) -> str:
