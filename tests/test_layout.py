@@ -23,6 +23,8 @@ ALLOWED = {
     "surgery": {"adapters", "version"},
     "prune": {"engine", "adapters", "analysis", "surgery", "data", "version"},
     "bench": {"engine", "version"},
+    "sparsity": {"adapters", "analysis", "version"},
+    "width": {"adapters", "surgery", "version"},
 }
 
 
