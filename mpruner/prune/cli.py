@@ -52,6 +52,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="mpruner-pruned", help="output directory (%(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out/checkpoint")
     _loop_options(p)
+    from .pipeline_cli import add_stage_options
+
+    add_stage_options(p)
     p.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline")
@@ -144,6 +147,10 @@ def cmd_prune(args) -> int:
 
     try:
         model, calib, evaluate, finetune = _build(args)
+        from .pipeline_cli import run_pipeline, wants_stages
+
+        if wants_stages(args):
+            return run_pipeline(args, model, calib, evaluate, finetune)
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers,
                          threshold=_threshold(args.threshold), tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
