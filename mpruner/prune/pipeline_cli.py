@@ -19,11 +19,10 @@ def wants_stages(args) -> bool:
 
 
 def run_pipeline(args, model, calib, evaluate, finetune) -> int:
-    from .cli import _threshold
     from .pipeline import Pipeline, write_pipeline_report
 
     calib = list(calib)
-    depth_kwargs = dict(layers=args.layers, threshold=_threshold(args.threshold),
+    depth_kwargs = dict(layers=args.layers, threshold=args.threshold if args.threshold == "auto" else float(args.threshold),
                         max_granularity=args.max_granularity, max_iterations=args.max_iterations, view=args.view)
     pipe = Pipeline(model, calib, evaluate, finetune=finetune, depth=not args.no_depth, width=args.width,
                     sparsity=args.sparsity, pattern=args.pattern, tolerance=args.tolerance,
