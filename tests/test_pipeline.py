@@ -42,6 +42,7 @@ def make(metric, tmp_path=None, **kw):
                             depth_kwargs=dict(threshold=0.5, max_iterations=1), **kw)
 
 
+@pytest.mark.slow
 def test_all_stages_accepted_and_recorded(tmp_path):
     pipe = make(Metric(), tmp_path / "ck")
     result = pipe.run()
@@ -58,6 +59,7 @@ def test_all_stages_accepted_and_recorded(tmp_path):
     assert sparsity.count_nonzero(back) == sparse.nonzero
 
 
+@pytest.mark.slow
 def test_failing_stage_rolls_back_exactly():
     # evaluate: original, depth attempt, width -> fine; sparsity -> 0.0 (fails the tolerance)
     pipe = make(Metric(low_after=3))
@@ -68,6 +70,7 @@ def test_failing_stage_rolls_back_exactly():
     assert result.metric_after == 1.0
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_stages(tmp_path):
     first = make(Metric(), tmp_path).run()
     metric = Metric()
@@ -99,6 +102,7 @@ def test_bad_stage_arguments():
         mpruner.Pipeline(tiny_bert(), batches(), Metric(), sparsity=0.3, pattern="2:4")
 
 
+@pytest.mark.slow
 def test_cli_runs_every_stage(tmp_path):
     from mpruner.cli import main
 
