@@ -57,6 +57,7 @@ def main(argv=None):
     p.add_argument("--max-length", type=int, help="text: tokens per snippet")
     p.add_argument("--start-epochs", type=int)
     p.add_argument("--recover-samples", type=int, default=512, help="recovery fine-tuning samples per stage")
+    p.add_argument("--recover-lr", type=float, help="recovery learning rate (default: the demo's)")
     p.add_argument("--max-iterations", type=int, default=4, help="MPruner depth attempts")
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--latency-batch", type=int, default=8)
@@ -68,7 +69,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     over = {k: v for k, v in dict(train=args.train, eval=args.eval, calib=args.calib, size=args.size,
                                   max_length=args.max_length, start_epochs=args.start_epochs,
-                                  recover_samples=args.recover_samples, tolerance=args.tolerance,
+                                  recover_samples=args.recover_samples, recover_lr=args.recover_lr, tolerance=args.tolerance,
                                   max_iterations=args.max_iterations).items() if v is not None}
     cfg = replace(CONFIGS[args.scenario], **over)
     sc = (TextScenario if args.scenario == "text" else VisionScenario)(cfg, progress=False)
@@ -84,7 +85,8 @@ def main(argv=None):
     rows, models = [], {}
 
     def row(name, model, recovered, seconds, **extra):
-        st = mpruner.model_stats(model, example, repeats=20)
+        # Masks folded first: prune's forward pre-hook (weight_orig * mask) is a training device, not inference.
+        st = mpruner.model_stats(sparsity.make_permanent(copy.deepcopy(model)), example, repeats=20)
         r = {"row": name, "params": st.params, "nonzero": sparsity.count_nonzero(model), "macs": st.macs,
              "latency_ms": st.latency_ms, "metric": evaluate(model), "recovered": recovered, "seconds": seconds,
              **extra}
