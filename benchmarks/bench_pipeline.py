@@ -86,7 +86,7 @@ def main(argv=None):
 
     def row(name, model, recovered, seconds, **extra):
         # Masks folded first: prune's forward pre-hook (weight_orig * mask) is a training device, not inference.
-        st = mpruner.model_stats(sparsity.make_permanent(copy.deepcopy(model)), example, repeats=20)
+        st = mpruner.model_stats(sparsity.frozen_copy(model), example, repeats=20)
         r = {"row": name, "params": st.params, "nonzero": sparsity.count_nonzero(model), "macs": st.macs,
              "latency_ms": st.latency_ms, "metric": evaluate(model), "recovered": recovered, "seconds": seconds,
              **extra}
@@ -98,6 +98,7 @@ def main(argv=None):
     def recovered(build, name, **extra):
         t = time.perf_counter()
         m = build()
+        sparsity.refresh_masked_weights(m)
         torch.manual_seed(0)
         recover(m)
         m.eval()
@@ -117,7 +118,7 @@ def main(argv=None):
     dw = recovered(lambda: sparsity.wanda(deep, calib, sparsity=0.5, progress=False), "depth+wanda-50%")
     recovered(lambda: sparsity.wanda(deep, calib, pattern="2:4", progress=False), "depth+2:4")
     recovered(lambda: prune_width(deep, example, ratio=0.25, round_to=4), "depth+width-25%")
-    widened = models["depth+width-25%"]
+    widened = sparsity.refresh_masked_weights(models["depth+width-25%"])
     recovered(lambda: sparsity.wanda(widened, calib, pattern="2:4", progress=False), "depth+width-25%+2:4")
     # Wanda alone at the non-zero count of depth then Wanda 50%: the paper's comparison.
     prunable = sum(l.numel for l in sparsity.report(dense).layers

@@ -275,3 +275,14 @@ def test_semi_structured_refuses_cpu():
 
 def test_reachable_from_plain_import():
     assert mpruner.sparsity.wanda is sparsity.wanda
+
+
+def test_trained_masked_model_deep_copies_and_saves():
+    out = sparsity.wanda(tiny_bert(), text_batches(), progress=False)
+    train = [{**b, "labels": torch.tensor([0, 1, 0, 1])} for b in text_batches()]
+    mpruner.Finetuner(train, max_steps=1, progress=False)(out)  # leaves weight = orig * mask with autograd history
+    frozen = sparsity.frozen_copy(out)
+    assert sparsity.has_masks(out) and not sparsity.has_masks(frozen)
+    assert sparsity.count_nonzero(frozen) == sparsity.count_nonzero(out)
+    again = sparsity.wanda(out, text_batches(), pattern="2:4", progress=False)  # deep-copies the trained model
+    assert sparsity.report(again).total_zeros >= sparsity.report(out).total_zeros

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 
-from ..sparsity import count_nonzero, make_permanent, wanda
+from ..sparsity import count_nonzero, frozen_copy, refresh_masked_weights, wanda
 from ..surgery import load_pruned, model_stats, save_pruned
 from . import checkpoint as ckpt
 from .loop import MPruner, PruneResult
@@ -177,7 +177,7 @@ class Pipeline:
     def _try(self, name: str, model: nn.Module) -> (nn.Module, Stage):
         """Builds the stage's candidate from a copy, fine-tunes, evaluates; accepts or rolls back."""
         t = time.perf_counter()
-        candidate = self._candidate(name, model)
+        candidate = self._candidate(name, refresh_masked_weights(model))
         if self.finetune is not None:
             torch.manual_seed(self.seed + 1000 + self.stage_names.index(name))
             self.finetune(candidate)
@@ -197,7 +197,7 @@ class Pipeline:
         name = f"stage-{len(stages):02d}"
         tmp = d / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        frozen = make_permanent(copy.deepcopy(model))  # prune masks folded: plain weights, plain loaders
+        frozen = frozen_copy(model)  # prune masks folded: plain weights, plain loaders
         if hasattr(frozen, "save_pretrained"):
             frozen.save_pretrained(str(tmp))
         else:
@@ -264,7 +264,7 @@ class Pipeline:
 
     def save(self, model: nn.Module, path) -> str:
         """Saves the final model with its masks folded: ``save_pretrained`` for HF models, else ``save_pruned``."""
-        frozen = make_permanent(copy.deepcopy(model))
+        frozen = frozen_copy(model)
         if hasattr(frozen, "save_pretrained"):
             frozen.save_pretrained(str(path))
             return "save_pretrained"
@@ -276,7 +276,7 @@ def write_pipeline_report(result: PipelineResult, out, extra: Optional[dict] = N
     """``summary.json`` (every stage: params, non-zeros, MACs, latency, metric), ``summary.txt`` and ``model/``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frozen = make_permanent(copy.deepcopy(result.model))
+    frozen = frozen_copy(result.model)
     if hasattr(frozen, "save_pretrained"):
         frozen.save_pretrained(str(out / "model"))
         saved = "save_pretrained"

@@ -7,6 +7,7 @@ weight. ``make_permanent`` folds the masks into plain ``weight`` parameters, the
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -31,6 +32,25 @@ def attach_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> nn.Module:
         module = modules[name]
         prune.custom_from_mask(module, "weight", mask.to(device=module.weight.device, dtype=module.weight.dtype))
     return model
+
+
+def refresh_masked_weights(model: nn.Module) -> nn.Module:
+    """Recomputes every masked ``weight`` (``weight_orig * weight_mask``) outside autograd.
+
+    After a training step the attribute still holds the product from the last forward pass,
+    a tensor with autograd history, which ``copy.deepcopy`` refuses; this makes it a plain tensor.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, prune.BasePruningMethod):
+                    setattr(module, hook._tensor_name, hook.apply_mask(module))
+    return model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with the masks folded into plain weights (what gets saved); ``model`` keeps its masks."""
+    return make_permanent(copy.deepcopy(refresh_masked_weights(model)))
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

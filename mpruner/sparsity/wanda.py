@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..analysis.inputs import call_model, check_data, model_device, to_device
 from .layers import as_rows, effective_weight, from_rows, in_features, target_layers
-from .masks import attach_masks
+from .masks import attach_masks, refresh_masked_weights
 from .stats import InputNorms
 
 Forward = Callable[[nn.Module, object], object]
@@ -186,6 +186,7 @@ def wanda(model: nn.Module, calib_data: Iterable, sparsity: Optional[float] = No
     groups = _validate(model, calib_data, layers, nm, forward, sequential)
     if norms is not None and sequential:
         raise ValueError("norms= are statistics of one model state; they need sequential=False")
+    refresh_masked_weights(model)  # an already-masked, trained model deep-copies only with plain weights
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
     masks: Dict[str, torch.Tensor] = {}
