@@ -21,8 +21,10 @@ ALLOWED = {
     "data": set(),
     "analysis": {"engine", "adapters", "data", "version"},
     "surgery": {"adapters", "version"},
-    "prune": {"engine", "adapters", "analysis", "surgery", "data", "version"},
+    "prune": {"engine", "adapters", "analysis", "surgery", "data", "version", "sparsity", "width"},
     "bench": {"engine", "version"},
+    "sparsity": {"adapters", "analysis", "version"},
+    "width": {"adapters", "surgery", "version"},
 }
 
 

@@ -82,6 +82,13 @@ def read_state(directory: Path) -> Optional[dict]:
         return json.load(f)
 
 
+def read_state_file(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def prune_old_models(directory: Path, keep: str) -> None:
     for p in directory.glob("model-*"):
         if p.name != keep and p.is_dir():

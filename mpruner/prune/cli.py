@@ -109,6 +109,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="under torchrun: seconds a rank waits for the others before failing (default: %(default)s)")
     _loop_options(p)
+    from .pipeline_cli import add_stage_options
+
+    add_stage_options(p)
     p.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline",
@@ -285,8 +288,11 @@ def cmd_prune(args) -> int:
         print(f"mpruner prune: loading {args.model}", flush=True)
         model, calib, evaluate, finetune, tokenizer = _build(args)
         from ..analysis.cli import auto_layers
+        from .pipeline_cli import run_pipeline, wants_stages
 
         layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
+        if wants_stages(args):
+            return run_pipeline(args, model, calib, evaluate, finetune, layers)
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers,
                          threshold=args.threshold, tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,

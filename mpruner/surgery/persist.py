@@ -23,8 +23,9 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from .record import get_record
+from .record import ATTRIBUTE, get_record
 from .remove import adapter_for, remove_layers
+from .reshape import apply_shapes
 
 WEIGHTS_NAME = "model.safetensors"
 RECORD_NAME = "mpruner.json"
@@ -108,8 +109,8 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
             weights are overwritten), e.g. ``lambda: torchvision.models.resnet50()``;
             an ``nn.Module`` instance is used as is and modified in place.
 
-    The recorded removals are replayed on the fresh model, then the weights are
-    loaded strictly (a missing or unexpected tensor raises ValueError).
+    The recorded removals (and width changes: the new shapes of resized modules) are
+    replayed on the fresh model, then the weights are loaded strictly (a missing or unexpected tensor raises ValueError).
     """
     record = read_record(path)
     if isinstance(model_factory, nn.Module):
@@ -130,8 +131,12 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
                 f"model_factory built a model whose blocks are {found} (adapter {adapter.name!r}), but the "
                 f"checkpoint was pruned from {record['original']} (adapter {record['adapter']!r}); pass a factory "
                 f"that builds the original, unpruned architecture ({record.get('model_class')})")
-        for step in record["steps"]:
-            remove_layers(model, step, inplace=True)
+    width = record.get("width", [])
+    for index in range(len(record["steps"]) + 1):
+        for resize in (w for w in width if w["after"] == index):  # width pruning replayed between removals
+            apply_shapes(model, resize["modules"])
+        if index < len(record["steps"]):
+            remove_layers(model, record["steps"][index], inplace=True)
 
     try:
         missing, unexpected = load_model(model, str(Path(path) / WEIGHTS_NAME), strict=False,
@@ -144,4 +149,6 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
                          f"{' ...' if len(missing) > 8 else ''}, unexpected {sorted(unexpected)[:8]}"
                          f"{' ...' if len(unexpected) > 8 else ''}; is model_factory the architecture that was "
                          f"pruned ({record.get('model_class')})?")
+    if record["steps"] or record.get("width"):  # the rebuilt model carries the whole history, to be saved again
+        setattr(model, ATTRIBUTE, {k: record[k] for k in ("adapter", "original", "steps", "width") if k in record})
     return model

@@ -5,7 +5,8 @@ Stored as a plain dict attribute on the root module, so it survives
 
     {"adapter": "torchvision-resnet",
      "original": {"layer1..layer4": 8},          # block counts before any removal
-     "steps": [{"layer1..layer4": [1, 5]}, ...]}  # indices as of each step
+     "steps": [{"layer1..layer4": [1, 5]}, ...],  # indices as of each step
+     "width": [{"after": 1, "modules": {...}}]}   # width pruning after that many steps (new shapes)
 
 Steps keep the indices the caller used at that step, so replaying them in order
 on the original architecture rebuilds the pruned one exactly.
@@ -33,4 +34,13 @@ def append_step(model: nn.Module, adapter_name: str, lists_before: Sequence[Bloc
                                    "original": {bl.name: len(bl) for bl in lists_before},
                                    "steps": []}
     record["steps"].append({name: list(indices) for name, indices in plan.items()})
+    setattr(model, ATTRIBUTE, record)
+
+
+def append_width_step(model: nn.Module, adapter_name, lists_before: Sequence[BlockList], modules: dict) -> None:
+    """Record that ``modules`` (``mpruner.surgery.reshape`` specs) were resized after the removals so far."""
+    record = get_record(model) or {"adapter": adapter_name,
+                                   "original": {bl.name: len(bl) for bl in lists_before},
+                                   "steps": []}
+    record.setdefault("width", []).append({"after": len(record["steps"]), "modules": copy.deepcopy(modules)})
     setattr(model, ATTRIBUTE, record)

@@ -1,0 +1,159 @@
+"""mpruner.width.prune_width: HF reload with plain from_pretrained, CNN save/load, depth + width, errors."""
+import pytest
+import torch
+import torch.nn as nn
+
+import mpruner
+from mpruner.width import prune_width
+
+pytest.importorskip("torch_pruning")
+T = pytest.importorskip("transformers")
+
+from _surgery_models import ResNet, randomize_batchnorm  # noqa: E402
+
+IDS = {"input_ids": torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))}
+
+
+def tiny(kind, seed=0):
+    torch.manual_seed(seed)
+    if kind == "bert":
+        return T.BertForSequenceClassification(T.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                            num_attention_heads=4, intermediate_size=64)).eval()
+    if kind == "roberta":
+        return T.RobertaForSequenceClassification(T.RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                                  num_attention_heads=4, intermediate_size=64,
+                                                                  max_position_embeddings=40)).eval()
+    if kind == "gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)).eval()
+    if kind == "llama":  # MHA
+        return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                                                num_attention_heads=4, num_key_value_heads=4,
+                                                max_position_embeddings=64)).eval()
+    if kind == "qwen2":  # GQA, biases on q/k/v
+        return T.Qwen2ForCausalLM(T.Qwen2Config(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=8, num_key_value_heads=4,
+                                                max_position_embeddings=64)).eval()
+    raise ValueError(kind)
+
+
+def params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2", "llama", "qwen2"])
+def test_hf_width_pruned_reloads_with_plain_from_pretrained(kind, tmp_path):
+    model = tiny(kind)
+    pruned = prune_width(model, IDS, ratio=0.25)
+    assert params(pruned) < params(model) and params(model) == params(tiny(kind))  # caller's model untouched
+    cfg = pruned.config
+    assert cfg.hidden_size == model.config.hidden_size  # hidden size kept
+    if kind in ("llama", "qwen2"):
+        assert cfg.num_attention_heads == {"llama": 3, "qwen2": 6}[kind]
+        assert cfg.intermediate_size == 48
+    with torch.no_grad():
+        want = pruned(**IDS).logits
+    pruned.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    assert params(back) == params(pruned)
+    with torch.no_grad():
+        torch.testing.assert_close(back(**IDS).logits, want)
+
+
+def test_generate_with_kv_cache_matches_uncached_after_depth_and_width():
+    model = tiny("llama")
+    shallow = mpruner.remove_layers(model, [1])
+    pruned = prune_width(shallow, IDS, ratio=0.25)
+    prompt = IDS["input_ids"][:1]
+    cached = pruned.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+    plain = pruned.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, plain)
+    assert pruned.config.num_hidden_layers == 2 and pruned.config.num_attention_heads == 3
+
+
+@pytest.mark.parametrize("order", ["depth-then-width", "width-then-depth"])
+def test_cnn_channels_pruned_save_and_load_pruned(order, tmp_path):
+    model = randomize_batchnorm(ResNet()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    if order == "depth-then-width":
+        pruned = prune_width(mpruner.remove_layers(model, {"layer1..layer4": [1]}), x, ratio=0.25)
+    else:
+        pruned = mpruner.remove_layers(prune_width(model, x, ratio=0.25), {"layer1..layer4": [1]})
+    assert params(pruned) < 0.75 * params(model)
+    record = mpruner.get_record(pruned)
+    assert record["width"] and record["steps"] == [{"layer1..layer4": [1]}]
+    mpruner.save_pruned(pruned, tmp_path)
+    back = mpruner.load_pruned(tmp_path, ResNet).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), pruned.eval()(x))
+    assert mpruner.get_record(back)["width"] == record["width"]
+    stats = mpruner.model_stats(pruned, x, measure_latency=False)
+    assert stats.macs < mpruner.model_stats(model, x, measure_latency=False).macs
+
+
+def test_inplace_updates_the_callers_object():
+    model = tiny("bert")
+    out = prune_width(model, IDS, ratio=0.5, inplace=True)
+    assert out is model and model.config.intermediate_size == 32
+
+
+class Shift(nn.Module):
+    """Adds a fixed-width buffer: Torch-Pruning narrows the channels but has no rule for it."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(0, 1, width))
+
+    def forward(self, x):
+        return x + self.offset
+
+
+class Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.shift, self.b, self.fc = nn.Linear(8, 8), Shift(8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.b(self.shift(self.a(x))))
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(ratio=0), ValueError, "ratio"), (dict(ratio=1.0), ValueError, "ratio"),
+    (dict(importance="nope"), ValueError, "importance"), (dict(prune_heads=True), ValueError, "head size"),
+    (dict(prune_hidden=True), ValueError, "prune_hidden"), (dict(ignored_layers=["nope"]), ValueError, "not a module"),
+    (dict(round_to=0), ValueError, "round_to"),
+])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_errors_leave_the_model_unchanged(kwargs, err, match, inplace):
+    model = tiny("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(err, match=match):
+        prune_width(model, IDS, inplace=inplace, **kwargs)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.config.intermediate_size == 64
+
+
+def test_unprunable_model_error_names_the_problem():
+    model = Odd()
+    with pytest.raises(RuntimeError, match="Torch-Pruning could not.*shift \\(Shift\\)"):
+        prune_width(model, torch.randn(2, 8), ratio=0.5)
+    assert model.a.out_features == 8
+
+
+def test_missing_torch_pruning_says_how_to_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "torch_pruning":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(ImportError, match="pip install torch-pruning"):
+        prune_width(tiny("bert"), IDS)
+
+
+def test_reachable_from_plain_import():
+    assert mpruner.width.prune_width is prune_width
