@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from layer_data import SEEDS, structured_layers  # noqa: F401  (re-exported for old imports)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -32,16 +34,10 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
-def structured_layers(gen, n=40, dims=(12, 8, 20, 16), dtype=torch.float64, offset=3.0):
-    """Layers that share structure (so CKA values are spread between 0 and 1), with a
-    common offset that makes uncentered float32 Grams inaccurate."""
-    base = torch.randn(n, 6, generator=gen, dtype=torch.float64)
-    out = []
-    for i, d in enumerate(dims):
-        w = torch.randn(6, d, generator=gen, dtype=torch.float64)
-        noise = torch.randn(n, d, generator=gen, dtype=torch.float64) * (0.3 + 0.4 * i)
-        out.append((torch.tanh(base @ w) + noise + offset).to(dtype))
-    return out
+@pytest.fixture(params=SEEDS)
+def seeded_gen(request):
+    """Like ``gen``, once per seed in layer_data.SEEDS: for the exactness tests."""
+    return torch.Generator().manual_seed(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import mpruner
 
-from conftest import structured_layers
+from layer_data import structured_layers
 
 
 def _worker(rank, world, init_file, estimator, out_path):

@@ -19,9 +19,12 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None)
     """Gram matrix of x (n, ...): linear X X^T, or RBF with sigma^2 = sigma_f^2 * median d^2.
 
     The median is taken over the distinct pairs i < j, as ``torch.median`` does
-    (the lower middle value for an even count).
+    (the lower middle value for an even count). The samples are feature-centred
+    first, as the engine does: no HSIC/CKA changes, but the explicit HSIC_1 formula
+    below would otherwise cancel away ~1e-8 on activations with a large offset.
     """
     x = _as2d(x)
+    x = x - x.mean(0, keepdim=True)
     if kernel == "linear":
         return x @ x.T
     if kernel != "rbf":
