@@ -190,6 +190,7 @@ class MPruner:
     def _options(self) -> dict:
         return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
                 "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
+                "max_iterations": self.max_iterations,
                 "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
 
     def _log(self, msg: str):
@@ -374,8 +375,11 @@ class MPruner:
             self._log(f"mpruner: no checkpoint in {self.checkpoint_dir}; starting from the beginning")
             return
         if state["options"] != self._options():
-            raise ValueError(f"the checkpoint in {self.checkpoint_dir} was made with options {state['options']}, "
-                             f"this run uses {self._options()}; use another checkpoint_dir or the same options")
+            mine, saved = self._options(), state["options"]
+            differ = "; ".join(f"{k}={saved.get(k, '<absent>')!r} there, {mine.get(k, '<absent>')!r} here"
+                               for k in sorted(set(mine) | set(saved)) if saved.get(k) != mine.get(k))
+            raise ValueError(f"the checkpoint in {self.checkpoint_dir} was made with other options ({differ}); "
+                             "use another checkpoint_dir or the same options")
         self._reset()
         self.model = load_pruned(self.checkpoint_dir / state["model_dir"], lambda: copy.deepcopy(self.original))
         self._model_dir = state["model_dir"]
