@@ -122,11 +122,12 @@ def _build(args):
         if not os.path.isfile(os.path.join(args.model, "config.json")):
             raise FileNotFoundError(f"--model {args.model!r} is not a Hugging Face model directory (no config.json) "
                                     "nor module:factory")
-        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
         train_ds = _labelled_csv(args.train, args.text_column, args.label_column) if args.train else None
         eval_ds = _labelled_csv(args.eval, args.text_column, args.label_column,
                                 list(train_ds.classes) if train_ds else None)
         model = T.AutoModelForSequenceClassification.from_pretrained(args.model, local_files_only=True,
+                                                                     trust_remote_code=False,
                                                                      num_labels=len(eval_ds.classes))
         texts = read_texts(args.calib, args.text_column if args.calib.endswith((".csv", ".tsv")) else None)
         calib = text_batches(texts, tok, args.batch_size, args.max_length)

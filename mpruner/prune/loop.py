@@ -369,6 +369,14 @@ class MPruner:
         ckpt.write_json_atomic(d / ckpt.STATE, state)
         ckpt.prune_old_models(d, keep=self._model_dir)
 
+    def _iteration(self, h: dict, i: int) -> Iteration:
+        fields = set(Iteration.__dataclass_fields__)
+        missing = fields - set(h) - {"seconds"}
+        if missing or set(h) - fields:
+            raise ValueError(f"{self.checkpoint_dir / ckpt.STATE}: history[{i}] has fields {sorted(h)}, expected "
+                             f"{sorted(fields)}; the checkpoint is damaged or from another mpruner")
+        return Iteration(**h)
+
     def _load(self):
         state = ckpt.read_state(self.checkpoint_dir)
         if state is None:
@@ -388,6 +396,6 @@ class MPruner:
         self.done, self.stop_reason = state["done"], state["stop_reason"]
         self.seconds = dict(state["seconds"])
         self._rejected, self._excluded = state["rejected"], state["excluded"]
-        self.history = [Iteration(**h) for h in state["history"]]
+        self.history = [self._iteration(h, i) for i, h in enumerate(state["history"])]
         self._log(f"mpruner: resumed at attempt {self.iteration} (k={self.granularity}, "
                   f"{self._num_layers(self.model)} layers)")
