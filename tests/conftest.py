@@ -7,6 +7,18 @@ from layer_data import SEEDS, structured_layers  # noqa: F401  (re-exported for 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+try:  # property tests: a short seeded profile by default, `--hypothesis-profile long` for thousands
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                         HealthCheck.filter_too_much], print_blob=True)
+    settings.register_profile("ci", max_examples=int(os.environ.get("MPRUNER_HYPOTHESIS_EXAMPLES", "20")),
+                              derandomize=True, **_common)
+    settings.register_profile("long", max_examples=1000, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the property/fuzz tests skip without hypothesis
+    pass
+
 
 def _devices():
     devs = ["cpu"]
