@@ -31,18 +31,24 @@ STATS = {}  # property -> [cases, max error seen]; MPRUNER_PROPERTY_STATS=path.j
 @pytest.fixture(scope="module", autouse=True)
 def _write_stats():
     yield
-    path = os.environ.get("MPRUNER_PROPERTY_STATS")
-    if path:
-        with open(path, "w") as f:
-            json.dump({"profile": settings().max_examples,
-                       "properties": {k: {"cases": v[0], "max_error": v[1]} for k, v in sorted(STATS.items())}},
-                      f, indent=1)
+    _dump()
 
 
 def _record(name, err):
     c = STATS.setdefault(name, [0, 0.0])
     c[0] += 1
     c[1] = max(c[1], err)
+    if sum(v[0] for v in STATS.values()) % 200 == 0:
+        _dump()  # a long run killed at its time limit still leaves its counts
+
+
+def _dump():
+    path = os.environ.get("MPRUNER_PROPERTY_STATS")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"max_examples": settings().max_examples,
+                       "properties": {k: {"cases": v[0], "max_error": v[1]} for k, v in sorted(STATS.items())}},
+                      f, indent=1)
 
 
 def _conditioning(f, kernel, unbiased):

@@ -10,6 +10,7 @@ import torch
 
 FORMAT = "mpruner.analysis"
 FORMAT_VERSION = 1
+MAX_FILE_BYTES = 1 << 30  # 1 GiB: a 10,000-layer matrix is ~2 GB less; refuse before parsing anything bigger
 
 
 def _names(data: Dict, key: str, required: bool) -> Optional[List[str]]:
@@ -140,11 +141,16 @@ class Analysis:
     @classmethod
     def load(cls, path: str) -> "Analysis":
         """Read a file written by :meth:`save`."""
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path} is {size} bytes; an analysis file is at most {MAX_FILE_BYTES} (was it written "
+                             "by Analysis.save?)")
         with open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON ({e}); was it written by Analysis.save?") from None
+            except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, > 4300-digit integers, deep nesting
+                raise ValueError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:100]}); was it written "
+                                 "by Analysis.save?") from None
         try:
             return cls.from_dict(data)
         except KeyError as e:

@@ -82,11 +82,19 @@ def cmd_demo(args) -> int:
 def _labelled_csv(path, text_col, label_col, classes=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"{path!r} is not a readable CSV file ({e})") from None
     if not rows or text_col not in rows[0] or label_col not in rows[0]:
         raise ValueError(f"{path!r} needs columns {text_col!r} and {label_col!r} (set --text-column/--label-column); "
                          f"found {list(rows[0]) if rows else 'no rows'}")
+    short = [i + 2 for i, r in enumerate(rows) if r[text_col] is None or r[label_col] is None]
+    if short:  # DictReader fills missing fields with None
+        raise ValueError(f"{path!r}: line(s) {short[:5]} have fewer fields than the header")
     raw = [r[label_col] for r in rows]
     classes = classes or sorted(set(raw), key=lambda v: (not v.lstrip('-').isdigit(), int(v) if v.lstrip('-').isdigit() else 0, v))
     unknown = sorted(set(raw) - set(classes))
