@@ -66,7 +66,9 @@ def _optimizer_step(n):
                 for p in optimizer.param_groups[0]["params"][:1]:
                     p.add_(1.0)
             _die()
-    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(hook)
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(hook)
     return contextlib.closing(type("H", (), {"close": lambda self: handle.remove()})())
 
 

@@ -78,3 +78,22 @@ def test_model_factory_specs_parse_or_refuse(spec, tmp_path_factory):
         load_factory(spec, "--model")
     except (ValueError, FileNotFoundError, ModuleNotFoundError, AttributeError) as e:
         assert "--model" in str(e) or "zz_no_such_module" in str(e) or isinstance(e, ModuleNotFoundError), str(e)
+
+
+# Inputs the fuzzers found (mutation programs for fuzz_targets.mutate, or whole files), kept
+# as regression tests: each once raised something other than the documented error.
+FOUND = [
+    ("Analysis.load", b"\x05\x84\x00"),                 # undecodable UTF-8: UnicodeDecodeError without the path
+    ("read_texts .txt", b"\x05\x9e\x00"),               # the same in the text reader
+    ("read_texts .csv", b"\x05\x8b\x00"),
+    ("read_texts .tsv", b"\x05\x8b\x00"),
+    ("prune --train/--eval CSV", b"\x05text,label\nonly-one-field\n"),  # short row: None text
+    ("load_pruned record", b"\x05\xeb\n"),              # a record without 'adapter': KeyError
+]
+
+
+@pytest.mark.parametrize("name,program", FOUND, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FOUND)])
+def test_inputs_found_by_fuzzing(seeds, name, program):
+    work, backup, path, seed = seeds(name)
+    F.restore(work, backup)
+    assert F.run_one(F.TARGETS[name], path, seed, program) in ("refused", "loaded")

@@ -110,6 +110,9 @@ def read_record(path: Union[str, os.PathLike]) -> dict:
 
 def _record_problem(record: dict) -> str:
     """What is wrong with a record's fields (empty when nothing): types, and indices that are plain ints."""
+    missing = [k for k in ("adapter", "original", "steps") if k not in record]
+    if missing:
+        return f"it has no {', '.join(repr(k) for k in missing)}"
     if not (record.get("adapter") is None or isinstance(record.get("adapter"), str)):
         return f"'adapter' must be a string, got {record.get('adapter')!r:.40}"
     original, steps = record.get("original"), record.get("steps")
