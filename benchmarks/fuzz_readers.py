@@ -94,7 +94,12 @@ def main():
         print(f"{name:<28} {row['executions']} executions, rc {proc.returncode}, "
               f"{'no findings' if not found else found[0]}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "fuzz_long.json", "w") as f:
+    path = OUT / "fuzz_long.json"
+    if args.targets and path.exists():  # a rerun of some targets (e.g. after a fix) replaces their rows
+        kept = [r for r in json.loads(path.read_text())["rows"] if r["target"] not in names]
+        order = list(F.TARGETS)
+        rows = sorted(kept + rows, key=lambda r: order.index(r["target"]) if r["target"] in order else 99)
+    with open(path, "w") as f:
         json.dump({"seconds_per_target": args.seconds, "engine": engine, "rows": rows}, f, indent=1)
 
 
