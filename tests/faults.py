@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import signal
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -110,6 +111,13 @@ def enospc_on_write(n: int):
             calls["n"] += 1
             if calls["n"] == n:
                 # What a full disk looks like half way: a partial temporary file, then ENOSPC.
+                if kind == "state.json":
+                    path = args[0]
+                    path.with_name(f".{path.name}.tmp-{os.getpid()}").write_bytes(b'{"version": 1, "opt')
+                else:
+                    directory = Path(args[1])
+                    directory.mkdir(parents=True, exist_ok=True)
+                    (directory / "model.safetensors").write_bytes(b"\x08\x00\x00")
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), kind)
             return real(*args, **kwargs)
         return write
