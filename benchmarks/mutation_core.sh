@@ -24,7 +24,6 @@ cat > setup.cfg <<CFG
 source_paths = mpruner
 only_mutate =
 $only
-tests_dir = tests/
 pytest_add_cli_args_test_selection =
 $tests
 pytest_add_cli_args =
@@ -34,6 +33,8 @@ pytest_add_cli_args =
     no:cacheprovider
 also_copy =
     tests
+    README.md
+    benchmarks
     mpruner/_C.cpython-311-x86_64-linux-gnu.so
 CFG
 "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" || true

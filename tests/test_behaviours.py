@@ -202,3 +202,30 @@ def test_resume_with_other_options_is_refused_naming_them(tmp_path, change):
     key = next(iter(change))
     with pytest.raises(ValueError, match=rf"other options \({key}=.* there, .* here\)"):
         mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0, **{**base, **change}).run(resume=True)
+
+
+# ---------------------------------------------------------------- mutants of cluster.py that survived
+def test_cluster_compares_in_float64():
+    # 0.97999999 is below 0.98 in float64 but rounds up to 0.98000002 in float32.
+    m = [[1.0, 0.97999999], [0.97999999, 1.0]]
+    assert mpruner.cluster_layers(m, 0.98) == [[0], [1]]
+    assert mpruner.cluster_layers(torch.tensor(m, dtype=torch.float64), 0.98) == [[0], [1]]
+
+
+def test_cluster_and_select_defaults_and_threshold_range():
+    m = _chain([0.985, 0.5])
+    assert mpruner.cluster_layers(m) == mpruner.cluster_layers(m, 0.98) == [[0, 1], [2]]  # default 0.98
+    assert mpruner.cluster_layers(torch.ones(3, 3), 1.0) == [[0, 1, 2]]                  # 1 is allowed
+    for bad in (0, 0.0, -0.5, 1.0000001, "0.9"):
+        with pytest.raises(ValueError, match="threshold"):
+            mpruner.cluster_layers(m, bad)
+    clusters = [[0, 1, 2, 3], [4, 5]]
+    assert mpruner.select_layers(clusters) == mpruner.select_layers(clusters, 1) == [1, 2, 3, 5]
+
+
+def test_auto_threshold_without_candidates_is_one():
+    assert auto_threshold(torch.ones(1, 1)) == 1.0                      # a single layer: nothing to pair
+    assert auto_threshold(_chain([0.99, 0.99]), exclude=[1, 2]) == 1.0   # every later layer excluded
+    nan = _chain([0.99])
+    nan[0, 1] = nan[1, 0] = float("nan")
+    assert auto_threshold(nan) == 1.0
