@@ -48,7 +48,7 @@ def worker(name: str, seconds: int, engine: str) -> None:
         crashes = OUT / "fuzz-crashes"
         crashes.mkdir(parents=True, exist_ok=True)
         atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=2048",
-                       "-print_final_stats=1", f"-artifact_prefix={crashes}/{name.replace(' ', '_')}-"],
+                       "-print_final_stats=1", f"-artifact_prefix={crashes}/{re.sub(r'[^A-Za-z0-9]+', '_', name)}-"],
                       one)
         atheris.Fuzz()
     else:

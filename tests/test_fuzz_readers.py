@@ -90,6 +90,8 @@ FOUND = [
     ("prune --train/--eval CSV", b"\x01\x00"),
     ("prune --train/--eval CSV", b"\x05text,label\nonly-one-field\n"),  # short row: None text
     ("load_pruned record", b"\xeb\n"),          # (atheris) a record without 'adapter': KeyError
+    ("load_pruned record", b"!1"),               # (atheris) adapter null: the mismatch error lacked the file
+    ("load_pruned record", b"\n="),
 ]
 
 

@@ -166,7 +166,8 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
         found = {bl.name: len(bl) for bl in adapter.block_lists()}
         if adapter.name != record["adapter"] or found != record["original"]:
             raise ValueError(
-                f"model_factory built a model whose blocks are {found} (adapter {adapter.name!r}), but the "
+                f"{str(Path(path) / WEIGHTS_NAME)!r}: model_factory built a model whose blocks are {found} "
+                f"(adapter {adapter.name!r}), but the "
                 f"checkpoint was pruned from {record['original']} (adapter {record['adapter']!r}); pass a factory "
                 f"that builds the original, unpruned architecture ({record.get('model_class')})")
         for i, step in enumerate(record["steps"]):
