@@ -92,6 +92,7 @@ FOUND = [
     ("load_pruned record", b"\xeb\n"),          # (atheris) a record without 'adapter': KeyError
     ("load_pruned record", b"!1"),               # (atheris) adapter null: the mismatch error lacked the file
     ("load_pruned record", b"\n="),
+    ("load_pruned record", b"\n(\n("),          # (atheris) a step naming an unknown block list: TypeError
 ]
 
 

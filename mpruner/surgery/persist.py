@@ -162,7 +162,12 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
                         f"lambda: MyNet(), got {type(model_factory).__name__}")
 
     if record["steps"]:
-        adapter = adapter_for(model, record["steps"][0])
+        try:
+            adapter = adapter_for(model, record["steps"][0])
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{str(Path(path) / WEIGHTS_NAME)!r}: its record's block lists "
+                             f"{sorted(record['steps'][0])} are not in the model model_factory built ({error})"
+                             ) from None
         found = {bl.name: len(bl) for bl in adapter.block_lists()}
         if adapter.name != record["adapter"] or found != record["original"]:
             raise ValueError(
