@@ -229,3 +229,9 @@ def test_auto_threshold_without_candidates_is_one():
     nan = _chain([0.99])
     nan[0, 1] = nan[1, 0] = float("nan")
     assert auto_threshold(nan) == 1.0
+
+
+def test_analysis_repr():
+    a = Analysis(torch.eye(2), ["a", "b"], 10, {"view": "mean", "layers": "blocks"})
+    assert repr(a) == "Analysis(2x2 CKA, layers='blocks', view='mean', num_samples=10)"
+    assert repr(Analysis(torch.eye(1), ["a"], 3)) == "Analysis(1x1 CKA, layers='?', view='?', num_samples=3)"
