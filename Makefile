@@ -53,7 +53,7 @@ build: deps
 	@$(PY) -m mpruner info
 
 pytest: build
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --benchmark-disable $(PYTEST_ARGS)
 
 ctest: build
 	@if [ "$(CTEST)" = "1" ]; then \

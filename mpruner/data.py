@@ -280,17 +280,23 @@ def read_texts(path: str, column: Optional[str] = None, limit: Optional[int] = N
     lower = path.lower().removesuffix(".gz").removesuffix(".bz2")
     opener = gzip.open if path.endswith(".gz") else bz2.open if path.endswith(".bz2") else open
     table = column is not None or lower.endswith((".csv", ".tsv"))
-    with opener(path, "rt", encoding="utf-8", newline="" if table else None) as f:
-        if not table:
-            texts = [line.strip() for line in f if line.strip()]
-        else:
-            reader = csv.DictReader(f, delimiter="\t" if lower.endswith(".tsv") else ",")
-            header = reader.fieldnames or []
-            col = column or ("text" if "text" in header else None)
-            if col is None or col not in header:
-                raise ValueError(f"{path}: {'no column ' + repr(col) if col else 'which column?'}; the header has "
-                                 f"{header}: pass column=<name> (--column on the command line)")
-            texts = [row[col].strip() for row in reader if (row[col] or "").strip()]
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="" if table else None) as f:
+            if not table:
+                texts = [line.strip() for line in f if line.strip()]
+            else:
+                reader = csv.DictReader(f, delimiter="\t" if lower.endswith(".tsv") else ",")
+                header = reader.fieldnames or []
+                col = column or ("text" if "text" in header else None)
+                if col is None or col not in header:
+                    raise ValueError(f"{path}: {'no column ' + repr(col) if col else 'which column?'}; the header "
+                                     f"has {header}: pass column=<name> (--column on the command line)")
+                texts = [row[col].strip() for row in reader if (row[col] or "").strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except (csv.Error, OSError, EOFError) as e:  # malformed table, damaged .gz/.bz2
+        raise ValueError(f"{path} cannot be read as {'a table' if table else 'text'} ({type(e).__name__}: "
+                         f"{str(e)[:100]})") from None
     if not texts:
         raise ValueError(f"{path} holds no text")
     return texts if limit is None else texts[:limit]

@@ -3,7 +3,21 @@ import os
 import pytest
 import torch
 
+from layer_data import SEEDS, structured_layers  # noqa: F401  (re-exported for old imports)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+try:  # property tests: a short seeded profile by default, `--hypothesis-profile long` for thousands
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                         HealthCheck.filter_too_much], print_blob=True)
+    settings.register_profile("ci", max_examples=int(os.environ.get("MPRUNER_HYPOTHESIS_EXAMPLES", "20")),
+                              derandomize=True, **_common)
+    settings.register_profile("long", max_examples=1000, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # the property/fuzz tests skip without hypothesis
+    pass
 
 
 def _devices():
@@ -32,16 +46,10 @@ def gen():
     return torch.Generator().manual_seed(1234)
 
 
-def structured_layers(gen, n=40, dims=(12, 8, 20, 16), dtype=torch.float64, offset=3.0):
-    """Layers that share structure (so CKA values are spread between 0 and 1), with a
-    common offset that makes uncentered float32 Grams inaccurate."""
-    base = torch.randn(n, 6, generator=gen, dtype=torch.float64)
-    out = []
-    for i, d in enumerate(dims):
-        w = torch.randn(6, d, generator=gen, dtype=torch.float64)
-        noise = torch.randn(n, d, generator=gen, dtype=torch.float64) * (0.3 + 0.4 * i)
-        out.append((torch.tanh(base @ w) + noise + offset).to(dtype))
-    return out
+@pytest.fixture(params=SEEDS)
+def seeded_gen(request):
+    """Like ``gen``, once per seed in layer_data.SEEDS: for the exactness tests."""
+    return torch.Generator().manual_seed(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
     python tests/prune_job.py CKPT_DIR OUT_JSON [--kill-at N] [--resume]
 
 With --kill-at N the process SIGKILLs itself during the N-th evaluation, i.e. in
-the middle of an attempt, as a crash or an OOM kill would.
+the middle of an attempt, as a crash or an OOM kill would; with --kill-in "POINT:N"
+at the N-th pass of a kill point of tests/faults.py (analysis, surgery, a fine-tuning
+step, each checkpoint rename).
 """
 import argparse
 import json
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mpruner  # noqa: E402
 
 
@@ -73,7 +76,16 @@ def main():
     p.add_argument("out")
     p.add_argument("--kill-at", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--kill-in", default="")
     args = p.parse_args()
+    import contextlib
+
+    import faults
+
+    armed = contextlib.nullcontext()
+    if args.kill_in:
+        point, _, n = args.kill_in.rpartition(":")
+        armed = faults.kill_point(point, int(n))
     model, train, evald = build()
     calls = {"n": 0}
 
@@ -87,7 +99,8 @@ def main():
                              finetune=mpruner.Finetuner(train, epochs=1, lr=1e-3, progress=False),
                              layers="blocks", threshold=0.95, tolerance=0.05, view="flatten",
                              checkpoint_dir=args.ckpt, progress=False)
-    result = pruner.run(resume=args.resume)
+    with armed:
+        result = pruner.run(resume=args.resume)
     weights = {k: v.tolist() for k, v in result.model.state_dict().items()}
     with open(args.out, "w") as f:
         json.dump({"summary": result.to_dict(), "weights": weights}, f)

@@ -3,6 +3,7 @@ batches, the cross-model matrix, and a model left exactly as it was."""
 import collections
 import copy
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -332,7 +333,8 @@ def test_model_restored_when_forward_raises(gen):
     with pytest.raises(RuntimeError, match="boom") as info:
         analyze(model, [torch.randn(6, 12, generator=gen), torch.randn(7, 12, generator=gen)], forward=forward,
                 progress=False)
-    assert any("batch 1" in note for note in getattr(info.value, "__notes__", ["batch 1"]))
+    if sys.version_info >= (3, 11):  # add_note exists from 3.11; there the note must be present
+        assert any("batch 1" in note for note in info.value.__notes__)
     assert_untouched(model, modes, params)
 
 

@@ -22,8 +22,18 @@ def _needs_fashion_mnist():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
 
+def _needs_rotten_tomatoes():
+    from mpruner import data
+
+    try:
+        data.rotten_tomatoes(limit=1)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        pytest.skip(str(e))
+
+
 @pytest.mark.slow
 def test_text_demo_quick_writes_report_and_caches_start_model(tmp_path, monkeypatch):
+    _needs_rotten_tomatoes()
     monkeypatch.setenv("MPRUNER_CACHE", str(tmp_path / "cache"))
     first = run_demo("text", tmp_path / "out", quick=True, progress=False)
     for key in ("layers_before", "layers_after", "params_before", "params_after", "metric_before", "metric_after",

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import mpruner
 
-from conftest import structured_layers
+from layer_data import structured_layers
 
 
 def _worker(rank, world, init_file, estimator, out_path):
@@ -33,7 +33,7 @@ def test_all_reduce_matches_single_process(estimator, tmp_path):
     out = tmp_path / "result.pt"
     mp.start_processes(_worker, args=(2, str(tmp_path / "init"), estimator, str(out)), nprocs=2, join=True,
                        start_method="spawn")
-    got = torch.load(out)
+    got = torch.load(out, weights_only=True)
     feats = structured_layers(torch.Generator().manual_seed(5), n=96, dims=(6, 8, 5))
     single = mpruner.CKAAccumulator(estimator=estimator)
     for i in range(0, 96, 16):

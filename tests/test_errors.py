@@ -77,7 +77,14 @@ def test_nan_in_activations_names_the_layer():
         mpruner.cka_matrix([_x(), bad, _x()])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_mixed_devices():
-    with pytest.raises(ValueError, match="move all activations to one device"):
-        mpruner.cka_matrix([_x(), _x().cuda()])
+    # The check runs before any kernel, so the meta device stands in for a GPU on a CPU machine.
+    with pytest.raises(ValueError, match=r"features\[1\] is on meta but features\[0\] is on cpu; move all "
+                                         r"activations to one device") as info:
+        mpruner.cka_matrix([_x(), _x().to("meta")])
+    assert "device=" not in str(info.value)  # cka_matrix has no device argument
+    with pytest.raises(ValueError, match=r"y is on meta but x is on cpu") as info:
+        mpruner.cka(_x(), _x().to("meta"))
+    assert "other[0]" not in str(info.value) and "features[0]" not in str(info.value)
+    with pytest.raises(ValueError, match=r"other\[0\] is on meta but features\[0\] is on cpu"):
+        mpruner.cka_matrix([_x()], other=[_x().to("meta")])

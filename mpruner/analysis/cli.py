@@ -218,7 +218,7 @@ def _hf_model(directory: str):
     except ImportError:
         raise ModuleNotFoundError("a Hugging Face model directory needs transformers: "
                                   "pip install transformers") from None
-    model = T.AutoModel.from_pretrained(directory, local_files_only=True)
+    model = T.AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     return model, directory
 
 
@@ -252,7 +252,7 @@ def build(args):
                              "with --model module:factory pass --data module:factory too")
         import transformers as T
 
-        tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, trust_remote_code=False)
         data = text_batches(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     return model, data, forward
 

@@ -10,6 +10,27 @@ import torch
 
 FORMAT = "mpruner.analysis"
 FORMAT_VERSION = 1
+MAX_FILE_BYTES = 1 << 30  # 1 GiB: a 10,000-layer matrix is ~2 GB less; refuse before parsing anything bigger
+
+
+def _names(data: Dict, key: str, required: bool) -> Optional[List[str]]:
+    """A list of layer names from a loaded file (a bare string would split into letters)."""
+    names = data[key] if required else data.get(key)
+    if names is None and not required:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{key!r} must be a list of strings, got {type(names).__name__}"
+                         + (f" {names!r:.40}" if isinstance(names, str) else ""))
+    return names
+
+
+def _number(v) -> float:
+    """One CKA entry: a number, or null for NaN (a constant layer)."""
+    if v is None:
+        return float("nan")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"'cka' entries must be numbers or null, got {v!r:.40}")
+    return float(v)
 
 
 class Analysis:
@@ -90,11 +111,24 @@ class Analysis:
         if data.get("version", 0) > FORMAT_VERSION:
             raise ValueError(f"analysis format version {data['version']} is newer than this mpruner reads "
                              f"({FORMAT_VERSION}); upgrade mpruner")
-        rows = [[float("nan") if v is None else float(v) for v in row] for row in data["cka"]]
-        names = data["layer_names"]
-        other = data.get("other_layer_names")
-        cka = torch.tensor(rows, dtype=torch.float64).reshape(len(names), len(names) if other is None else len(other))
-        return cls(cka, names, data["num_samples"], data.get("options") or {}, other)
+        names = _names(data, "layer_names", required=True)
+        other = _names(data, "other_layer_names", required=False)
+        shape = (len(names), len(names) if other is None else len(other))
+        rows = data["cka"]
+        if not isinstance(rows, list) or len(rows) != shape[0] or \
+                any(not isinstance(row, list) or len(row) != shape[1] for row in rows):
+            got = (f"{len(rows)} rows of lengths {sorted({len(r) for r in rows if isinstance(r, list)})}"
+                   if isinstance(rows, list) else type(rows).__name__)
+            raise ValueError(f"'cka' must be a {shape[0]} x {shape[1]} list of rows (one per layer name), got {got}")
+        values = [[_number(v) for v in row] for row in rows]
+        num_samples = data["num_samples"]
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            raise ValueError(f"'num_samples' must be an integer >= 0, got {num_samples!r}")
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"'options' must be a JSON object, got {type(options).__name__}")
+        cka = torch.tensor(values, dtype=torch.float64).reshape(shape)
+        return cls(cka, names, num_samples, options, other)
 
     def save(self, path: str) -> None:
         """Write JSON (no pickle); written to a temporary file first, so a crash leaves no half file."""
@@ -107,15 +141,22 @@ class Analysis:
     @classmethod
     def load(cls, path: str) -> "Analysis":
         """Read a file written by :meth:`save`."""
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path} is {size} bytes; an analysis file is at most {MAX_FILE_BYTES} (was it written "
+                             "by Analysis.save?)")
         with open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON ({e}); was it written by Analysis.save?") from None
+            except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, > 4300-digit integers, deep nesting
+                raise ValueError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:100]}); was it written "
+                                 "by Analysis.save?") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: malformed mpruner analysis ({type(e).__name__}: {e})") from None
+        except KeyError as e:
+            raise ValueError(f"{path}: malformed mpruner analysis (missing key {e})") from None
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{path}: malformed mpruner analysis ({e})") from None
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.cka.shape))

@@ -83,7 +83,7 @@ def run_method(spec: Dict) -> Dict:
     wl = Workload(**{k: tuple(v) if k == "shape" else v for k, v in spec["workload"].items()})
     device = torch.device(spec["device"])
     m = all_methods()[spec["method"]]
-    ref = torch.load(spec["ref_path"]) if spec.get("ref_path") else None
+    ref = torch.load(spec["ref_path"], weights_only=True) if spec.get("ref_path") else None  # tensors only, no pickle code
     R, budget = spec["repeats"], spec["budget_s"]
     _prepare(m, device)
     ctx = Ctx(wl, device)

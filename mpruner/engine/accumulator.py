@@ -94,7 +94,8 @@ class CKAAccumulator:
                              "pass the same layers every batch (or reset())")
         # The exact estimator pools samples across batches, so one batch may be tiny.
         per_batch_unbiased = self.unbiased and self.estimator == "minibatch"
-        xs = I.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device)
+        xs = I.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device,
+                              device_fix=" (or pass CKAAccumulator(device=...) to move them)")
         names = self._names(shape)
         if self.device is None:
             self.device = xs[0].device
@@ -209,7 +210,9 @@ class CKAAccumulator:
             self.num_skipped += other.num_skipped
             return self
         if self._shape is None:
+            skipped = self.num_skipped  # load_state_dict resets the counters: keep this one's skips
             self.load_state_dict(other.state_dict())
+            self.num_skipped += skipped
             return self
         if self.estimator == "exact":
             self._exact.merge(other._exact)

@@ -162,12 +162,18 @@ def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: 
     Returns:
         (L, L) or (L, M) float64 tensor on the activations' device.
     """
+    return _cka_matrix(features, kernel, unbiased, sigma, other, precision)
+
+
+def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None):
+    """cka_matrix, with ``labels`` naming the layers in errors and warnings (cka's x and y)."""
     I.check_choice(kernel, I.KERNELS, "kernel")
     f = I.check_sigma(sigma, kernel)
     feats = I.as_layer_list(features, "features")
     oth = None if other is None else I.as_layer_list(other, "other")
-    xs = I.prepare_layers(feats, unbiased, other=oth)
-    names = [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
+    xs = I.prepare_layers(feats, unbiased, other=oth, labels=labels)
+    names = list(labels) if labels is not None else \
+        [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
     h, thr = layer_hsic(xs, kernel, unbiased, f, precision)
     bad = check_finite(h, names)
     if bad:
@@ -180,7 +186,9 @@ def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: 
 def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", unbiased: bool = False,
         sigma: Optional[float] = None, *, precision: str = "highest") -> torch.Tensor:
     """CKA between two activations x (n, ...) and y (n, ...) of the same samples -> 0-d float64."""
-    return cka_matrix([x], kernel, unbiased, sigma, other=[y], precision=precision)[0, 0]
+    if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
+        raise TypeError("cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix")
+    return _cka_matrix([x], kernel, unbiased, sigma, [y], precision, labels=("x", "y"))[0, 0]
 
 
 

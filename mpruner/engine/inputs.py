@@ -67,15 +67,21 @@ def as_layer_list(features, name: str) -> List[torch.Tensor]:
 
 
 def prepare_layers(features, unbiased: bool, name: str = "features", other=None, other_name: str = "other",
-                   device: Optional[torch.device] = None) -> List[torch.Tensor]:
-    """Checks a list of L activations (and optional M more) and returns them as (n, d) tensors."""
+                   device: Optional[torch.device] = None, labels: Optional[Sequence[str]] = None,
+                   device_fix: str = "") -> List[torch.Tensor]:
+    """Checks a list of L activations (and optional M more) and returns them as (n, d) tensors.
+
+    ``labels`` name the layers in errors as the caller wrote them (default ``features[i]``,
+    ``other[j]``); ``device_fix`` is appended to the mixed-device error where the caller
+    offers a way out (e.g. CKAAccumulator's ``device=``).
+    """
     groups = [(name, as_layer_list(features, name))]
     if other is not None:
         groups.append((other_name, as_layer_list(other, other_name)))
     out, ref = [], None
     for gname, feats in groups:
         for i, x in enumerate(feats):
-            label = f"{gname}[{i}]"
+            label = labels[len(out)] if labels is not None else f"{gname}[{i}]"
             x = as_samples(x, label)
             if device is not None:
                 x = x.to(device)
@@ -88,14 +94,15 @@ def prepare_layers(features, unbiased: bool, name: str = "features", other=None,
                                      "every layer must see the same samples (same n)")
                 if x.device != rx.device:
                     raise ValueError(f"{label} is on {x.device} but {rlabel} is on {rx.device}; "
-                                     "move all activations to one device (or pass device=...)")
+                                     f"move all activations to one device{device_fix}")
             out.append(x)
     n = out[0].shape[0]
     need = min_samples(unbiased)
     if n < need:
         est = "unbiased" if unbiased else "biased"
         fix = "use unbiased=False or a larger batch" if unbiased else "use a larger batch"
-        raise ValueError(f"{name} has n={n} samples; the {est} estimator needs n >= {need}: {fix}")
+        which = labels[0] if labels is not None else name
+        raise ValueError(f"{which} has n={n} samples; the {est} estimator needs n >= {need}: {fix}")
     return out
 
 

@@ -21,8 +21,12 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None)
     The median is that of the canonical CKA reference (Kornblith et al. 2019,
     ``gram_rbf``): over all n^2 squared distances, the diagonal zeros included, and
     the mean of the two middle values for an even count (``np.median``).
+    The samples are feature-centred first, as the engine does: no HSIC/CKA changes, but
+    the explicit HSIC_1 formula below would otherwise cancel away ~1e-8 on activations
+    with a large offset.
     """
     x = _as2d(x)
+    x = x - x.mean(0, keepdim=True)
     if kernel == "linear":
         return x @ x.T
     if kernel != "rbf":

@@ -220,11 +220,19 @@ def _evaluate_from(spec: str):
 def _labelled_csv(path, text_col, label_col, classes=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} does not exist")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"{path!r} is not a readable CSV file ({e})") from None
     if not rows or text_col not in rows[0] or label_col not in rows[0]:
         raise ValueError(f"{path!r} needs columns {text_col!r} and {label_col!r} (set --text-column/--label-column); "
                          f"found {list(rows[0]) if rows else 'no rows'}")
+    short = [i + 2 for i, r in enumerate(rows) if r[text_col] is None or r[label_col] is None]
+    if short:  # DictReader fills missing fields with None
+        raise ValueError(f"{path!r}: line(s) {short[:5]} have fewer fields than the header")
     raw = [r[label_col] for r in rows]
     classes = classes or sorted(set(raw), key=lambda v: (not v.lstrip('-').isdigit(), int(v) if v.lstrip('-').isdigit() else 0, v))
     unknown = sorted(set(raw) - set(classes))
@@ -261,8 +269,9 @@ def _build(args):
         texts = read_texts(args.calib, args.text_column if args.calib.endswith((".csv", ".tsv")) else None)
         import transformers as T
 
-        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
         model = T.AutoModelForSequenceClassification.from_pretrained(args.model, local_files_only=True,
+                                                                     trust_remote_code=False,
                                                                      num_labels=len(eval_ds.classes))
         calib = text_batches(texts, tok, args.batch_size, args.max_length)
         train = text_batches(train_ds, tok, args.batch_size, args.max_length, with_labels=True) if train_ds else None

@@ -200,6 +200,7 @@ class MPruner:
     def _options(self) -> dict:
         return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
                 "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
+                "max_iterations": self.max_iterations,
                 "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
 
     def _log(self, msg: str):
@@ -388,6 +389,14 @@ class MPruner:
         ckpt.write_json_atomic(d / ckpt.STATE, state)
         ckpt.prune_old_models(d, keep=self._model_dir)
 
+    def _iteration(self, h: dict, i: int) -> Iteration:
+        fields = set(Iteration.__dataclass_fields__)
+        missing = fields - set(h) - {"seconds"}
+        if missing or set(h) - fields:
+            raise ValueError(f"{self.checkpoint_dir / ckpt.STATE}: history[{i}] has fields {sorted(h)}, expected "
+                             f"{sorted(fields)}; the checkpoint is damaged or from another mpruner")
+        return Iteration(**h)
+
     def _load(self):
         state = self.ranks.from_main(ckpt.read_state(self.checkpoint_dir) if self.ranks.is_main else None)
         if state is None:
@@ -407,6 +416,6 @@ class MPruner:
         self.done, self.stop_reason = state["done"], state["stop_reason"]
         self.seconds = dict(state["seconds"])
         self._rejected, self._excluded = state["rejected"], state["excluded"]
-        self.history = [Iteration(**h) for h in state["history"]]
+        self.history = [self._iteration(h, i) for i, h in enumerate(state["history"])]
         self._log(f"mpruner: resumed at attempt {self.iteration} (k={self.granularity}, "
                   f"{self._num_layers(self.model)} layers)")

@@ -83,16 +83,60 @@ def read_record(path: Union[str, os.PathLike]) -> dict:
     if not weights.is_file():
         raise FileNotFoundError(f"{str(weights)!r} does not exist; path must be a directory written by "
                                 f"mpruner.save_pruned")
-    with safe_open(str(weights), framework="pt") as handle:
-        text = (handle.metadata() or {}).get(METADATA_KEY)
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(METADATA_KEY)
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for damaged headers
+        raise ValueError(f"{str(weights)!r} is not a readable safetensors file ({type(error).__name__}: "
+                         f"{str(error)[:120]}); the checkpoint is damaged or was not written by "
+                         f"mpruner.save_pruned") from None
     if text is None:
         raise ValueError(f"{str(weights)!r} has no mpruner record in its metadata; was it written by "
                          f"mpruner.save_pruned?")
-    record = json.loads(text)
-    if record.get("format") != FORMAT or not isinstance(record.get("version"), int) or record["version"] > VERSION:
-        raise ValueError(f"{str(weights)!r} holds a record of format {record.get('format')!r} version "
-                         f"{record.get('version')!r}; this mpruner reads {FORMAT!r} up to version {VERSION}")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{str(weights)!r}: the mpruner record in its metadata is not valid JSON "
+                         f"({str(error)[:80]})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or \
+            not isinstance(record.get("version"), int) or record["version"] > VERSION:
+        got = (record.get("format"), record.get("version")) if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{str(weights)!r} holds a record of format/version {got!r}; this mpruner reads "
+                         f"{FORMAT!r} up to version {VERSION}")
+    problem = _record_problem(record)
+    if problem:
+        raise ValueError(f"{str(weights)!r}: malformed mpruner record: {problem}")
     return record
+
+
+def _record_problem(record: dict) -> str:
+    """What is wrong with a record's fields (empty when nothing): types, and indices that are plain ints."""
+    missing = [k for k in ("adapter", "original", "steps") if k not in record]
+    if missing:
+        return f"it has no {', '.join(repr(k) for k in missing)}"
+    if not (record.get("adapter") is None or isinstance(record.get("adapter"), str)):
+        return f"'adapter' must be a string, got {record.get('adapter')!r:.40}"
+    original, steps = record.get("original"), record.get("steps")
+    if not isinstance(original, dict) or not all(isinstance(k, str) and isinstance(v, int) and not
+                                                 isinstance(v, bool) and v >= 0 for k, v in original.items()):
+        return "'original' must map block-list names to block counts"
+    if not isinstance(steps, list):
+        return "'steps' must be a list"
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(j, int) and not isinstance(j, bool)
+                                                                   and j >= 0 for j in v)
+                for k, v in step.items()):
+            return f"steps[{i}] must map block-list names to lists of indices >= 0"
+        unknown = sorted(set(step) - set(original))
+        if unknown:
+            return f"steps[{i}] names block lists {unknown} that 'original' does not have"
+    width = record.get("width", [])
+    if not isinstance(width, list) or not all(
+            isinstance(w, dict) and isinstance(w.get("after"), int) and not isinstance(w.get("after"), bool)
+            and 0 <= w["after"] <= len(steps) and isinstance(w.get("modules"), dict) for w in width):
+        return "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"
+    return ""
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -124,11 +168,17 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
                         f"lambda: MyNet(), got {type(model_factory).__name__}")
 
     if record["steps"]:
-        adapter = adapter_for(model, record["steps"][0])
+        try:
+            adapter = adapter_for(model, record["steps"][0])
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{str(Path(path) / WEIGHTS_NAME)!r}: its record's block lists "
+                             f"{sorted(record['steps'][0])} are not in the model model_factory built ({error})"
+                             ) from None
         found = {bl.name: len(bl) for bl in adapter.block_lists()}
         if adapter.name != record["adapter"] or found != record["original"]:
             raise ValueError(
-                f"model_factory built a model whose blocks are {found} (adapter {adapter.name!r}), but the "
+                f"{str(Path(path) / WEIGHTS_NAME)!r}: model_factory built a model whose blocks are {found} "
+                f"(adapter {adapter.name!r}), but the "
                 f"checkpoint was pruned from {record['original']} (adapter {record['adapter']!r}); pass a factory "
                 f"that builds the original, unpruned architecture ({record.get('model_class')})")
     width = record.get("width", [])
@@ -136,12 +186,17 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
         for resize in (w for w in width if w["after"] == index):  # width pruning replayed between removals
             apply_shapes(model, resize["modules"])
         if index < len(record["steps"]):
-            remove_layers(model, record["steps"][index], inplace=True)
+            try:
+                remove_layers(model, record["steps"][index], inplace=True)
+            except (ValueError, IndexError, KeyError, TypeError) as error:
+                raise ValueError(f"{str(Path(path) / WEIGHTS_NAME)!r}: step {index} of its record cannot be replayed "
+                                 f"on the model ({error}); the record is damaged or the factory is not the "
+                                 f"original architecture") from None
 
     try:
         missing, unexpected = load_model(model, str(Path(path) / WEIGHTS_NAME), strict=False,
                                          device=str(_device_of(model)))
-    except RuntimeError as error:  # shape mismatches raise even with strict=False
+    except Exception as error:  # shape mismatches (RuntimeError) raise even with strict=False; damaged data too
         raise ValueError(f"the weights in {str(path)!r} do not fit the rebuilt model ({error}); is "
                          f"model_factory the architecture that was pruned ({record.get('model_class')})?") from None
     if missing or unexpected:
