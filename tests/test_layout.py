@@ -21,7 +21,8 @@ ALLOWED = {
     "data": set(),
     "analysis": {"engine", "adapters", "data", "version"},
     "surgery": {"adapters", "version"},
-    "prune": {"engine", "adapters", "analysis", "surgery", "data", "version"},
+    "lm": {"engine", "adapters", "analysis", "surgery", "data", "version"},
+    "prune": {"engine", "adapters", "analysis", "surgery", "lm", "data", "version"},
     "bench": {"engine", "version"},
 }
 

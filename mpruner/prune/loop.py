@@ -92,13 +92,16 @@ class MPruner:
     Args:
         model: the model to prune; it is never modified (the loop works on copies).
         calib_data: batches for the CKA analysis (see ``mpruner.analyze``).
-        evaluate: ``evaluate(model) -> float``, higher is better.
+        evaluate: ``evaluate(model) -> float``, higher is better unless ``higher_is_better=False``
+            (e.g. perplexity: ``lambda m: mpruner.perplexity(m, ids).perplexity``).
         finetune: ``finetune(model) -> None`` trains in place (e.g. ``mpruner.Finetuner``); None skips recovery.
         layers: ``"auto"`` (the first block list) or a block-list name from ``mpruner.find_blocks``.
         threshold: CKA threshold for clustering, or ``"auto"`` (the highest adjacent similarity, >= 0.9).
         tolerance: allowed metric drop against the ORIGINAL model's metric.
         tolerance_mode: ``"absolute"`` (metric >= before - tolerance) or ``"relative"``
-            (metric >= before * (1 - tolerance)).
+            (metric >= before * (1 - tolerance)); with ``higher_is_better=False`` the bounds
+            are metric <= before + tolerance and metric <= before * (1 + tolerance).
+        higher_is_better: False for a metric where lower is better (perplexity, loss).
         max_granularity: largest step k (removes ``cluster[1::k]``) tried after rejections.
         max_iterations: most attempts (each = one removal + fine-tune + evaluation).
         view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...).
@@ -115,7 +118,7 @@ class MPruner:
                  threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
                  max_iterations: int = 10, view: str = "mean", checkpoint_dir=None, example_inputs=None,
                  progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
-                 analyze_kwargs: Optional[dict] = None, seed: int = 0):
+                 analyze_kwargs: Optional[dict] = None, seed: int = 0, higher_is_better: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
@@ -126,6 +129,8 @@ class MPruner:
             raise ValueError(f"threshold must be in (0, 1] or 'auto', got {threshold!r}")
         if not isinstance(tolerance, (int, float)) or tolerance < 0:
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        if not isinstance(higher_is_better, bool):
+            raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
         if tolerance_mode not in TOLERANCE_MODES:
             raise ValueError(f"tolerance_mode must be one of {TOLERANCE_MODES}, got {tolerance_mode!r}")
         if cluster_method not in METHODS:
@@ -136,6 +141,7 @@ class MPruner:
         self.original = model
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
         self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
+        self.higher_is_better = higher_is_better
         self.max_granularity, self.max_iterations = max_granularity, max_iterations
         self.view, self.example_inputs, self.progress = view, example_inputs, progress
         self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
@@ -190,7 +196,8 @@ class MPruner:
     def _options(self) -> dict:
         return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
                 "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
-                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
+                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed,
+                **({} if self.higher_is_better else {"higher_is_better": False})}
 
     def _log(self, msg: str):
         if self.progress:
@@ -210,9 +217,8 @@ class MPruner:
         """Whether ``metric`` is within tolerance of the original model's metric."""
         if metric is None or math.isnan(metric):
             return False
-        if self.tolerance_mode == "absolute":
-            return metric >= self.metric_before - self.tolerance
-        return metric >= self.metric_before * (1 - self.tolerance)
+        bound = self._bound()
+        return metric >= bound if self.higher_is_better else metric <= bound
 
     def _analyze(self):
         from ..analysis import analyze
@@ -321,9 +327,10 @@ class MPruner:
             return threshold, clusters, [best]
 
     def _bound(self) -> float:
+        sign = 1 if self.higher_is_better else -1  # lower is better: the bound lies above
         if self.tolerance_mode == "absolute":
-            return self.metric_before - self.tolerance
-        return self.metric_before * (1 - self.tolerance)
+            return self.metric_before - sign * self.tolerance
+        return self.metric_before * (1 - sign * self.tolerance)
 
     def _finish(self, reason: str, record: Optional[Iteration] = None):
         self.done, self.stop_reason = True, reason
