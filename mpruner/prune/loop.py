@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..adapters import find_blocks
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
+from . import strategies
 from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
 
 TOLERANCE_MODES = ("absolute", "relative")
@@ -104,21 +105,30 @@ class MPruner:
         higher_is_better: False for a metric where lower is better (perplexity, loss).
         max_granularity: largest step k (removes ``cluster[1::k]``) tried after rejections.
         max_iterations: most attempts (each = one removal + fine-tune + evaluation).
-        view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...).
+        view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...);
+            default ``"mean"``, or ``"tokens"`` for the token-metric strategies (which take
+            ``"tokens"`` or ``"last_token"``).
         checkpoint_dir: writes every attempt's state atomically; ``run(resume=True)`` continues from it.
         example_inputs: when given, ``model_stats`` (MACs, latency) before and after.
         progress: progress bars and one line per attempt.
         cluster_method: ``"anchor"`` (MPruner) or ``"adjacent"``.
         analyze_kwargs: extra arguments for ``mpruner.analyze`` (e.g. ``max_batches``, ``forward``).
         seed: fine-tuning of attempt i starts from ``torch.manual_seed(seed + i)``.
+        select: ``"cluster"`` (MPruner's CKA clusters), ``"lowest-influence"`` (the blocks of
+            lowest Block Influence, ShortGPT) or ``"contiguous"`` (the run of consecutive blocks
+            whose input and output are closest by angular distance, Gromov et al.); see
+            :mod:`mpruner.prune.strategies`.
+        n, target_layers: for ``"lowest-influence"``/``"contiguous"``: remove ``n`` blocks in
+            all, or down to ``target_layers`` blocks (one of the two).
     """
 
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
                  finetune: Optional[Callable[[nn.Module], None]] = None, layers: str = "auto",
                  threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
-                 max_iterations: int = 10, view: str = "mean", checkpoint_dir=None, example_inputs=None,
+                 max_iterations: int = 10, view: Optional[str] = None, checkpoint_dir=None, example_inputs=None,
                  progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
-                 analyze_kwargs: Optional[dict] = None, seed: int = 0, higher_is_better: bool = True):
+                 analyze_kwargs: Optional[dict] = None, seed: int = 0, higher_is_better: bool = True,
+                 select: str = "cluster", n: Optional[int] = None, target_layers: Optional[int] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
@@ -138,6 +148,7 @@ class MPruner:
         for name, v in (("max_granularity", max_granularity), ("max_iterations", max_iterations)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        view = self._check_select(select, n, target_layers, view)
         self.original = model
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
         self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
@@ -148,6 +159,35 @@ class MPruner:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.block_list = self._resolve_block_list(model, layers)
         self._reset()
+        if target_layers is not None:
+            if not 1 <= target_layers < self.layers_before:
+                raise ValueError(f"target_layers must be in [1, {self.layers_before - 1}] (the model has "
+                                 f"{self.layers_before} blocks), got {target_layers}")
+            self.n = self.layers_before - target_layers
+        elif n is not None and n >= self.layers_before:
+            raise ValueError(f"n={n} would remove every block (the model has {self.layers_before}); pass a smaller n")
+
+    def _check_select(self, select, n, target_layers, view) -> str:
+        """Validates the selection arguments; returns the view to analyse with."""
+        if select not in strategies.SELECTIONS:
+            raise ValueError(f"select must be one of {strategies.SELECTIONS}, got {select!r}")
+        self.select, self.n, self.target_layers = select, n, target_layers
+        if select == "cluster":
+            if n is not None or target_layers is not None:
+                raise ValueError("n / target_layers apply to select='lowest-influence' or 'contiguous'; "
+                                 "select='cluster' removes what the CKA clusters give")
+            return "mean" if view is None else view
+        if (n is None) == (target_layers is None):
+            raise ValueError(f"select={select!r} needs n (blocks to remove) or target_layers (depth to reach), "
+                             "exactly one of them")
+        for name, v in (("n", n), ("target_layers", target_layers)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        view = "tokens" if view is None else view
+        if view not in ("tokens", "last_token"):
+            raise ValueError(f"select={select!r} compares block inputs and outputs token by token: view must be "
+                             f"'tokens' or 'last_token', got {view!r}")
+        return view
 
     # ------------------------------------------------------------------ setup
     def _resolve_block_list(self, model, layers) -> str:
@@ -197,7 +237,8 @@ class MPruner:
         return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
                 "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
                 "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed,
-                **({} if self.higher_is_better else {"higher_is_better": False})}
+                **({} if self.higher_is_better else {"higher_is_better": False}),
+                **({} if self.select == "cluster" else {"select": self.select, "n": self.n})}
 
     def _log(self, msg: str):
         if self.progress:
@@ -223,8 +264,11 @@ class MPruner:
     def _analyze(self):
         from ..analysis import analyze
 
+        kwargs = dict(self.analyze_kwargs)
+        if self.select != "cluster":
+            kwargs.update(metric=strategies.ANALYSIS_METRIC[self.select], block_inputs=True)
         return analyze(self.model, self.calib_data, layers=self._path or self.block_list, view=self.view,
-                       progress=self.progress, **self.analyze_kwargs)
+                       progress=self.progress, **kwargs)
 
     def step(self) -> Optional[Iteration]:
         """One attempt; returns its record, or None once the loop has finished."""
@@ -236,12 +280,14 @@ class MPruner:
             self._log(f"mpruner: original metric {self.metric_before:.4f}")
         if self.iteration >= self.max_iterations:
             return self._finish(f"reached max_iterations={self.max_iterations}")
+        if self.select != "cluster" and self.layers_before - self._num_layers(self.model) >= self.n:
+            return self._finish(f"removed n={self.n} blocks ({self.select})")
         if self._analysis is None:
             self._analysis = self._timed("analyze", self._analyze)
-        cka = torch.as_tensor(self._analysis.cka, dtype=torch.float64)
+        cka = torch.as_tensor(self._analysis.matrix, dtype=torch.float64)
         names = list(self._analysis.layer_names)
         allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
-        plan = self._plan(cka, allowed)
+        plan = self._plan(cka, allowed) if self.select == "cluster" else self._plan_strategy(allowed)
         L = len(names)
         if isinstance(plan, str):
             return self._finish(plan)
@@ -325,6 +371,16 @@ class MPruner:
                 self._excluded.append(best)
                 continue
             return threshold, clusters, [best]
+
+    def _plan_strategy(self, allowed: set):
+        """(score, [the removed run or set], removed) for lowest-influence / contiguous; see strategies.plan."""
+        remaining = self.n - (self.layers_before - self._num_layers(self.model))
+        plan = strategies.plan(self.select, self._analysis, remaining, self.granularity, self.max_granularity,
+                               allowed, self._excluded, self._rejected)
+        if isinstance(plan, str):
+            return plan
+        self.granularity, score, removed = plan
+        return score, [removed], removed
 
     def _bound(self) -> float:
         sign = 1 if self.higher_is_better else -1  # lower is better: the bound lies above
