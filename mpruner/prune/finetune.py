@@ -58,11 +58,16 @@ class Finetuner:
         max_grad_norm: gradient clipping.
         amp: ``"auto"`` (bfloat16 autocast on CUDA, off on CPU), True or False.
         seed: seeds the RNG before training, so a resumed run repeats the same steps.
+        lora: LoRA healing through ``peft`` (``pip install 'mpruner[lm]'``), e.g.
+            ``dict(r=8, alpha=16, target_modules=["q_proj", "v_proj"])``: only the adapters
+            train, and they are merged into the weights afterwards (``merge_and_unload``), so
+            the model stays a plain model that saves and reloads as before.
     """
 
     def __init__(self, train_data: Iterable, epochs: int = 1, lr: float = 5e-5, max_steps: Optional[int] = None,
                  loss_fn: Optional[Callable] = None, amp="auto", weight_decay: float = 0.01, warmup: float = 0.1,
-                 max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True):
+                 max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True,
+                 lora: Optional[dict] = None):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if max_steps is not None and max_steps < 1:
@@ -70,6 +75,13 @@ class Finetuner:
         self.train_data, self.epochs, self.lr, self.max_steps = train_data, epochs, lr, max_steps
         self.loss_fn, self.amp, self.weight_decay, self.warmup = loss_fn, amp, weight_decay, warmup
         self.max_grad_norm, self.seed, self.progress = max_grad_norm, seed, progress
+        self.lora = None
+        if lora is not None:
+            from ..lm.lora import _peft, check_lora_options
+
+            check_lora_options(lora)
+            _peft()  # a missing peft is reported now, not after the first removal
+            self.lora = dict(lora)
 
     def _total_steps(self) -> Optional[int]:
         try:
@@ -81,6 +93,19 @@ class Finetuner:
 
     def __call__(self, model: nn.Module) -> float:
         """Trains in place; returns the mean training loss of the last epoch."""
+        if self.lora is None:
+            return self._train(model)
+        from ..lm.lora import merge_lora, wrap_lora
+
+        if self.seed is not None:
+            torch.manual_seed(self.seed)  # the adapters' initialisation is seeded too
+        wrapped, saved = wrap_lora(model, **self.lora)
+        try:
+            return self._train(wrapped)
+        finally:
+            merge_lora(wrapped, saved)  # also after an error: the model is left plain
+
+    def _train(self, model: nn.Module) -> float:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         device = _model_device(model)
