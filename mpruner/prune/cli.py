@@ -40,23 +40,27 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("prune", help="prune a model: analyse, remove, fine-tune, accept or roll back",
                        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Hugging Face model directory, or module:factory")
-    p.add_argument("--calib", required=True, help="calibration data: text file / CSV column, or module:factory")
+    p.add_argument("--calib", help="calibration data: text file / CSV column, or module:factory")
     p.add_argument("--train", help="fine-tuning data: labelled CSV, or module:factory (none: no recovery)")
-    p.add_argument("--eval", required=True, help="evaluation: labelled CSV, or module:factory")
+    p.add_argument("--eval", help="evaluation: labelled CSV, or module:factory")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--layers", default="auto", help="'auto', a block-list name or attribute path")
-    p.add_argument("--view", default="mean", help="layer view for the analysis (%(default)s)")
+    p.add_argument("--view", help="layer view for the analysis (default: mean; tokens for the token strategies)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--out", default="mpruner-pruned", help="output directory (%(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from --out/checkpoint")
     _loop_options(p)
+    from .cli_lm import add_lm_options
+
+    add_lm_options(p)
     p.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline")
-    d.add_argument("--scenario", choices=("text", "vision"), default="text",
-                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST")
+    d.add_argument("--scenario", choices=("text", "vision", "lm"), default="text",
+                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST; "
+                        "lm: SmolLM2-135M on Wikipedia summaries (perplexity)")
     d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (%(default)s)")
     d.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes; accuracies not meaningful)")
     d.add_argument("--resume", action="store_true", help="continue an interrupted demo from --out/checkpoint")
@@ -71,6 +75,11 @@ def cmd_demo(args) -> int:
 
     threshold = None if args.threshold is None else _threshold(args.threshold)
     try:
+        if args.scenario == "lm":
+            from .demo_lm import run_lm_demo
+
+            run_lm_demo(args.out, quick=args.quick, progress=not args.no_progress, tolerance=args.tolerance)
+            return 0
         run_demo(args.scenario, args.out, quick=args.quick, progress=not args.no_progress, resume=args.resume,
                  threshold=threshold, tolerance=args.tolerance)
     except (ImportError, FileNotFoundError, ValueError) as e:
@@ -143,8 +152,16 @@ def cmd_prune(args) -> int:
     from .report import write_report
 
     try:
-        model, calib, evaluate, finetune = _build(args)
-        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers,
+        options = {}
+        if getattr(args, "task", "classification") == "causal-lm":
+            from .cli_lm import build_causal_lm
+
+            model, calib, evaluate, finetune, options = build_causal_lm(args)
+        else:
+            if not args.calib or not args.eval:
+                raise ValueError("--calib and --eval are required (or --task causal-lm --data corpus.txt)")
+            model, calib, evaluate, finetune = _build(args)
+        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=args.layers, **options,
                          threshold=_threshold(args.threshold), tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
                          max_iterations=args.max_iterations, view=args.view,
