@@ -45,7 +45,7 @@ class LMDemoConfig:
 
 
 FULL = LMDemoConfig()
-QUICK = LMDemoConfig(remove=2, seq_len=64, heldout_texts=12, calib_windows=4, heal_steps=4, heal_batch=4,
+QUICK = LMDemoConfig(remove=2, seq_len=64, heldout_texts=6, calib_windows=4, heal_steps=3, heal_batch=4,
                      lora_r=4)
 
 
@@ -66,7 +66,10 @@ def run_lm_demo(out: os.PathLike = "runs/demo-lm", quick: bool = False, progress
     model_dir = data.smollm2(progress=progress)
     tok = T.AutoTokenizer.from_pretrained(model_dir)
     base = T.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    train_texts = data.wikipedia_summaries("train")
+    # Only as many training summaries as the windows need (about 2x their tokens; a summary is
+    # ~100+ tokens), not the whole 9,633: tokenizing them all costs more than a quick run.
+    need = (cfg.calib_windows + cfg.heal_steps * cfg.heal_batch) * cfg.seq_len
+    train_texts = data.wikipedia_summaries("train", limit=min(9633, 2 * need // 100 + 16))
     held = corpus_ids(data.wikipedia_summaries("test", limit=cfg.heldout_texts), tok)
     windows = lm_batches(train_texts, tok, seq_len=cfg.seq_len, batch_size=cfg.heal_batch)
     calib = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in windows]
