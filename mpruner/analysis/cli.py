@@ -45,8 +45,10 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                    help="'auto', a block-list name or attribute path, or comma-separated module names "
                         "(default: %(default)s: the detected block list, or the model's only "
                         "nn.Sequential/nn.ModuleList)")
-    p.add_argument("--view", default="mean", choices=VIEWS,
-                   help="how a layer output becomes features (default: %(default)s)")
+    p.add_argument("--view", choices=VIEWS, help="how a layer output becomes features (default: mean for CKA, "
+                   "tokens for cosine/angular)")
+    p.add_argument("--metric", default="cka", choices=("cka", "cosine", "angular"),
+                   help="cka, or the token metrics cosine / angular (with Block Influence) (default: %(default)s)")
     p.add_argument("--kernel", default="linear", choices=("linear", "rbf"), help="CKA kernel (default: %(default)s)")
     p.add_argument("--biased", action="store_true",
                    help="biased HSIC_0 (batches of >= 2) instead of the unbiased HSIC_1 (>= 4) (default: unbiased)")
@@ -263,13 +265,23 @@ def report(analysis, out_dir: str) -> str:
     lines = [f"{o['model']}: {analysis.num_layers} layers ({o['layers'] or 'the model'}), view={o['view']}, "
              f"{o['kernel']} kernel, {'unbiased' if o['unbiased'] else 'biased'}, {analysis.num_samples} samples "
              f"in {o['num_batches']} batches" + (f" ({o['skipped_batches']} skipped)" if o["skipped_batches"] else "")]
-    lines.append("adjacent-layer CKA:")
+    metric = {"cka": "CKA"}.get(analysis.metric, analysis.metric)
+    lines.append(f"adjacent-layer {metric}:")
     width = max(len(n) for n in analysis.layer_names)
     for i, value in enumerate(analysis.adjacent().tolist()):
         lines.append(f"  {i:>3} -> {i + 1:<3} {analysis.layer_names[i]:<{width}} -> "
                      f"{analysis.layer_names[i + 1]:<{width}}  {value:.4f}")
-    lines.append(f"wrote {os.path.join(out_dir, 'cka.json')} and {os.path.join(out_dir, 'cka.png')}")
+    if analysis.block_io is not None:
+        lines.append("Block Influence (1 - cos(input, output)):")
+        for i, value in enumerate(analysis.block_influence().tolist()):
+            lines.append(f"  {i:>3} {analysis.layer_names[i]:<{width}}  {value:.4f}")
+    stem = _stem(analysis)
+    lines.append(f"wrote {os.path.join(out_dir, stem + '.json')} and {os.path.join(out_dir, stem + '.png')}")
     return "\n".join(lines)
+
+
+def _stem(analysis) -> str:
+    return "cka" if analysis.metric == "cka" else analysis.metric
 
 
 def cmd_analyze(args) -> int:
@@ -295,10 +307,11 @@ def cmd_analyze(args) -> int:
         say(f"mpruner analyze: running {type(model).__name__} over {size}"
             + (f" (at most {args.max_batches})" if args.max_batches else ""))
         analysis = analyze(model, data, layers=layers, view=args.view, kernel=args.kernel, unbiased=not args.biased,
-                           forward=forward, max_batches=args.max_batches, progress=not args.no_progress)
+                           forward=forward, max_batches=args.max_batches, progress=not args.no_progress,
+                           metric=getattr(args, "metric", "cka"))
         os.makedirs(args.out, exist_ok=True)
-        analysis.save(os.path.join(args.out, "cka.json"))
-        analysis.plot(os.path.join(args.out, "cka.png"))
+        analysis.save(os.path.join(args.out, _stem(analysis) + ".json"))
+        analysis.plot(os.path.join(args.out, _stem(analysis) + ".png"))
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError, AttributeError, RuntimeError) as e:
         print(f"mpruner analyze: error: {cli_message(e)}", file=sys.stderr)
         return 1

@@ -18,17 +18,23 @@ from .inputs import Forward, batch_context, call_model, check_data, to_device
 from .layers import LayerSelection, select_layers
 from .placement import execution_device
 from .result import Analysis
+from .input_capture import InputCapture
+from .similarity_sinks import SimilaritySink
 from .sinks import MatrixSink, TokenSink
 from .views import VIEWS, apply_view
 
 Layers = Union[str, Sequence[str], BlockList]
+METRICS = ("cka", "cosine", "angular")
+TOKEN_METRIC_VIEWS = ("tokens", "last_token")
 
 
-def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str = "mean", kernel: str = "linear",
-            unbiased: bool = True, other: Optional[nn.Module] = None, forward: Optional[Forward] = None,
-            max_batches: Optional[int] = None, device=None, progress: bool = True,
-            distributed: Union[str, bool] = "auto") -> Analysis:
-    """CKA between the layers of ``model`` on calibration ``data``, one batch in memory at a time.
+def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Optional[str] = None,
+            kernel: str = "linear", unbiased: bool = True, other: Optional[nn.Module] = None,
+            forward: Optional[Forward] = None, max_batches: Optional[int] = None, device=None, progress: bool = True,
+            distributed: Union[str, bool] = "auto", *, metric: str = "cka",
+            block_inputs: Optional[bool] = None) -> Analysis:
+    """CKA (or cosine / angular distance) between the layers of ``model`` on calibration ``data``,
+    one batch in memory at a time.
 
     Forward hooks on the chosen layers apply ``view`` to each layer's output and hand
     the batch to the CKA engine at once; only L x L float64 sums outlive a batch.
@@ -43,7 +49,8 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
         layers: ``"auto"`` (the first block list ``mpruner.find_blocks`` finds; T5: the
             encoder), a block-list name (``"decoder.block"``), the attribute path of an
             ``nn.Sequential``/``nn.ModuleList``, or a list of module names.
-        view: how an output becomes features per sample: ``"mean"`` (mean over real tokens,
+        view: how an output becomes features per sample (default ``"mean"`` for CKA,
+            ``"tokens"`` for cosine/angular): ``"mean"`` (mean over real tokens,
             using the batch's ``attention_mask``; spatial mean of conv maps), ``"flatten"``,
             ``"cls"``, ``"last_token"``, or ``"tokens"`` (per-sequence CKA with tokens as
             samples, averaged over sequences; linear kernel only).
@@ -66,32 +73,67 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
             (after ``max_batches``) and one all-reduce sums the float64 statistics, so every
             rank returns the single-process result. ``True``: the same, and an error without a
             process group. ``False``: every rank analyses every batch.
+        metric: ``"cka"``; ``"cosine"``: the mean over every real token (padding excluded) of
+            cos(h_a[t], h_b[t]) between the outputs of blocks a and b; ``"angular"``: the mean
+            of arccos(cos)/pi (Gromov et al.). These two take ``view="tokens"`` (every real
+            token, the default) or ``"last_token"``, need blocks of one width, and never give
+            NaN (zero vectors: see ``mpruner.engine.similarity``). Distributed runs support
+            ``metric="cka"`` without ``block_inputs`` for now.
+        block_inputs: also capture each block's INPUT (a forward pre-hook, same pass) for
+            ``Analysis.block_influence()`` and ``Analysis.run_distance()``; default: on for
+            cosine/angular, off for CKA (with CKA it adds the token cosines of input vs output).
 
     Returns:
         :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
     """
+    I.check_choice(metric, METRICS, "metric")
+    if view is None:
+        view = "mean" if metric == "cka" else "tokens"
+    if block_inputs is None:
+        block_inputs = metric != "cka"
+    if metric != "cka":
+        if view not in TOKEN_METRIC_VIEWS:
+            raise ValueError(f"metric={metric!r} compares blocks token by token: view must be 'tokens' or "
+                             f"'last_token', got {view!r}")
+        if other is not None:
+            raise ValueError(f"other= (cross-model comparison) is computed with metric='cka'; got metric={metric!r}")
     _check_args(model, data, view, kernel, other, forward, max_batches)
     shard = dist_analysis.resolve(distributed)
+    if shard is not None and (metric != "cka" or block_inputs):
+        raise NotImplementedError(f"a distributed analyze computes metric='cka' without block_inputs for now "
+                                  f"(got metric={metric!r}, block_inputs={bool(block_inputs)}); pass "
+                                  f"distributed=False to run every batch on every rank")
     selection = select_layers(model, layers)
     other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
     run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
-    if view == "tokens":
-        sink = TokenSink(unbiased, names, other_names, cka_device)
+    sim_sink = SimilaritySink(view if metric != "cka" else "tokens", names, bool(block_inputs), cka_device) \
+        if metric != "cka" or block_inputs else None
+    if metric != "cka":
+        sink = sim_sink
+        view_fn = functools.partial(apply_view, "tokens")
     else:
-        sink = MatrixSink(kernel, unbiased, names, other_names, cka_device)
-    view_fn = functools.partial(apply_view, view)
+        if view == "tokens":
+            sink = TokenSink(unbiased, names, other_names, cka_device)
+        else:
+            sink = MatrixSink(kernel, unbiased, names, other_names, cka_device)
+        view_fn = functools.partial(apply_view, view)
+        if sim_sink is not None:  # CKA features and the raw token states from one hook
+            view_fn = functools.partial(_both_views, view)
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
     if shard is not None:
         batches, total, progress = shard.take(batches), shard.count(total), progress and shard.rank == 0
     seen, failure = 0, None
-    other_hooks = LayerCapture(other_selection, view_fn) if other is not None else contextlib.nullcontext()
+    other_hooks = LayerCapture(other_selection, functools.partial(apply_view, view)) if other is not None \
+        else contextlib.nullcontext()
+    input_hooks = InputCapture(selection) if block_inputs else contextlib.nullcontext()
     try:
         with _restore_modes(model, other), torch.no_grad(), _progress(batches, total, progress) as batches, \
-                LayerCapture(selection, view_fn) as capture, other_hooks as other_capture:
+                LayerCapture(selection, view_fn) as capture, other_hooks as other_capture, \
+                input_hooks as in_capture:
             model.eval()
             if other is not None:
                 other.eval()
@@ -99,7 +141,14 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
                 if shard is not None:
                     index = shard.rank + index * shard.world  # the batch's place in the whole stream
                 seen += 1
-                feats, ctx = _run(model, capture, batch, run_device, forward, index)
+                feats, ctx = _run(model, capture, batch, run_device, forward, index, in_capture)
+                ins = in_capture.collect() if block_inputs else None
+                if metric != "cka":
+                    sink.update(feats, ins, ctx)
+                    continue
+                if sim_sink is not None:
+                    feats, raw = [f for f, _ in feats], [r for _, r in feats]
+                    sim_sink.update(raw, ins, ctx)
                 other_feats = None
                 if other is not None:
                     other_feats, _ = _run(other, other_capture, batch, execution_device(other), forward, index)
@@ -110,25 +159,43 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: str
         failure = e
     if shard is not None:  # every rank joins, also one that failed (it re-raises its own error)
         seen = dist_analysis.reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
-    cka, num_samples, extra = sink.result()
+    block_io = None
+    if metric != "cka":
+        cka, block_io, extra = sink.result(metric)
+        num_samples = extra["num_tokens"] if view == "tokens" else extra["sequences"]
+    else:
+        cka, num_samples, extra = sink.result()
+        if sim_sink is not None:
+            _, block_io, _ = sim_sink.result("cosine")
     if shard is not None:
         extra = dict(extra, world_size=shard.world)
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
-    if sink.skipped_batches:
+    if metric != "cka" or block_inputs:
+        options.update(metric=metric, block_inputs=bool(block_inputs))
+    if sink.skipped_batches and metric == "cka":
         unit = "sequences" if view == "tokens" else "samples"
         warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
                       f"{'unbiased' if unbiased else 'biased'} estimator (it needs >= {sink.need} "
                       f"{'tokens per sequence' if view == 'tokens' else 'samples per batch'}); "
                       "see Analysis.num_skipped", RuntimeWarning, stacklevel=2)
-    return Analysis(cka, names, num_samples, options, other_names if other is not None else None)
+    return Analysis(cka, names, num_samples, options, other_names if other is not None else None,
+                    metric=metric, block_io=block_io)
 
 
-def _run(model: nn.Module, capture: LayerCapture, batch, device: torch.device, forward, index: int):
+def _both_views(view: str, x, ctx, name: str):
+    """(CKA features of ``view``, (token states, mask)) of one output, for CKA with block inputs."""
+    return apply_view(view, x, ctx, name), apply_view("tokens", x, ctx, name)
+
+
+def _run(model: nn.Module, capture: LayerCapture, batch, device: torch.device, forward, index: int,
+         inputs: Optional[InputCapture] = None):
     """One forward pass with the hooks armed -> (viewed outputs per layer, batch context)."""
     batch = to_device(batch, device, index)
     ctx = batch_context(batch, index)
     capture.start(ctx)
+    if inputs is not None:
+        inputs.start(ctx)
     try:
         call_model(model, batch, forward, index)
     except Exception as e:

@@ -59,7 +59,7 @@ def plot_analysis(analysis, path: Optional[str] = None, clusters=None, title: Op
     except ImportError:
         raise ModuleNotFoundError("Analysis.plot needs matplotlib: pip install matplotlib") from None
 
-    c = analysis.cka.numpy()
+    c = analysis.matrix.numpy()
     rows, cols = c.shape
     if clusters is not None:
         if analysis.is_cross:

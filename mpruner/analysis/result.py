@@ -37,9 +37,13 @@ class Analysis:
     """The result of :func:`mpruner.analyze`.
 
     Attributes:
-        cka: (L, L) float64 CPU tensor of CKA between the analysed layers (entry [i, j]
-            compares layer i with layer j; NaN where a layer was constant); with
-            ``other=``, the (L, M) cross matrix between this model's and the other's layers.
+        matrix: (L, L) float64 CPU tensor of ``metric`` between the analysed layers (entry
+            [i, j] compares layer i with layer j); with ``other=``, the (L, M) cross matrix.
+        metric: ``"cka"``, ``"cosine"`` (mean cosine similarity over tokens) or ``"angular"``
+            (mean arccos(cos)/pi: 0 identical, 1/2 orthogonal).
+        cka: ``matrix`` when ``metric == "cka"`` (NaN where a layer was constant), else None.
+        block_io: with block inputs captured, ``{"cosine": M, "angular": M}`` where M[i, j]
+            compares the INPUT of block i with the OUTPUT of block j (float64); else None.
         layer_names: qualified module names of the L layers, in forward order.
         other_layer_names: the M names of the other model's layers (None without ``other``).
         num_samples: samples that entered the estimate (sequences for ``view="tokens"``).
@@ -48,13 +52,17 @@ class Analysis:
     """
 
     def __init__(self, cka: torch.Tensor, layer_names: Sequence[str], num_samples: int, options: Optional[Dict] = None,
-                 other_layer_names: Optional[Sequence[str]] = None):
+                 other_layer_names: Optional[Sequence[str]] = None, *, metric: str = "cka",
+                 block_io: Optional[Dict[str, torch.Tensor]] = None):
         cka = torch.as_tensor(cka, dtype=torch.float64).cpu()
         rows = len(layer_names)
         cols = rows if other_layer_names is None else len(other_layer_names)
         if cka.dim() != 2 or tuple(cka.shape) != (rows, cols):
             raise ValueError(f"cka has shape {tuple(cka.shape)} but there are {rows} x {cols} layer names")
-        self.cka = cka
+        self.matrix, self.metric = cka, metric
+        self.cka = cka if metric == "cka" else None
+        self.block_io = None if block_io is None else {k: torch.as_tensor(v, dtype=torch.float64).cpu()
+                                                       for k, v in block_io.items()}
         self.layer_names: List[str] = list(layer_names)
         self.other_layer_names: Optional[List[str]] = None if other_layer_names is None else list(other_layer_names)
         self.num_samples = int(num_samples)
@@ -76,10 +84,33 @@ class Analysis:
         return int(self.options.get("skipped_samples", 0))
 
     def adjacent(self) -> torch.Tensor:
-        """CKA of each layer with the next one: (L - 1,) float64, ``cka[i, i + 1]``."""
+        """``metric`` of each layer with the next one: (L - 1,) float64, ``matrix[i, i + 1]``."""
         if self.is_cross:
             raise ValueError("adjacent() compares consecutive layers of one model; this is a cross-model analysis")
-        return torch.diagonal(self.cka, offset=1).clone()
+        return torch.diagonal(self.matrix, offset=1).clone()
+
+    def _io(self, kind: str) -> torch.Tensor:
+        if self.block_io is None:
+            raise ValueError("this analysis has no block inputs; run mpruner.analyze(..., block_inputs=True) "
+                             "(the default for metric='cosine' and 'angular')")
+        return self.block_io[kind]
+
+    def block_influence(self) -> torch.Tensor:
+        """ShortGPT's Block Influence: (L,) float64, 1 - mean cosine between each block's input and output.
+
+        Low means the block changes its input little: the first candidate for removal.
+        """
+        return 1.0 - torch.diagonal(self._io("cosine")).clone()
+
+    def run_distance(self, n: int) -> torch.Tensor:
+        """Angular distance between the input of block i and the output of block i + n - 1 (Gromov et al.).
+
+        (L - n + 1,) float64: entry i is the cost of removing the run of ``n`` blocks starting at i.
+        """
+        io = self._io("angular")
+        if not isinstance(n, int) or not 1 <= n <= io.shape[0]:
+            raise ValueError(f"n must be an integer in [1, {io.shape[0]}], got {n!r}")
+        return torch.diagonal(io, offset=n - 1).clone()
 
     def plot(self, path: Optional[str] = None, clusters: Optional[Sequence[Sequence[int]]] = None,
              title: Optional[str] = None, annotate: Optional[bool] = None, cmap: str = "viridis", dpi: int = 150):
@@ -99,8 +130,14 @@ class Analysis:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> Dict:
         """Plain JSON-able values (NaN as null)."""
-        return {"format": FORMAT, "version": FORMAT_VERSION,
-                "cka": [[None if math.isnan(v) else v for v in row] for row in self.cka.tolist()],
+        rows = lambda m: [[None if math.isnan(v) else v for v in row] for row in m.tolist()]  # noqa: E731
+        extra = {}
+        if self.metric != "cka":
+            extra["metric"] = self.metric
+        if self.block_io is not None:
+            extra["block_io"] = {k: rows(v) for k, v in self.block_io.items()}
+        return {"format": FORMAT, "version": FORMAT_VERSION, **extra,
+                "cka": rows(self.matrix),
                 "layer_names": self.layer_names, "other_layer_names": self.other_layer_names,
                 "num_samples": self.num_samples, "options": self.options}
 
@@ -128,7 +165,17 @@ class Analysis:
         if not isinstance(options, dict):
             raise ValueError(f"'options' must be a JSON object, got {type(options).__name__}")
         cka = torch.tensor(values, dtype=torch.float64).reshape(shape)
-        return cls(cka, names, num_samples, options, other)
+        metric = data.get("metric", "cka")
+        if not isinstance(metric, str):
+            raise ValueError(f"'metric' must be a string, got {metric!r:.40}")
+        io = data.get("block_io")
+        if io is not None:
+            if not isinstance(io, dict) or any(not isinstance(m, list) or any(not isinstance(r, list) for r in m)
+                                               for m in io.values()):
+                raise ValueError("'block_io' must map names to lists of rows")
+            io = {str(k): torch.tensor([[_number(v) for v in row] for row in m], dtype=torch.float64)
+                  for k, m in io.items()}
+        return cls(cka, names, num_samples, options, other, metric=metric, block_io=io)
 
     def save(self, path: str) -> None:
         """Write JSON (no pickle); written to a temporary file first, so a crash leaves no half file."""
@@ -159,7 +206,7 @@ class Analysis:
             raise ValueError(f"{path}: malformed mpruner analysis ({e})") from None
 
     def __repr__(self) -> str:
-        shape = "x".join(map(str, self.cka.shape))
+        shape = "x".join(map(str, self.matrix.shape))
         view = self.options.get("view", "?")
-        return (f"Analysis({shape} CKA, layers={self.options.get('layers', '?')!r}, view={view!r}, "
+        return (f"Analysis({shape} {self.metric if self.metric != 'cka' else 'CKA'}, layers={self.options.get('layers', '?')!r}, view={view!r}, "
                 f"num_samples={self.num_samples})")

@@ -13,6 +13,7 @@ from .accumulator import CKAAccumulator
 from .cka import center_gram, cka, cka_matrix, gram, hsic
 from .ops import build_info, cuda_built
 from .token_cka import token_cka
+from .similarity import token_cosine
 
 __all__ = ["gram", "center_gram", "hsic", "cka", "cka_matrix", "token_cka", "CKAAccumulator", "reference",
-           "build_info", "cuda_built"]
+           "build_info", "cuda_built", "token_cosine"]

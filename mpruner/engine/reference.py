@@ -123,3 +123,38 @@ def token_cka(hidden_states: Sequence[torch.Tensor], attention_mask: Optional[to
 def exact_linear_cka(xs: Sequence[torch.Tensor], unbiased=False, other=None) -> torch.Tensor:
     """Linear CKA over the whole data set (all samples in one Gram)."""
     return cka_matrix(xs, "linear", unbiased, other=other)
+
+
+def token_cosine(hidden_states: Sequence[torch.Tensor], attention_mask: Optional[torch.Tensor] = None,
+                 view: str = "tokens"):
+    """Mean cosine and mean angular distance arccos(cos)/pi between every pair of layers.
+
+    One pair and one token at a time, in float64; the zero-vector rule of the engine
+    (two zero vectors: cosine 1; one zero vector: cosine 0); cosines clamped to [-1, 1].
+    """
+    import math
+
+    layers = [h.double() for h in hidden_states]
+    B, T = layers[0].shape[:2]
+    mask = torch.ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool().cpu()
+    tokens = []
+    for b in range(B):
+        real = [t for t in range(T) if mask[b, t]]
+        if view == "last_token":
+            real = real[-1:]
+        tokens += [(b, t) for t in real]
+    L = len(layers)
+    cos = torch.zeros(L, L, dtype=torch.float64)
+    ang = torch.zeros(L, L, dtype=torch.float64)
+    for i in range(L):
+        for j in range(L):
+            for b, t in tokens:
+                u, v = layers[i][b, t], layers[j][b, t]
+                nu, nv = float(u @ u), float(v @ v)
+                if nu == 0 or nv == 0:
+                    c = 1.0 if nu == 0 and nv == 0 else 0.0
+                else:
+                    c = max(-1.0, min(1.0, float(u @ v) / math.sqrt(nu * nv)))
+                cos[i, j] += c
+                ang[i, j] += math.acos(c) / math.pi
+    return cos / len(tokens), ang / len(tokens)

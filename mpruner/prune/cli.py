@@ -22,7 +22,9 @@ factory returning that function or labelled batches (then the metric is accuracy
 # Python option names (MPruner, checkpoints) -> the flags that set them.
 FLAGS = {"block_list": "--layers", "threshold": "--threshold", "tolerance": "--tolerance",
          "tolerance_mode": "--tolerance-mode", "max_granularity": "--max-granularity", "view": "--view",
-         "cluster_method": "(cluster_method)", "seed": "(seed)", "checkpoint_dir": "--out"}
+         "cluster_method": "(cluster_method)", "seed": "(seed)", "checkpoint_dir": "--out",
+         "max_iterations": "--max-iterations", "select": "--select", "n": "--n",
+         "higher_is_better": "(--metric)"}
 
 
 def _loop_options(p):
@@ -86,18 +88,20 @@ def add_parsers(sub) -> None:
                        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model directory (loaded as a sequence classifier), or module:factory")
-    p.add_argument("--calib", required=True, help="calibration data: text file / CSV column, or module:factory")
+    p.add_argument("--calib", help="calibration data: text file / CSV column, or module:factory (required "
+                                   "unless --task causal-lm)")
     p.add_argument("--train", help="fine-tuning data: labelled CSV, or module:factory (default: none, no recovery "
                                    "fine-tuning)")
-    p.add_argument("--eval", required=True,
-                   help="evaluation: labelled CSV (accuracy), or module:name naming evaluate(model) -> float "
+    p.add_argument("--eval",
+                   help="evaluation (required unless --task causal-lm): labelled CSV (accuracy), or module:name naming evaluate(model) -> float "
                         "itself, or a zero-argument factory of that function or of labelled batches")
     p.add_argument("--text-column", default="text", help="CSV column with the text (default: %(default)s)")
     p.add_argument("--label-column", default="label", help="CSV column with the label (default: %(default)s)")
     p.add_argument("--layers", default="auto",
                    help="'auto', a block-list name or attribute path (default: %(default)s: the detected block "
                         "list, or the model's only nn.Sequential/nn.ModuleList)")
-    p.add_argument("--view", default="mean", choices=VIEWS, help="layer view for the analysis (default: %(default)s)")
+    p.add_argument("--view", choices=VIEWS,
+                   help="layer view for the analysis (default: mean; tokens for the token strategies)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="texts per batch for CSV/text data; calibration needs >= 4 (default: %(default)s)")
     p.add_argument("--max-length", type=positive_int, default=128,
@@ -112,6 +116,9 @@ def add_parsers(sub) -> None:
     from .pipeline_cli import add_stage_options
 
     add_stage_options(p)
+    from .cli_lm import add_lm_options
+
+    add_lm_options(p)
     p.set_defaults(func=cmd_prune)
 
     d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline",
@@ -119,9 +126,9 @@ def add_parsers(sub) -> None:
                            "Fine-tune a real pretrained model (cached for the next run), then prune it with "
                            "MPruner, all offline; writes a report, heatmaps and the pruned model (with its "
                            "tokenizer) into --out.", 90))
-    d.add_argument("--scenario", choices=("text", "vision"), default="text",
-                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST "
-                        "(default: %(default)s)")
+    d.add_argument("--scenario", choices=("text", "vision", "lm"), default="text",
+                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST; "
+                        "lm: SmolLM2-135M on Wikipedia summaries, judged by perplexity (default: %(default)s)")
     d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: %(default)s)")
     d.add_argument("--quick", action="store_true",
                    help="a tiny smoke run (under a minute of CPU time; accuracies not meaningful) (default: off)")
@@ -143,6 +150,11 @@ def cmd_demo(args) -> int:
     try:
         check_out_dir(args.out)
         _check_resume(args)
+        if args.scenario == "lm":
+            from .demo_lm import run_lm_demo
+
+            run_lm_demo(args.out, quick=args.quick, progress=not args.no_progress, tolerance=args.tolerance)
+            return 0
         run_demo(args.scenario, args.out, quick=args.quick, progress=not args.no_progress, resume=args.resume,
                  threshold=args.threshold, tolerance=args.tolerance)
     except (ImportError, FileNotFoundError, ValueError) as e:
@@ -172,6 +184,18 @@ def _check_args(args) -> None:
     if not is_factory(args.calib) and args.batch_size < 4:
         raise ValueError(f"--batch-size {args.batch_size}: the calibration batches need at least 4 samples each "
                          "(the unbiased HSIC); use --batch-size 4 or more")
+    check_out_dir(args.out)
+    _check_resume(args)
+
+
+def _check_lm_args(args) -> None:
+    """What ``mpruner prune --task causal-lm`` can check before the model loads."""
+    from ..analysis.cli import check_out_dir, check_source
+
+    check_source(args.model, "--model", "model")
+    if not args.data:
+        raise ValueError("--task causal-lm needs --data (a text file, one document per line)")
+    check_source(args.data, "--data", "file")
     check_out_dir(args.out)
     _check_resume(args)
 
@@ -289,20 +313,32 @@ def cmd_prune(args) -> int:
 
     init_from_environment(args.timeout)  # under torchrun; a no-op in one process
     try:
-        _check_args(args)
+        causal = getattr(args, "task", "classification") == "causal-lm"
+        if causal:
+            _check_lm_args(args)
+        else:
+            if not args.calib or not args.eval:
+                raise ValueError("--calib and --eval are required (or --task causal-lm --data corpus.txt)")
+            _check_args(args)
         if args.no_progress:
             from ..analysis.cli import no_library_bars
 
             no_library_bars()
         print(f"mpruner prune: loading {args.model}", flush=True)
-        model, calib, evaluate, finetune, tokenizer = _build(args)
+        options, tokenizer = {}, None
+        if causal:
+            from .cli_lm import build_causal_lm
+
+            model, calib, evaluate, finetune, options = build_causal_lm(args)
+        else:
+            model, calib, evaluate, finetune, tokenizer = _build(args)
         from ..analysis.cli import auto_layers
         from .pipeline_cli import run_pipeline, wants_stages
 
         layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
         if wants_stages(args):
             return run_pipeline(args, model, calib, evaluate, finetune, layers)
-        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers,
+        pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers, **options,
                          threshold=args.threshold, tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
                          max_iterations=args.max_iterations, view=args.view,

@@ -75,12 +75,16 @@ class Finetuner:
             options); default: one made per call (mixed precision from ``amp``, on the CPU
             when the model is there). FSDP and DeepSpeed are refused: they rewrite the
             model that the loop keeps working on.
+        lora: LoRA healing through ``peft`` (``pip install 'mpruner[lm]'``), e.g.
+            ``dict(r=8, alpha=16, target_modules=["q_proj", "v_proj"])``: only the adapters
+            train, and they are merged into the weights afterwards (``merge_and_unload``), so
+            the model stays a plain model that saves and reloads as before.
     """
 
     def __init__(self, train_data: Iterable, epochs: int = 1, lr: float = 5e-5, max_steps: Optional[int] = None,
                  loss_fn: Optional[Callable] = None, amp="auto", weight_decay: float = 0.01, warmup: float = 0.1,
                  max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True, *,
-                 gradient_accumulation_steps: int = 1, accelerator=None):
+                 gradient_accumulation_steps: int = 1, accelerator=None, lora: Optional[dict] = None):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if max_steps is not None and max_steps < 1:
@@ -94,6 +98,13 @@ class Finetuner:
         self.loss_fn, self.amp, self.weight_decay, self.warmup = loss_fn, amp, weight_decay, warmup
         self.max_grad_norm, self.seed, self.progress = max_grad_norm, seed, progress
         self.gradient_accumulation_steps, self.accelerator = gradient_accumulation_steps, accelerator
+        self.lora = None
+        if lora is not None:
+            from ..lm.lora import _peft, check_lora_options
+
+            check_lora_options(lora)
+            _peft()  # a missing peft is reported now, not after the first removal
+            self.lora = dict(lora)
 
     def _total_steps(self) -> Optional[int]:
         try:
@@ -105,6 +116,19 @@ class Finetuner:
 
     def __call__(self, model: nn.Module) -> float:
         """Trains in place; returns the mean training loss of the last epoch."""
+        if self.lora is None:
+            return self._train(model)
+        from ..lm.lora import merge_lora, wrap_lora
+
+        if self.seed is not None:
+            torch.manual_seed(self.seed)  # the adapters' initialisation is seeded too
+        wrapped, saved = wrap_lora(model, **self.lora)
+        try:
+            return self._train(wrapped)
+        finally:
+            merge_lora(wrapped, saved)  # also after an error: the model is left plain
+
+    def _train(self, model: nn.Module) -> float:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..adapters import find_blocks
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
+from . import strategies
 from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
 from .distributed import Ranks
 
@@ -93,16 +94,21 @@ class MPruner:
     Args:
         model: the model to prune; it is never modified (the loop works on copies).
         calib_data: batches for the CKA analysis (see ``mpruner.analyze``).
-        evaluate: ``evaluate(model) -> float``, higher is better.
+        evaluate: ``evaluate(model) -> float``, higher is better unless ``higher_is_better=False``
+            (e.g. perplexity: ``lambda m: mpruner.perplexity(m, ids).perplexity``).
         finetune: ``finetune(model) -> None`` trains in place (e.g. ``mpruner.Finetuner``); None skips recovery.
         layers: ``"auto"`` (the first block list) or a block-list name from ``mpruner.find_blocks``.
         threshold: CKA threshold for clustering, or ``"auto"`` (the highest adjacent similarity, >= 0.9).
         tolerance: allowed metric drop against the ORIGINAL model's metric.
         tolerance_mode: ``"absolute"`` (metric >= before - tolerance) or ``"relative"``
-            (metric >= before * (1 - tolerance)).
+            (metric >= before * (1 - tolerance)); with ``higher_is_better=False`` the bounds
+            are metric <= before + tolerance and metric <= before * (1 + tolerance).
+        higher_is_better: False for a metric where lower is better (perplexity, loss).
         max_granularity: largest step k (removes ``cluster[1::k]``) tried after rejections.
         max_iterations: most attempts (each = one removal + fine-tune + evaluation).
-        view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...).
+        view: how block outputs become samples x features (``mean``, ``cls``, ``flatten``, ``tokens``...);
+            default ``"mean"``, or ``"tokens"`` for the token-metric strategies (which take
+            ``"tokens"`` or ``"last_token"``).
         checkpoint_dir: writes every attempt's state atomically; ``run(resume=True)`` continues from it.
         example_inputs: when given, ``model_stats`` (MACs, latency) before and after.
         progress: progress bars (one line per stage and attempt is printed either way; ``verbose=False``
@@ -110,14 +116,22 @@ class MPruner:
         cluster_method: ``"anchor"`` (MPruner) or ``"adjacent"``.
         analyze_kwargs: extra arguments for ``mpruner.analyze`` (e.g. ``max_batches``, ``forward``).
         seed: fine-tuning of attempt i starts from ``torch.manual_seed(seed + i)``.
+        select: ``"cluster"`` (MPruner's CKA clusters), ``"lowest-influence"`` (the blocks of
+            lowest Block Influence, ShortGPT) or ``"contiguous"`` (the run of consecutive blocks
+            whose input and output are closest by angular distance, Gromov et al.); see
+            :mod:`mpruner.prune.strategies`.
+        n, target_layers: for ``"lowest-influence"``/``"contiguous"``: remove ``n`` blocks in
+            all, or down to ``target_layers`` blocks (one of the two).
     """
 
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
                  finetune: Optional[Callable[[nn.Module], None]] = None, layers: str = "auto",
                  threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
-                 max_iterations: int = 10, view: str = "mean", checkpoint_dir=None, example_inputs=None,
+                 max_iterations: int = 10, view: Optional[str] = None, checkpoint_dir=None, example_inputs=None,
                  progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
-                 analyze_kwargs: Optional[dict] = None, seed: int = 0, verbose: bool = True):
+                 analyze_kwargs: Optional[dict] = None, seed: int = 0, verbose: bool = True,
+                 higher_is_better: bool = True, select: str = "cluster", n: Optional[int] = None,
+                 target_layers: Optional[int] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
@@ -128,6 +142,8 @@ class MPruner:
             raise ValueError(f"threshold must be in (0, 1] or 'auto', got {threshold!r}")
         if not isinstance(tolerance, (int, float)) or tolerance < 0:
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        if not isinstance(higher_is_better, bool):
+            raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
         if tolerance_mode not in TOLERANCE_MODES:
             raise ValueError(f"tolerance_mode must be one of {TOLERANCE_MODES}, got {tolerance_mode!r}")
         if cluster_method not in METHODS:
@@ -135,9 +151,11 @@ class MPruner:
         for name, v in (("max_granularity", max_granularity), ("max_iterations", max_iterations)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        view = self._check_select(select, n, target_layers, view)
         self.original = model
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
         self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
+        self.higher_is_better = higher_is_better
         self.max_granularity, self.max_iterations = max_granularity, max_iterations
         self.view, self.example_inputs, self.progress, self.verbose = view, example_inputs, progress, verbose
         self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
@@ -147,6 +165,35 @@ class MPruner:
             ckpt.check_directory(self.checkpoint_dir)  # now, not after the first attempt
         self.block_list = self._resolve_block_list(model, layers)
         self._reset()
+        if target_layers is not None:
+            if not 1 <= target_layers < self.layers_before:
+                raise ValueError(f"target_layers must be in [1, {self.layers_before - 1}] (the model has "
+                                 f"{self.layers_before} blocks), got {target_layers}")
+            self.n = self.layers_before - target_layers
+        elif n is not None and n >= self.layers_before:
+            raise ValueError(f"n={n} would remove every block (the model has {self.layers_before}); pass a smaller n")
+
+    def _check_select(self, select, n, target_layers, view) -> str:
+        """Validates the selection arguments; returns the view to analyse with."""
+        if select not in strategies.SELECTIONS:
+            raise ValueError(f"select must be one of {strategies.SELECTIONS}, got {select!r}")
+        self.select, self.n, self.target_layers = select, n, target_layers
+        if select == "cluster":
+            if n is not None or target_layers is not None:
+                raise ValueError("n / target_layers apply to select='lowest-influence' or 'contiguous'; "
+                                 "select='cluster' removes what the CKA clusters give")
+            return "mean" if view is None else view
+        if (n is None) == (target_layers is None):
+            raise ValueError(f"select={select!r} needs n (blocks to remove) or target_layers (depth to reach), "
+                             "exactly one of them")
+        for name, v in (("n", n), ("target_layers", target_layers)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        view = "tokens" if view is None else view
+        if view not in ("tokens", "last_token"):
+            raise ValueError(f"select={select!r} compares block inputs and outputs token by token: view must be "
+                             f"'tokens' or 'last_token', got {view!r}")
+        return view
 
     # ------------------------------------------------------------------ setup
     def _resolve_block_list(self, model, layers) -> str:
@@ -201,7 +248,9 @@ class MPruner:
         return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
                 "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
                 "max_iterations": self.max_iterations,
-                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed}
+                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed,
+                **({} if self.higher_is_better else {"higher_is_better": False}),
+                **({} if self.select == "cluster" else {"select": self.select, "n": self.n})}
 
     def _log(self, msg: str):
         if not self.verbose or not self.ranks.is_main:
@@ -225,15 +274,17 @@ class MPruner:
         """Whether ``metric`` is within tolerance of the original model's metric."""
         if metric is None or math.isnan(metric):
             return False
-        if self.tolerance_mode == "absolute":
-            return metric >= self.metric_before - self.tolerance
-        return metric >= self.metric_before * (1 - self.tolerance)
+        bound = self._bound()
+        return metric >= bound if self.higher_is_better else metric <= bound
 
     def _analyze(self):
         from ..analysis import analyze
 
+        kwargs = dict(self.analyze_kwargs)
+        if self.select != "cluster":
+            kwargs.update(metric=strategies.ANALYSIS_METRIC[self.select], block_inputs=True)
         return analyze(self.model, self.calib_data, layers=self._path or self.block_list, view=self.view,
-                       progress=self.progress, **self.analyze_kwargs)
+                       progress=self.progress, **kwargs)
 
     def step(self) -> Optional[Iteration]:
         """One attempt; returns its record, or None once the loop has finished."""
@@ -245,12 +296,14 @@ class MPruner:
             self._log(f"mpruner: original metric {self.metric_before:.4f}")
         if self.iteration >= self.max_iterations:
             return self._finish(f"reached max_iterations={self.max_iterations}")
+        if self.select != "cluster" and self.layers_before - self._num_layers(self.model) >= self.n:
+            return self._finish(f"removed n={self.n} blocks ({self.select})")
         if self._analysis is None:
             self._analysis = self._timed("analyze", self._analyze)
-        cka = torch.as_tensor(self._analysis.cka, dtype=torch.float64)
+        cka = torch.as_tensor(self._analysis.matrix, dtype=torch.float64)
         names = list(self._analysis.layer_names)
         allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
-        plan = self._plan(cka, allowed)
+        plan = self._plan(cka, allowed) if self.select == "cluster" else self._plan_strategy(allowed)
         plan, self.granularity, self._excluded = self.ranks.from_main((plan, self.granularity, self._excluded))
         L = len(names)
         if isinstance(plan, str):
@@ -336,10 +389,21 @@ class MPruner:
                 continue
             return threshold, clusters, [best]
 
+    def _plan_strategy(self, allowed: set):
+        """(score, [the removed run or set], removed) for lowest-influence / contiguous; see strategies.plan."""
+        remaining = self.n - (self.layers_before - self._num_layers(self.model))
+        plan = strategies.plan(self.select, self._analysis, remaining, self.granularity, self.max_granularity,
+                               allowed, self._excluded, self._rejected)
+        if isinstance(plan, str):
+            return plan
+        self.granularity, score, removed = plan
+        return score, [removed], removed
+
     def _bound(self) -> float:
+        sign = 1 if self.higher_is_better else -1  # lower is better: the bound lies above
         if self.tolerance_mode == "absolute":
-            return self.metric_before - self.tolerance
-        return self.metric_before * (1 - self.tolerance)
+            return self.metric_before - sign * self.tolerance
+        return self.metric_before * (1 - sign * self.tolerance)
 
     def _finish(self, reason: str, record: Optional[Iteration] = None):
         self.done, self.stop_reason = True, reason
