@@ -9,37 +9,27 @@ from typing import Callable, List, Optional
 
 import torch.nn as nn
 
+from .hooks import HookSet
 from .layers import LayerSelection
 from .views import BatchContext, hidden_tensor
 
 ViewFn = Callable[[object, BatchContext, str], object]
 
 
-class LayerCapture:
+class LayerCapture(HookSet):
     """Context manager: hooks on ``selection``'s modules apply ``view`` to each output."""
 
     def __init__(self, selection: LayerSelection, view: ViewFn):
+        super().__init__()
         self.selection, self.view = selection, view
-        self._handles: List = []
         self._outputs: List[Optional[object]] = [None] * len(selection)
         self._context: Optional[BatchContext] = None
 
-    def __enter__(self) -> "LayerCapture":
-        try:
-            for index, module in enumerate(self.selection.modules):
-                self._handles.append(module.register_forward_hook(self._hook(index)))
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _arm(self):
+        for index, module in enumerate(self.selection.modules):
+            yield module.register_forward_hook(self._hook(index))
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Remove every hook (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+    def _clear(self) -> None:
         self._outputs = [None] * len(self.selection)
         self._context = None
 

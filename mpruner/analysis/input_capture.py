@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from .hooks import HookSet
 from .layers import LayerSelection
 from .views import BatchContext
 
@@ -26,30 +27,20 @@ def input_tensor(args, kwargs, name: str) -> torch.Tensor:
     return value
 
 
-class InputCapture:
+class InputCapture(HookSet):
     """Context manager: pre-hooks on ``selection``'s modules keep each block's input (B, T, D) and mask."""
 
     def __init__(self, selection: LayerSelection):
+        super().__init__()
         self.selection = selection
-        self._handles: List = []
         self._inputs: List[Optional[object]] = [None] * len(selection)
         self._context: Optional[BatchContext] = None
 
-    def __enter__(self) -> "InputCapture":
-        try:
-            for index, module in enumerate(self.selection.modules):
-                self._handles.append(module.register_forward_pre_hook(self._hook(index), with_kwargs=True))
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _arm(self):
+        for index, module in enumerate(self.selection.modules):
+            yield module.register_forward_pre_hook(self._hook(index), with_kwargs=True)
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+    def _clear(self) -> None:
         self._inputs = [None] * len(self.selection)
         self._context = None
 

@@ -11,12 +11,13 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from ..analysis.hooks import HookSet
 from .layers import in_features
 
 MASK_KEYS = ("attention_mask",)
 
 
-class InputNorms:
+class InputNorms(HookSet):
     """Context manager: hooks on ``names``' modules accumulate Σ x_j² (float64) per input feature.
 
     Call ``start(batch)`` before each forward pass (it reads the batch's attention mask);
@@ -25,6 +26,7 @@ class InputNorms:
     """
 
     def __init__(self, model: nn.Module, names: List[str]):
+        super().__init__()
         modules = dict(model.named_modules())
         self.names = list(names)
         self.modules = [modules[n] for n in self.names]
@@ -32,23 +34,10 @@ class InputNorms:
         self.tokens: Dict[str, int] = {n: 0 for n in self.names}
         self._mask: Optional[torch.Tensor] = None
         self._batch = -1
-        self._handles = []
 
-    def __enter__(self) -> "InputNorms":
-        try:
-            for name, module in zip(self.names, self.modules):
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+    def _arm(self):
+        for name, module in zip(self.names, self.modules):
+            yield module.register_forward_hook(self._hook(name))
 
     def start(self, batch, index: int = 0) -> None:
         """Begin a batch: its attention mask (if any) selects the real tokens."""
