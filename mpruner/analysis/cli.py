@@ -209,12 +209,7 @@ def _is_module(obj) -> bool:
 
 
 def _hf_model(directory: str):
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"--model {directory!r} is neither a directory (a Hugging Face model) nor "
-                                "module:factory")
-    if not os.path.isfile(os.path.join(directory, "config.json")):
-        raise FileNotFoundError(f"--model {directory!r} has no config.json; pass a Hugging Face model directory "
-                                "(save_pretrained) or module:factory")
+    check_source(directory, "--model", "model")
     try:
         import transformers as T
     except ImportError:

@@ -88,12 +88,12 @@ def add_parsers(sub) -> None:
                        epilog=PRUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="Hugging Face model directory (loaded as a sequence classifier), or module:factory")
-    p.add_argument("--calib", help="calibration data: text file / CSV column, or module:factory (required "
-                                   "unless --task causal-lm)")
+    p.add_argument("--calib", help="calibration data: text file / CSV column, or module:factory (default: none; "
+                                   "required unless --task causal-lm)")
     p.add_argument("--train", help="fine-tuning data: labelled CSV, or module:factory (default: none, no recovery "
                                    "fine-tuning)")
     p.add_argument("--eval",
-                   help="evaluation (required unless --task causal-lm): labelled CSV (accuracy), or module:name naming evaluate(model) -> float "
+                   help="evaluation (default: none; required unless --task causal-lm): labelled CSV (accuracy), or module:name naming evaluate(model) -> float "
                         "itself, or a zero-argument factory of that function or of labelled batches")
     p.add_argument("--text-column", default="text", help="CSV column with the text (default: %(default)s)")
     p.add_argument("--label-column", default="label", help="CSV column with the label (default: %(default)s)")
