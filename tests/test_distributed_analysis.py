@@ -1,6 +1,7 @@
 """analyze over 2 processes (gloo): each rank its share of the batches, one all-reduce, the
 single-process result on every rank for every view, kernel, estimator and other=."""
 import copy
+import json
 
 import pytest
 import torch
@@ -50,7 +51,8 @@ def _run_all(distributed):
     out = {}
     for name, (model, batches, kwargs) in cases().items():
         r = analyze(model, batches, progress=False, distributed=distributed, **kwargs)
-        out[name] = {"cka": r.cka, "num_samples": r.num_samples, "options": r.options,
+        # options as JSON values, so the ranks' results load with torch.load(weights_only=True)
+        out[name] = {"cka": r.cka, "num_samples": r.num_samples, "options": json.loads(json.dumps(r.options, default=str)),
                      "names": (r.layer_names, r.other_layer_names)}
     return out
 
@@ -75,7 +77,7 @@ def _worker(rank, world, init_file, out_dir):
 def two_ranks(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist-analysis")
     mp.start_processes(_worker, args=(2, str(d / "init"), str(d)), nprocs=2, join=True, start_method="spawn")
-    return [torch.load(d / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(d / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def _free_port():
 def two_ranks(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist-finetune")
     mp.start_processes(_worker, args=(2, _free_port(), str(d)), nprocs=2, join=True, start_method="spawn")
-    return [torch.load(d / f"rank{r}.pt") for r in range(2)]
+    return [torch.load(d / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.mark.parametrize("name", list(CASES))
