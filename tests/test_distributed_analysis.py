@@ -44,6 +44,9 @@ def cases():
         "tokens-other": (net, tokens, dict(layers="layers", view="tokens", other=TokenNet(seed=1))),
         "cls": (net, tokens, dict(layers="layers", view="cls")),
         "last_token": (net, tokens, dict(layers="layers", view="last_token")),
+        "cosine": (net, tokens, dict(layers="layers", metric="cosine")),
+        "angular-last": (net, tokens, dict(layers="layers", metric="angular", view="last_token")),
+        "cka-block-inputs": (net, tokens, dict(layers="layers", view="tokens", block_inputs=True)),
     }
 
 
@@ -52,7 +55,8 @@ def _run_all(distributed):
     for name, (model, batches, kwargs) in cases().items():
         r = analyze(model, batches, progress=False, distributed=distributed, **kwargs)
         # options as JSON values, so the ranks' results load with torch.load(weights_only=True)
-        out[name] = {"cka": r.cka, "num_samples": r.num_samples, "options": json.loads(json.dumps(r.options, default=str)),
+        influence = r.block_influence() if r.block_io is not None else None
+        out[name] = {"cka": r.matrix, "influence": influence, "num_samples": r.num_samples, "options": json.loads(json.dumps(r.options, default=str)),
                      "names": (r.layer_names, r.other_layer_names)}
     return out
 
@@ -92,6 +96,8 @@ def test_sharded_equals_one_process_on_every_rank(two_ranks, single, name):
     for rank in range(2):
         got = two_ranks[rank]["sharded"][name]
         torch.testing.assert_close(got["cka"], ref["cka"], rtol=0, atol=1e-12, equal_nan=True)
+        if ref["influence"] is not None:
+            torch.testing.assert_close(got["influence"], ref["influence"], rtol=0, atol=1e-12)
         assert got["num_samples"] == ref["num_samples"] and got["names"] == ref["names"]
         options = dict(got["options"])
         assert options.pop("world_size") == 2

@@ -77,8 +77,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             cos(h_a[t], h_b[t]) between the outputs of blocks a and b; ``"angular"``: the mean
             of arccos(cos)/pi (Gromov et al.). These two take ``view="tokens"`` (every real
             token, the default) or ``"last_token"``, need blocks of one width, and never give
-            NaN (zero vectors: see ``mpruner.engine.similarity``). Distributed runs support
-            ``metric="cka"`` without ``block_inputs`` for now.
+            NaN (zero vectors: see ``mpruner.engine.similarity``).
         block_inputs: also capture each block's INPUT (a forward pre-hook, same pass) for
             ``Analysis.block_influence()`` and ``Analysis.run_distance()``; default: on for
             cosine/angular, off for CKA (with CKA it adds the token cosines of input vs output).
@@ -99,10 +98,6 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             raise ValueError(f"other= (cross-model comparison) is computed with metric='cka'; got metric={metric!r}")
     _check_args(model, data, view, kernel, other, forward, max_batches)
     shard = dist_analysis.resolve(distributed)
-    if shard is not None and (metric != "cka" or block_inputs):
-        raise NotImplementedError(f"a distributed analyze computes metric='cka' without block_inputs for now "
-                                  f"(got metric={metric!r}, block_inputs={bool(block_inputs)}); pass "
-                                  f"distributed=False to run every batch on every rank")
     selection = select_layers(model, layers)
     other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
     run_device = execution_device(model)
@@ -158,7 +153,10 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             raise
         failure = e
     if shard is not None:  # every rank joins, also one that failed (it re-raises its own error)
+        seen_here = seen
         seen = dist_analysis.reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
+        if sim_sink is not None and sim_sink is not sink:  # CKA with block inputs: the cosines too
+            dist_analysis.reduce_sink(shard, sim_sink, (len(names), 0), seen_here)
     block_io = None
     if metric != "cka":
         cka, block_io, extra = sink.result(metric)

@@ -77,6 +77,25 @@ class SimilaritySink:
         self.sequences += B if mask is None else int(mask.bool().any(1).sum())
         self.num_batches += 1
 
+    # torch.distributed (see mpruner.analysis.distributed): the float64 sums and the counts,
+    # summed over ranks in one all-reduce; zeros are a valid "nothing seen".
+    def _sums(self) -> List[torch.Tensor]:
+        return [self.cos, self.ang] + ([self.io_cos, self.io_ang] if self.with_inputs else [])
+
+    def distributed_state(self, shape) -> List[torch.Tensor]:
+        return [torch.cat([t.flatten().double().cpu() for t in self._sums()])]
+
+    def distributed_counts(self) -> List[int]:
+        return [self.num_batches, self.tokens, self.sequences, self.skipped_batches, self.skipped_samples]
+
+    def distributed_load(self, shape, tensors: List[torch.Tensor], counts: List[int]) -> None:
+        L = len(self.names)
+        parts = [p.reshape(L, L).to(self.device) for p in tensors[0].split(L * L)]
+        self.cos, self.ang = parts[0], parts[1]
+        if self.with_inputs:
+            self.io_cos, self.io_ang = parts[2], parts[3]
+        self.num_batches, self.tokens, self.sequences, self.skipped_batches, self.skipped_samples = counts
+
     def result(self, metric: str):
         if self.num_batches == 0:
             raise ValueError("no batch had a real token (attention_mask all zero?); nothing to compare"
