@@ -75,7 +75,7 @@ def spawn(cfg: Config, spec: Dict, tag: str, timeout: Optional[float] = None) ->
                 peak = max(peak, rss)
                 if cfg.mem_cap_bytes and rss > cfg.mem_cap_bytes:
                     _kill(p)
-                    status = f"oom: killed at the {cfg.mem_cap_bytes / GIB:.0f} GiB memory cap"
+                    status = f"oom: killed at the {cfg.mem_cap_bytes / GIB:.3g} GiB memory cap"
                 elif time.perf_counter() - t0 > timeout:
                     _kill(p)
                     status = f"timeout: killed after {timeout:.0f} s"
