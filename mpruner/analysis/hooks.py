@@ -7,19 +7,21 @@ when one registration fails half-way; removal also runs when the forward pass ra
 """
 from __future__ import annotations
 
+import abc
 from typing import Iterator, List
 
 from torch.utils.hooks import RemovableHandle
 
 
-class HookSet:
+class HookSet(abc.ABC):
     """Base of a context manager owning hooks; subclasses yield their handles from ``_arm``."""
 
     def __init__(self):
         self._handles: List[RemovableHandle] = []
 
+    @abc.abstractmethod
     def _arm(self) -> Iterator[RemovableHandle]:
-        raise NotImplementedError
+        """Register the hooks, yielding each handle as it is made."""
 
     def _clear(self) -> None:
         """Forget per-batch state once the hooks are gone (subclasses override)."""
