@@ -169,12 +169,16 @@ def measure_hooks(name, device="cpu", repeats=7):
     stacked = [torch.stack([x.reshape(x.shape[0], -1) for x in b]) for b in store] if view != "tokens" else None
     _analyze(store, model, view), _direct(store, model, view)  # warm-up
     times = {"analyze": [], "forward_update": [], "bare_gemm": []}
+    variants = [("analyze", lambda: _analyze(store, model, view)),
+                ("forward_update", lambda: _direct(store, model, view))]
+    if stacked is not None:
+        variants.append(("bare_gemm", lambda: run_gemm(stacked)))
     with OthersCPU() as others:
-        for _ in range(repeats):
-            times["analyze"].append(timed(lambda: _analyze(store, model, view), device))
-            times["forward_update"].append(timed(lambda: _direct(store, model, view), device))
-            if stacked is not None:
-                times["bare_gemm"].append(timed(lambda: run_gemm(stacked), device))
+        for r in range(repeats):
+            # Rotate the order every repeat: whichever variant runs right after another one on
+            # the same activations finds them in cache, and no variant should always be second.
+            for key, fn in variants[r % len(variants):] + variants[:r % len(variants)]:
+                times[key].append(timed(fn, device))
     med = {k: statistics.median(v) for k, v in times.items() if v}
     row = {"workload": name, "L": L, "N": N, "n": n, "shape": list(shape), "view": view, "device": str(device),
            "analyze_s": med["analyze"], "forward_update_s": med["forward_update"],
@@ -200,9 +204,10 @@ def measure(name, device="cpu", precision="highest", repeats=7):
     run_engine(batches, precision), run_gemm(stacked, precision)  # warm-up
     eng, gemm = [], []
     with OthersCPU() as others:
-        for _ in range(repeats):
-            eng.append(timed(lambda: run_engine(batches, precision), device))
-            gemm.append(timed(lambda: run_gemm(stacked, precision), device))
+        for r in range(repeats):  # alternate which one goes first (cache state, clock ramps)
+            pair = [(eng, lambda: run_engine(batches, precision)), (gemm, lambda: run_gemm(stacked, precision))]
+            for out, fn in (pair if r % 2 == 0 else pair[::-1]):
+                out.append(timed(fn, device))
     e, g = statistics.median(eng), statistics.median(gemm)
     return {"workload": name, "L": L, "N": N, "n": n, "d": d, "device": str(device), "precision": precision,
             "engine_s": e, "bare_gemm_s": g, "ratio": e / g, "repeats": repeats,

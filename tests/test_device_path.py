@@ -107,3 +107,38 @@ def test_analyze_nan_names_layer_and_batch_on_the_device_path(device_path, gen):
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or Inf in the output of '0', '1', '2' in batch 1"):
         mpruner.analyze(model, [torch.randn(8, 6, generator=gen), bad], progress=False)
+
+
+def test_skip_masks_bad_batches_without_a_sync(device_path, gen):
+    """nan_policy='skip' on the device path: bad batches add zeros on the device, the counters
+    learn of them at the first read, and the result equals the good batches alone."""
+    good = [_layers(gen, 4, n=20) for _ in range(3)]
+    bad = [x.clone() for x in good[1]]
+    bad[2][3, 1] = float("nan")
+    acc = mpruner.CKAAccumulator(nan_policy="skip")
+    acc.update(good[0])
+    with CountOps() as mode:
+        acc.update(bad)
+        acc.update(good[2])
+    assert mode.syncs == 0, f"update() read device values back: {mode.ops}"
+    assert (acc.num_skipped, acc.num_batches, acc.num_samples) == (1, 2, 40)
+    ref = mpruner.CKAAccumulator()
+    for b in (good[0], good[2]):
+        ref.update(b)
+    torch.testing.assert_close(acc.compute(), ref.compute(), atol=1e-12, rtol=0)
+    # the state written out and a merge see the settled counts
+    state = acc.state_dict()
+    assert (state["num_batches"], state["num_skipped"]) == (2, 1)
+
+
+def test_skip_every_batch_on_the_device_path(device_path, gen):
+    bad = _layers(gen, 3)
+    bad[0][0, 0] = float("inf")
+    acc = mpruner.CKAAccumulator(nan_policy="skip")
+    acc.update(bad)
+    acc.update(bad)
+    with pytest.raises(RuntimeError, match=r"no batch accumulated yet.*2 batches were skipped"):
+        acc.compute()
+    assert acc.num_batches == 0 and acc.num_skipped == 2
+    acc.update(_layers(gen, 3))  # still usable afterwards
+    assert acc.num_batches == 1 and torch.isfinite(acc.compute()).all()

@@ -62,13 +62,64 @@ class CKAAccumulator:
         self._exact: Optional[ExactLinearSums] = None
         self._first_bad: Optional[torch.Tensor] = None  # (K,) first batch with NaN/Inf per layer, -1: none
         self._shape: Optional[tuple] = None             # (L, M)
-        self.num_batches = 0
-        self.num_samples = 0
-        self.num_skipped = 0
+        # nan_policy="skip" on the device path: batches are counted when added and their HSIC
+        # masked on the device; (skipped batches, their samples) wait here until first read.
+        self._pending_skips: Optional[torch.Tensor] = None
+        self._num_batches = 0
+        self._num_samples = 0
+        self._num_skipped = 0
+
+    # Counters: reading one settles the device-side skips (one device->host read, never per batch).
+    @property
+    def num_batches(self) -> int:
+        """Batches accumulated (skipped ones not included)."""
+        self._settle()
+        return self._num_batches
+
+    @num_batches.setter
+    def num_batches(self, value: int) -> None:
+        self._settle()
+        self._num_batches = int(value)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the accumulated batches."""
+        self._settle()
+        return self._num_samples
+
+    @num_samples.setter
+    def num_samples(self, value: int) -> None:
+        self._settle()
+        self._num_samples = int(value)
+
+    @property
+    def num_skipped(self) -> int:
+        """Batches dropped for NaN/Inf under ``nan_policy="skip"``."""
+        self._settle()
+        return self._num_skipped
+
+    @num_skipped.setter
+    def num_skipped(self, value: int) -> None:
+        self._settle()
+        self._num_skipped = int(value)
+
+    def _settle(self) -> None:
+        """Moves the device's count of masked (skipped) batches into the counters."""
+        if self._pending_skips is None:
+            return
+        skipped, samples = (int(v) for v in self._pending_skips.tolist())
+        self._pending_skips = None
+        self._num_batches -= skipped
+        self._num_samples -= samples
+        self._num_skipped += skipped
+        if self._num_batches == 0:  # every batch was skipped: nothing accumulated
+            self._sums = self._thresholds = None
+            self._shape = None
 
     @property
     def hsic(self) -> torch.Tensor:
         """The float64 HSIC sums over all layers (L + M when a cross matrix is accumulated)."""
+        self._settle()
         if self._shape is None:
             raise RuntimeError("no batch accumulated yet: call update(features) first")
         if self.estimator == "exact":
@@ -83,7 +134,8 @@ class CKAAccumulator:
         NaN/Inf activations show in the layer's self-HSIC (no extra pass over the data).
         On the CPU they raise here; on other devices (``nan_policy="raise"``) a device flag
         records the first bad batch per layer and ``compute()`` raises, so ``update`` never
-        waits for the device. ``batch`` is the index named in that error (default: the
+        waits for the device; with ``nan_policy="skip"`` such a batch adds zeros there and
+        the counters learn of it when first read. ``batch`` is the index named in that error (default: the
         number of batches passed so far).
         """
         feats = I.as_layer_list(features, "features")
@@ -106,11 +158,11 @@ class CKAAccumulator:
         else:
             ok = self._update_minibatch(xs, names, index)
         if not ok:
-            self.num_skipped += 1
+            self._num_skipped += 1
             return
         self._shape = shape
-        self.num_batches += 1
-        self.num_samples += n
+        self._num_batches += 1
+        self._num_samples += n
 
     def _defer_checks(self, device: torch.device) -> bool:
         """Whether the NaN/Inf check waits for compute() (no host sync per batch)."""
@@ -123,6 +175,14 @@ class CKAAccumulator:
             if self._first_bad is None:
                 self._first_bad = torch.full(bad.shape, -1, dtype=torch.long, device=h.device)
             self._first_bad = torch.where(bad & (self._first_bad < 0), index, self._first_bad)
+        elif self.nan_policy == "skip" and I.device_path(h.device) and not I.compiling():
+            # Masked accumulation: a batch with NaN/Inf anywhere adds zeros, and the device
+            # counts it; the host learns of it when a counter or the result is read.
+            skip = (~torch.isfinite(torch.diagonal(h))).any()
+            zero = torch.zeros((), dtype=h.dtype, device=h.device)
+            h, thr = torch.where(skip, zero, h), torch.where(skip, zero, thr)
+            counts = torch.stack([skip, skip]).to(torch.long) * torch.tensor([1, xs[0].shape[0]], device=h.device)
+            self._pending_skips = counts if self._pending_skips is None else self._pending_skips + counts
         else:
             bad = check_finite(h, names)
             if bad:
@@ -172,6 +232,7 @@ class CKAAccumulator:
     # ------------------------------------------------------------------ results
     def compute(self) -> torch.Tensor:
         """The (L, L) CKA matrix, or (L, M) with ``other``; float64."""
+        self._settle()
         if self._shape is None:
             raise RuntimeError("no batch accumulated yet: call update(features) first"
                                + (f" ({self.num_skipped} batches were skipped for NaN/Inf)" if self.num_skipped else ""))
@@ -203,6 +264,8 @@ class CKAAccumulator:
     def merge(self, other: "CKAAccumulator") -> "CKAAccumulator":
         """Adds another accumulator's batches to this one (same options and layers); returns self."""
         self._check_compatible(other)
+        self._settle()
+        other._settle()
         for acc in (self, other):
             if acc._shape is not None:
                 acc._raise_deferred(acc._names(acc._shape))
@@ -231,6 +294,7 @@ class CKAAccumulator:
         """
         import torch.distributed as dist
 
+        self._settle()
         if self._shape is None:
             raise RuntimeError("all_reduce needs at least one update() on every rank")
         self._raise_deferred(self._names(self._shape))
@@ -248,6 +312,7 @@ class CKAAccumulator:
 
     def state_dict(self) -> Dict:
         """Plain tensors and numbers (safe to save with safetensors/JSON; no pickled objects)."""
+        self._settle()
         state = {"kernel": self.kernel, "unbiased": self.unbiased, "sigma": self.sigma, "estimator": self.estimator,
                  "shape": None if self._shape is None else list(self._shape), "num_batches": self.num_batches,
                  "num_samples": self.num_samples, "num_skipped": self.num_skipped}
