@@ -59,3 +59,29 @@ def test_reliability_counts_come_from_the_results():
         else:
             total = sum(v["cases"] for v in data["properties"].values())
         assert f"{total:,}" in text, (name, total)
+
+
+def _section(title):
+    return README.split(title, 1)[1].split("\n### ", 1)[0]
+
+
+def test_engine_tables_come_from_the_results():
+    eng = _json("engine_cpu.json")
+    text = _section("### Engine speed")
+    for r in eng["results"]:
+        assert f"| {r['workload']} | {1e3 * r['engine_s']:.1f} ms | {1e3 * r['bare_gemm_s']:.1f} ms | " \
+               f"{r['ratio']:.2f}× |" in text, r["workload"]
+    assert f"commit {eng['machine']['commit'][:7]}" in text
+    hooks = _section("### Where the engine's time goes")
+    for r in eng["hook_path"]:
+        assert f"| {1e3 * r['analyze_s']:.1f} ms | {1e3 * r['forward_update_s']:.1f} ms | {r['ratio']:.2f}× |" in hooks
+    for r in _json("engine_versions_cpu.json")["results"]:
+        assert f"{r['current']['ratio']:.2f}×" in text and f"{r['baseline']['ratio']:.2f}×" in text
+    for r in _json("engine_profile_cpu.json")["results"]:
+        assert f"{r['one_thread_gram']['time_ratio']:.2f}×" in text
+        assert f"{r['profile']['shares']['gram_gemms']:.0%}" in text
+
+
+def test_distributed_scaling_comes_from_the_results():
+    d = _json("distributed_cpu.json")
+    assert f"{d['ratio']:.2f}×" in README
