@@ -1,5 +1,6 @@
 """Finetuner on accelerate: 2 ranks (gloo, DDP) sharing each batch take the single-process
-step on the whole batch; options that one process shares with them (accumulation, amp)."""
+step on the whole batch; the same with fsdp=True (torch FSDP2 on the CPU); options that one
+process shares with them (accumulation, amp)."""
 import copy
 import os
 import socket
@@ -32,12 +33,59 @@ CASES = {  # name -> (batch sizes, Finetuner options)
 }
 
 
-def train(name):
+def train(name, fsdp=None):
     sizes, options = CASES[name]
     model = net()
-    loss = mpruner.Finetuner(batches(sizes), lr=1e-2, progress=False, **options)(model)
-    return {"loss": loss, "params": {k: v.detach().clone() for k, v in model.named_parameters()},
-            "grads": {k: v.grad.clone() for k, v in model.named_parameters()}}
+    loss = mpruner.Finetuner(batches(sizes), lr=1e-2, progress=False, fsdp=fsdp, **options)(model)
+    out = {"loss": loss, "params": {k: v.detach().clone() for k, v in model.named_parameters()}}
+    if fsdp is None:  # a sharded run trains a sharded copy: the plain model gets its weights, no gradients
+        out["grads"] = {k: v.grad.clone() for k, v in model.named_parameters()}
+    return out
+
+
+class TinyLM(nn.Module):
+    """(B, T) ids -> (B, T, V) logits: enough for perplexity's arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb, self.out = nn.Embedding(11, 8), nn.Linear(8, 11)
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.emb(ids)))
+
+
+def evaluations(distributed):
+    """Accuracy over 5 batches (an odd count: the ranks' shares differ) and perplexity over
+    7 windows, as the CLI's evaluation computes them."""
+    from mpruner.prune.demo import accuracy
+
+    calls = []
+    model, lm = net(), TinyLM()
+    for m in (model, lm):
+        m.register_forward_hook(lambda *_: calls.append(1))
+    acc = accuracy(model, batches((8, 7, 1, 5, 3)), distributed=distributed)
+    ids = torch.randint(0, 11, (7 * 16 - 5,), generator=torch.Generator().manual_seed(4))
+    ppl = mpruner.perplexity(lm, ids, seq_len=16, batch_size=1, progress=False, distributed=distributed)
+    return {"accuracy": acc, "perplexity": ppl.perplexity, "tokens": ppl.tokens, "forwards": len(calls)}
+
+
+def failing_evaluation(rank):
+    """Rank 1's model raises in its forward: both ranks raise, neither waits for the other."""
+    from mpruner.prune.demo import accuracy
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise ValueError("broken forward")
+
+    try:
+        accuracy(Broken() if rank == 1 else net(), batches((4, 4)))
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+FSDP = {"fsdp": True, "fsdp-root": {"wrap": "root", "reshard_after_forward": False}}
 
 
 def _worker(rank, world, port, out_dir):
@@ -46,7 +94,18 @@ def _worker(rank, world, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        torch.save({name: train(name) for name in CASES}, f"{out_dir}/rank{rank}.pt")
+        results = {name: train(name) for name in CASES}
+        for mode, fsdp in FSDP.items():
+            results.update({f"{mode}/{name}": train(name, fsdp=fsdp) for name in CASES})
+        results["eval"] = evaluations(distributed="auto")
+        results["eval_failure"] = failing_evaluation(rank)
+        from mpruner.prune.sharded import shard_copy
+
+        plain = net()
+        replica = shard_copy(plain, {})
+        results["local_numel"] = torch.tensor([p.to_local().numel() for p in replica.parameters()])
+        results["plain_is_plain"] = all(type(p) is nn.Parameter for p in plain.parameters())
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -64,12 +123,16 @@ def two_ranks(tmp_path_factory):
     return [torch.load(d / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.parametrize("mode", ["ddp"] + list(FSDP))
 @pytest.mark.parametrize("name", list(CASES))
-def test_two_ranks_take_the_single_process_steps(two_ranks, name):
+def test_two_ranks_take_the_single_process_steps(two_ranks, name, mode):
     ref = train(name)
+    key_of_run = name if mode == "ddp" else f"{mode}/{name}"
     for rank in range(2):
-        got = two_ranks[rank][name]
+        got = two_ranks[rank][key_of_run]
         for key in ("grads", "params"):
+            if key not in got:
+                continue
             for param, value in ref[key].items():
                 torch.testing.assert_close(got[key][param], value, rtol=0, atol=1e-12, msg=f"{key} {param} rank {rank}")
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-12)
@@ -102,3 +165,58 @@ def test_bad_options():
         mpruner.Finetuner([], gradient_accumulation_steps=0)
     with pytest.raises(ValueError, match="amp must be 'auto', True, False or one of"):
         mpruner.Finetuner([], amp="fp8")
+
+
+def test_evaluation_is_sharded_and_summed(two_ranks):
+    """Each rank scores its share of the batches; every rank returns the one-process value."""
+    ref = evaluations(distributed=False)
+    for rank in range(2):
+        got = two_ranks[rank]["eval"]
+        assert got["accuracy"] == ref["accuracy"] and got["tokens"] == ref["tokens"]
+        assert got["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-13)
+    # 5 + 7 forward passes in one process; rank 0 takes batches 0, 2, 4 and windows 0, 2, 4, 6
+    assert ref["forwards"] == 12 and [two_ranks[r]["eval"]["forwards"] for r in range(2)] == [7, 5]
+
+
+def test_a_failing_rank_fails_the_evaluation_everywhere(two_ranks):
+    assert two_ranks[0]["eval_failure"] == "RuntimeError: evaluation failed on 1 of 2 ranks (their error is in " \
+                                          "their own output)"
+    assert two_ranks[1]["eval_failure"] == "ValueError: broken forward"
+
+
+def test_fsdp_shards_a_copy(two_ranks):
+    """Each rank holds about half of every parameter; the model handed in stays plain."""
+    total = torch.tensor([p.numel() for p in net().parameters()])
+    local = [two_ranks[r]["local_numel"] for r in range(2)]
+    assert torch.equal(local[0] + local[1], total) and bool((local[0] < total).all())
+    assert two_ranks[0]["plain_is_plain"] and two_ranks[1]["plain_is_plain"]
+
+
+def test_fsdp_needs_a_process_group_and_leaves_the_model_alone():
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"fsdp=True\) shards the model over the ranks of an initialised"):
+        mpruner.Finetuner(batches((8,)), progress=False, fsdp=True)(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fsdp_bad_options():
+    with pytest.raises(ValueError, match=r"fsdp: unknown option\(s\) \['shard'\]"):
+        mpruner.Finetuner([], fsdp={"shard": 2})
+    with pytest.raises(ValueError, match="fsdp\\['wrap'\\] must be 'blocks'"):
+        mpruner.Finetuner([], fsdp={"wrap": "layers"})
+    with pytest.raises(TypeError, match="fsdp must be True, False/None or a dict"):
+        mpruner.Finetuner([], fsdp="yes")
+    with pytest.raises(ValueError, match="either fsdp= .* or accelerator=, not both"):
+        mpruner.Finetuner([], fsdp=True, accelerator=object())
+
+
+def test_cli_fsdp_without_torchrun_is_refused_before_loading(tmp_path, capsys):
+    from mpruner.cli import main
+
+    job = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prune_job_torchrun.py")
+    code = main(["prune", "--model", f"{job}:model", "--calib", f"{job}:calib", "--eval", f"{job}:evaluate",
+                 "--train", f"{job}:train", "--out", str(tmp_path / "out"), "--fsdp", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--fsdp shards the fine-tuning over the ranks of torchrun" in err, err
+    assert "loading" not in capsys.readouterr().out

@@ -1,5 +1,5 @@
-"""The MPruner loop under torchrun (2 gloo ranks on the CPU): the same accepted removals,
-metric and weights as one process; a killed or hung rank ends the run with a clear error and
+"""The MPruner loop under torchrun (2 gloo ranks on the CPU), fine-tuning by DDP or FSDP:
+the same accepted removals, metric and weights as one process; a killed or hung rank ends the run with a clear error and
 an intact last checkpoint; resume with the same or another number of ranks."""
 import json
 import os
@@ -42,12 +42,13 @@ def reference(tmp_path_factory):
     return {"summary": result.to_dict(), "weights": {k: v.tolist() for k, v in result.model.state_dict().items()}}
 
 
-def test_cli_under_torchrun_equals_one_process(tmp_path, reference):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_cli_under_torchrun_equals_one_process(tmp_path, reference, sharding):
     f = JOB
     proc = torchrun("-m", "mpruner", "prune", "--model", f"{f}:model", "--calib", f"{f}:calib", "--train",
                     f"{f}:train", "--eval", f"{f}:evaluate", "--layers", "blocks", "--threshold", "0.95",
                     "--tolerance", "0.05", "--view", "flatten", "--epochs", "1", "--lr", "1e-3",
-                    "--out", str(tmp_path / "out"), "--no-progress")
+                    "--out", str(tmp_path / "out"), "--no-progress", *sharding)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     ref = reference["summary"]

@@ -176,3 +176,21 @@ def reduce_sink(shard: Shard, sink, shape, seen: int, failure: Optional[BaseExce
         offset += size
     load_fn(sink, shape, parts, summed)
     return total_seen
+
+
+def sum_over_ranks(shard: Shard, values: List[float], what: str,
+                   failure: Optional[BaseException] = None) -> List[float]:
+    """Float64 sums of ``values`` over all ranks in one all-reduce (evaluation metrics' sums).
+
+    As in :func:`reduce_sink`, a rank whose share raised (``failure``) still joins with a
+    failure flag and re-raises its own error, so the other ranks raise instead of waiting.
+    """
+    flat = torch.tensor([float(failure is not None)] + [0.0 if failure else float(v) for v in values],
+                        dtype=torch.float64)
+    flat = _all_reduce(shard, flat)
+    if failure is not None:
+        raise failure
+    failed = int(flat[0].item())
+    if failed:
+        raise RuntimeError(f"{what} failed on {failed} of {shard.world} ranks (their error is in their own output)")
+    return flat[1:].tolist()

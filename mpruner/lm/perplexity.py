@@ -39,7 +39,7 @@ class PerplexityResult:
 
 def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_len: Optional[int] = None,
                batch_size: int = 8, add_bos: Optional[bool] = None, tokenizer=None,
-               progress: bool = True) -> PerplexityResult:
+               progress: bool = True, distributed="auto") -> PerplexityResult:
     """Perplexity of ``model`` on ``data``, over non-overlapping windows of ``seq_len`` tokens.
 
     Args:
@@ -58,6 +58,10 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
             family expects one (LLaMA, Qwen2, Mistral, ...). The choice is in the result.
         tokenizer: needed for a list of strings; also the source of the BOS id.
         progress: a tqdm bar over the batches.
+        distributed: ``"auto"``: under a process group of W > 1 ranks (torchrun), rank r runs
+            window batches r, r + W, ... and the float64 NLL sums and token counts are summed
+            over the ranks, so every rank returns the perplexity of the whole corpus for 1/W
+            of the forward passes. ``False``: every window on every rank.
 
     Each window of ``n`` tokens predicts its tokens 2..n from the ones before;
     ``perplexity = exp(sum NLL / sum predicted tokens)`` over all windows, the sums in float64.
@@ -74,9 +78,31 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
     windows = _windows(ids, seq_len, bos)
     if not windows:
         raise ValueError(f"data has {ids.numel()} token(s); perplexity needs at least 2 (or 1 with add_bos)")
+    from ..analysis.distributed import resolve, sum_over_ranks
+
+    shard = resolve(distributed)
     device = _device(model)
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     groups = _batches(windows, batch_size)
+    if shard is not None:
+        groups = groups[shard.rank::shard.world]
+    try:
+        total, count = _nll_sums(model, groups, device, progress, total, count)
+    except Exception as e:  # noqa: BLE001 - joined below so the other ranks do not wait
+        if shard is None:
+            raise
+        sum_over_ranks(shard, [0.0, 0.0], "perplexity", e)
+    if shard is None:
+        total = float(total)
+    else:
+        total, count = sum_over_ranks(shard, [float(total), count], "perplexity")
+        count = int(count)
+    nll = total / count
+    return PerplexityResult(math.exp(nll), nll, count, seq_len, bos is not None, len(windows), bos)
+
+
+def _nll_sums(model, groups, device, progress, total, count):
+    """Float64 NLL sum and predicted-token count over the window batches ``groups``."""
     with _eval_mode(model), torch.no_grad(), _bar(len(groups), progress) as bar:
         for group in groups:
             x = torch.stack(group).to(device)
@@ -91,8 +117,7 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
             total += nll.to(torch.float64).sum()
             count += x.shape[0] * (x.shape[1] - 1)
             bar.update(1)
-    nll = float(total) / count
-    return PerplexityResult(math.exp(nll), nll, count, seq_len, bos is not None, len(windows), bos)
+    return total, count
 
 
 def corpus_ids(data, tokenizer=None) -> torch.Tensor:

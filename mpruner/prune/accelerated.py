@@ -1,8 +1,9 @@
 """The ``accelerate.Accelerator`` behind :class:`mpruner.Finetuner`, and what it leaves behind.
 
 accelerate decides from the launcher's environment (torchrun, ``accelerate launch``) whether
-training is one process, DDP, FSDP or DeepSpeed; this module only picks the mixed precision
-and the device from the Finetuner's defaults and undoes what ``prepare`` did to the model.
+training is one process or DDP (its FSDP and DeepSpeed modes are refused; sharded training is
+``mpruner.prune.sharded``); this module only picks the mixed precision and the device from the
+Finetuner's defaults and undoes what ``prepare`` did to the model.
 """
 from __future__ import annotations
 
@@ -41,15 +42,21 @@ def make_accelerator(device: torch.device, amp):
 
 def check_world(accelerator) -> None:
     """Refuse a process group that accelerate does not see (it reads the launcher's environment),
-    and the sharded modes, which rewrite the model the loop keeps working on."""
+    and accelerate's sharded modes, which rewrite the model the loop keeps working on
+    (``Finetuner(fsdp=True)`` shards a copy instead)."""
     import torch.distributed as dist
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise NotImplementedError(f"Finetuner trains the model in place, which {accelerator.distributed_type.value} "
-                                  "sharding does not keep (it rewrites the module tree); use data-parallel "
-                                  "fine-tuning (torchrun without an FSDP/DeepSpeed accelerate config), or fine-tune "
-                                  "with your own accelerate loop: MPruner(finetune=...) takes any callable")
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise ValueError("an accelerator configured for FSDP shards the model it prepares in place, and the loop "
+                         "keeps pruning that model: pass Finetuner(fsdp=True) instead (mpruner shards a copy per "
+                         "fine-tuning with torch FSDP2 and copies the trained weights back), without the "
+                         "accelerate FSDP config")
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed's engine replaces the model it prepares, and the loop keeps pruning that model; "
+                         "use Finetuner(fsdp=True) for sharded fine-tuning, DDP (torchrun without a DeepSpeed "
+                         "config), or your own DeepSpeed loop: MPruner(finetune=...) takes any callable")
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() != accelerator.num_processes:
         raise RuntimeError(f"a torch.distributed group of {dist.get_world_size()} ranks is initialised but accelerate "

@@ -47,6 +47,9 @@ def _loop_options(p):
     g.add_argument("--lr", type=float, default=5e-5, help="recovery fine-tuning learning rate (default: %(default)s)")
     g.add_argument("--max-steps", type=positive_int,
                    help="cap on recovery fine-tuning steps per attempt (default: no cap)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, fine-tune fully sharded (torch FSDP2: one unit per block; parameters, "
+                        "gradients and optimizer state split over the ranks) instead of DDP (default: DDP)")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
 
@@ -302,7 +305,7 @@ def _build(args):
         evald = text_batches(eval_ds, tok, args.batch_size, args.max_length, with_labels=True)
         evaluate = lambda m: accuracy(m, evald)  # noqa: E731
     finetune = None if train is None else Finetuner(train, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps,
-                                                    progress=progress)
+                                                    progress=progress, fsdp=True if args.fsdp else None)
     return model, calib, evaluate, finetune, (None if is_factory(args.model) else tok)
 
 
@@ -320,6 +323,12 @@ def cmd_prune(args) -> int:
             if not args.calib or not args.eval:
                 raise ValueError("--calib and --eval are required (or --task causal-lm --data corpus.txt)")
             _check_args(args)
+        if getattr(args, "fsdp", False):
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("--fsdp shards the fine-tuning over the ranks of torchrun: launch with "
+                                 "torchrun --nproc_per_node N -m mpruner prune ... (N >= 2), or drop --fsdp")
         if args.no_progress:
             from ..analysis.cli import no_library_bars
 

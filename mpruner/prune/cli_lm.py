@@ -64,8 +64,11 @@ def build_causal_lm(args):
     finetune = None
     if args.max_steps:
         lora = None if args.lora_r == 0 else dict(r=args.lora_r, alpha=2 * args.lora_r)
+        if lora is not None and getattr(args, "fsdp", False):
+            raise ValueError("--fsdp shards full fine-tuning; LoRA healing trains only small adapters: "
+                             "pass --lora-r 0 with --fsdp, or drop --fsdp")
         finetune = Finetuner(windows, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, progress=progress,
-                             lora=lora)
+                             lora=lora, fsdp=True if getattr(args, "fsdp", False) else None)
     options = dict(higher_is_better=False, select=args.select)
     if args.select != "cluster":
         options.update(n=args.n, target_layers=args.target_layers)

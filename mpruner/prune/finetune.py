@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .accelerated import MIXED_PRECISIONS, check_world, make_accelerator, release
+from .accelerated import MIXED_PRECISIONS, check_world, make_accelerator, mixed_precision, release
 from .batch_split import split_batch
+from .sharded import ShardedDriver, check_fsdp_options, gather_into, shard_copy
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -59,7 +60,9 @@ class Finetuner:
     ``accelerate launch``, data-parallel (DDP) over all ranks. Every rank reads the same
     batches and trains on its share of each (``mpruner.prune.batch_split``), so W ranks
     with per-rank batch b take the step one process takes with batch W * b, and the model
-    is the same on every rank afterwards (dropout masks aside).
+    is the same on every rank afterwards (dropout masks aside). With ``fsdp=True`` the
+    same steps run fully sharded (torch FSDP2, ``mpruner.prune.sharded``): parameters,
+    gradients and optimizer state split over the ranks, on CPUs (gloo) or GPUs (NCCL).
 
     Args:
         train_data: re-iterable batches (a DataLoader or a list).
@@ -73,8 +76,14 @@ class Finetuner:
             group of an epoch may be shorter).
         accelerator: an ``accelerate.Accelerator`` to train with (e.g. with your own DDP
             options); default: one made per call (mixed precision from ``amp``, on the CPU
-            when the model is there). FSDP and DeepSpeed are refused: they rewrite the
-            model that the loop keeps working on.
+            when the model is there). accelerate's own FSDP and DeepSpeed configurations
+            are refused (they rewrite the model the loop keeps working on): use ``fsdp=``.
+        fsdp: True, or a dict with ``wrap`` (``"blocks"``: one FSDP unit per block of the
+            model's block lists, the default; ``"root"``; or a list of module classes) and
+            ``reshard_after_forward`` (default True). Each call shards a copy of the model
+            over the initialised process group (torchrun), trains it and gathers the
+            trained weights back into the model; if training fails the model is unchanged.
+            Default None: no sharding.
         lora: LoRA healing through ``peft`` (``pip install 'mpruner[lm]'``), e.g.
             ``dict(r=8, alpha=16, target_modules=["q_proj", "v_proj"])``: only the adapters
             train, and they are merged into the weights afterwards (``merge_and_unload``), so
@@ -84,7 +93,8 @@ class Finetuner:
     def __init__(self, train_data: Iterable, epochs: int = 1, lr: float = 5e-5, max_steps: Optional[int] = None,
                  loss_fn: Optional[Callable] = None, amp="auto", weight_decay: float = 0.01, warmup: float = 0.1,
                  max_grad_norm: float = 1.0, seed: Optional[int] = 0, progress: bool = True, *,
-                 gradient_accumulation_steps: int = 1, accelerator=None, lora: Optional[dict] = None):
+                 gradient_accumulation_steps: int = 1, accelerator=None, lora: Optional[dict] = None,
+                 fsdp=None):
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if max_steps is not None and max_steps < 1:
@@ -98,6 +108,12 @@ class Finetuner:
         self.loss_fn, self.amp, self.weight_decay, self.warmup = loss_fn, amp, weight_decay, warmup
         self.max_grad_norm, self.seed, self.progress = max_grad_norm, seed, progress
         self.gradient_accumulation_steps, self.accelerator = gradient_accumulation_steps, accelerator
+        self.fsdp = check_fsdp_options(fsdp)
+        if self.fsdp is not None and accelerator is not None:
+            raise ValueError("pass either fsdp= (mpruner shards the model with torch FSDP2) or accelerator=, not both")
+        if self.fsdp is not None and lora is not None:
+            raise ValueError("fsdp= with lora= is not supported: LoRA trains only the small adapters, whose "
+                             "gradients and optimizer state need no sharding; drop fsdp= (DDP) for LoRA healing")
         self.lora = None
         if lora is not None:
             from ..lm.lora import _peft, check_lora_options
@@ -131,11 +147,17 @@ class Finetuner:
     def _train(self, model: nn.Module) -> float:
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("the model has no trainable parameters")
-        accelerator = self.accelerator or make_accelerator(_model_device(model), self.amp)
-        check_world(accelerator)
+        device = _model_device(model)
+        if self.fsdp is not None:
+            accelerator = ShardedDriver(device, mixed_precision(self.amp, device))
+            trained = shard_copy(model, self.fsdp)  # the model itself stays plain
+        else:
+            accelerator = self.accelerator or make_accelerator(device, self.amp)
+            check_world(accelerator)
+            trained = model
+        params = [p for p in trained.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = self._total_steps()
         warm = max(1, int(self.warmup * total)) if total else 0
@@ -155,9 +177,13 @@ class Finetuner:
 
             bar = tqdm(total=total, desc="fine-tune", leave=False, dynamic_ncols=True)
         was_training = model.training
-        wrapped, opt = accelerator.prepare(model, opt)
+        if self.fsdp is not None:
+            wrapped = trained
+        else:
+            wrapped, opt = accelerator.prepare(model, opt)
         wrapped.train()
         step, last_mean = 0, math.nan
+        finished = False
         try:
             for _ in range(self.epochs):
                 losses = []
@@ -174,10 +200,14 @@ class Finetuner:
                 last_mean = sum(losses) / max(1, len(losses))
                 if self.max_steps and step >= self.max_steps:
                     break
+            finished = True
         finally:
             if bar is not None:
                 bar.close()
-            release(accelerator, model)
+            if self.fsdp is None:
+                release(accelerator, model)
+            elif finished:
+                gather_into(trained, model)  # a failed sharded run leaves the model as it was
             model.train(was_training)
         return last_mean
 
