@@ -91,6 +91,9 @@ def test_reference_matches_mpruner_reference():
         for unbiased in (False, True):
             want = mpruner.reference.token_cka([h.double() for h in layers], mask, unbiased=unbiased)
             torch.testing.assert_close(refs.expected(got, "seq-u" if unbiased else "seq-b", seq_ids=ids), want)
+        cos, ang = mpruner.reference.token_cosine([h.double() for h in layers], mask)
+        torch.testing.assert_close(refs.expected(got, "tok-cos", seq_ids=ids), cos)
+        torch.testing.assert_close(refs.expected(got, "tok-ang", seq_ids=ids), ang)
 
 
 def test_sources_are_deterministic_and_structured():

@@ -112,7 +112,8 @@ def _peers(arg: str) -> List[str]:
 
 
 QUICK_WORKLOADS = "dense-small,tokens-small"
-QUICK_METHODS = ["mpruner", "mpruner token_cka", "torch baseline", "torch batched", "gram floor", "pytorch-cka",
+QUICK_METHODS = ["mpruner", "mpruner token_cka", "mpruner cosine", "torch cosine", "torch baseline", "torch batched",
+                 "gram floor", "pytorch-cka",
                  "pytorch-cka per sequence"]
 
 

@@ -56,6 +56,24 @@ def mpruner_tokens(unbiased: bool):
     return run
 
 
+def mpruner_token_metric(which: str):
+    """Mean cosine ("cos") or angular distance ("ang") over every real token: the fused
+    kernel once per forward pass (all pairs at once, float64 sums), summed over passes."""
+    def run(ctx: Ctx, batches: List[int]) -> Result:
+        from mpruner.engine.similarity import cosine_sums, token_rows
+
+        total, count = None, 0
+        for j in batches:
+            layers, mask = ctx.source.batch(j)
+            rows = token_rows(mask, *mask.shape, device=layers[0].device)
+            cos, ang = cosine_sums(layers, rows)
+            part = cos if which == "cos" else ang
+            total = part if total is None else total + part
+            count += rows.numel()
+        return Result(total / count, seq_ids=ctx.seq_ids(batches))
+    return run
+
+
 # ---------------------------------------------------------------- plain PyTorch
 def _u_center(k: torch.Tensor) -> torch.Tensor:
     n = k.shape[-1]
@@ -104,6 +122,51 @@ def torch_tokens(ctx: Ctx, batches: List[int]) -> Result:
         d = torch.diagonal(h, dim1=1, dim2=2)
         outs.append(h / torch.sqrt(d[:, :, None] * d[:, None, :]))
     return Result(torch.cat(outs), seq_ids=ctx.seq_ids(batches))
+
+
+def torch_token_metric(which: str):
+    """The same metric with torch ops, vectorised as a careful user would: the real tokens
+    gathered once per layer, unit vectors, one batched GEMM per layer against all layers
+    for the token-wise dots, float64 sums."""
+    def run(ctx: Ctx, batches: List[int]) -> Result:
+        total, count = None, 0
+        for j in batches:
+            layers, mask = ctx.source.batch(j)
+            keep = mask.bool().flatten()
+            u = torch.stack([h.flatten(0, 1)[keep] for h in layers])          # (L, tokens, D)
+            norm = u.norm(dim=-1, keepdim=True)
+            u = u / norm.clamp_min(torch.finfo(u.dtype).tiny)
+            sums = torch.empty(len(layers), len(layers), dtype=torch.float64, device=u.device)
+            for a in range(len(layers)):
+                cos = (u[a:a + 1] * u).sum(-1).clamp(-1, 1)                    # (L, tokens)
+                val = cos if which == "cos" else torch.arccos(cos) / torch.pi
+                sums[a] = val.double().sum(-1)
+            total = sums if total is None else total + sums
+            count += int(keep.sum())
+        return Result(total / count, seq_ids=ctx.seq_ids(batches))
+    return run
+
+
+def pair_loop_token_metric(which: str):
+    """What one-off LLM pruning scripts do: a Python loop over layer pairs, each pair's
+    ``F.cosine_similarity`` over the masked tokens, ``.item()`` per pair."""
+    def run(ctx: Ctx, batches: List[int]) -> Result:
+        import torch.nn.functional as F
+
+        L = ctx.wl.L
+        total, count = torch.zeros(L, L, dtype=torch.float64), 0
+        for j in batches:
+            layers, mask = ctx.source.batch(j)
+            keep = mask.bool()
+            real = [h[keep] for h in layers]
+            for a in range(L):
+                for b in range(L):
+                    cos = F.cosine_similarity(real[a], real[b], dim=-1).clamp(-1, 1)
+                    val = cos if which == "cos" else torch.arccos(cos) / torch.pi
+                    total[a, b] += val.double().sum().item()
+            count += int(keep.sum())
+        return Result(total / count, seq_ids=ctx.seq_ids(batches))
+    return run
 
 
 def _centering(k: torch.Tensor) -> torch.Tensor:
@@ -165,6 +228,16 @@ OWN_METHODS: Dict[str, Method] = {m.name: m for m in [
            "plain PyTorch, vectorised over sequences (padded bmm, masked centering)"),
     Method("per-sequence loop", "baseline", "seq-b", "sequences", TOKENS, per_sequence_loop,
            "MPruner's published code: per sentence, per layer pair, explicit H, .item()"),
+    Method("mpruner cosine", "mpruner", "tok-cos", "batches", TOKENS, mpruner_token_metric("cos"),
+           "the fused _cosine_sums kernel per forward pass: all pairs, float64 sums (analyze(metric='cosine'))"),
+    Method("mpruner angular", "mpruner", "tok-ang", "batches", TOKENS, mpruner_token_metric("ang"),
+           "the same kernel's arccos(cos)/pi sums (analyze(metric='angular'))"),
+    Method("torch cosine", "baseline", "tok-cos", "batches", TOKENS, torch_token_metric("cos"),
+           "plain PyTorch, vectorised: real tokens gathered, unit vectors, all pairs per layer, float64 sums"),
+    Method("torch angular", "baseline", "tok-ang", "batches", TOKENS, torch_token_metric("ang"),
+           "plain PyTorch, vectorised, arccos(cos)/pi"),
+    Method("pair-loop cosine", "baseline", "tok-cos", "batches", TOKENS, pair_loop_token_metric("cos"),
+           "a loop over layer pairs with F.cosine_similarity and .item(), as one-off LLM pruning scripts do"),
     Method("gram floor", "floor", "none", "batches", MINIBATCH + TOKENS, gram_floor,
            "bare X X^T GEMMs only (float32)"),
 ]}

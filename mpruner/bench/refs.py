@@ -10,6 +10,8 @@ Estimators:
   lastbatch-u   HSIC_1 CKA of the last batch processed only
   full-b        biased HSIC_0 CKA over all N samples at once (features centered over N)
   seq-b, seq-u  per-sequence CKA (tokens of one sequence as samples), biased / unbiased
+  tok-cos       mean cosine similarity between the layers' hidden states over every real token
+  tok-ang       mean angular distance arccos(cos)/pi over every real token (Gromov et al.)
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ ESTIMATORS = {
     "full-b": "biased CKA over all N samples at once",
     "seq-b": "per-sequence biased CKA",
     "seq-u": "per-sequence unbiased CKA",
+    "tok-cos": "mean token cosine similarity (all real tokens)",
+    "tok-ang": "mean token angular distance (all real tokens)",
     "none": "no CKA (floor)",
 }
 
@@ -113,7 +117,26 @@ def compute(src, full: bool = True, max_full_bytes: int = 2 * 2**30, max_full_fl
             cu.append(cka_from_hsic(h1))
         out["seq_b"] = torch.stack(cb).cpu()
         out["seq_u"] = torch.stack(cu).cpu()
+        cos_sums, ang_sums, tokens = [], [], []
+        for b in range(src.wl.B):
+            c, a = _cosine_angular_sums(src.sequence(b).double())
+            cos_sums.append(c)
+            ang_sums.append(a)
+            tokens.append(src.lengths[b])
+        out["seq_cos"], out["seq_ang"] = torch.stack(cos_sums).cpu(), torch.stack(ang_sums).cpu()
+        out["seq_tok"] = torch.tensor(tokens, dtype=torch.float64)
     return out
+
+
+def _cosine_angular_sums(x: torch.Tensor):
+    """(L, t, D) float64 -> sums over the t tokens of cos and arccos(cos)/pi for every layer pair.
+    Zero vectors: two count as identical, one as orthogonal to anything (the engine's rule)."""
+    norm = x.norm(dim=-1)                                        # (L, t)
+    u = x / torch.where(norm > 0, norm, 1)[..., None]
+    cos = torch.einsum("atd,btd->abt", u, u)
+    za, zb = (norm == 0)[:, None, :], (norm == 0)[None, :, :]
+    cos = torch.where(za & zb, 1.0, torch.where(za | zb, 0.0, cos)).clamp(-1, 1)
+    return cos.sum(-1), (torch.arccos(cos) / torch.pi).sum(-1)
 
 
 def expected(ref: Dict[str, torch.Tensor], estimator: str, *, batches: Optional[List[int]] = None,
@@ -129,4 +152,6 @@ def expected(ref: Dict[str, torch.Tensor], estimator: str, *, batches: Optional[
         return ref.get("full_b")
     if estimator in ("seq-b", "seq-u"):
         return ref["seq_" + estimator[-1]][seq_ids]
+    if estimator in ("tok-cos", "tok-ang"):
+        return ref["seq_" + estimator[4:]][seq_ids].sum(0) / ref["seq_tok"][seq_ids].sum()
     return None
