@@ -59,6 +59,50 @@ def test_hf_width_pruned_reloads_with_plain_from_pretrained(kind, tmp_path):
         torch.testing.assert_close(back(**IDS).logits, want)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("heads", [True, False])
+def test_prune_hidden_llama_family_reloads_and_generates(kind, heads, tmp_path):
+    """The residual stream shrinks everywhere it is read or written; the heads keep their size."""
+    model = tiny(kind)
+    hd = model.model.layers[0].self_attn.head_dim
+    pruned = prune_width(model, IDS, ratio=0.25, prune_hidden=True, prune_heads=heads)
+    cfg = pruned.config
+    assert cfg.hidden_size == 36 and cfg.head_dim == hd and model.config.hidden_size == 48
+    assert pruned.model.embed_tokens.weight.shape == (64, 36) and pruned.model.norm.weight.shape == (36,)
+    layer = pruned.model.layers[0]
+    assert layer.self_attn.q_proj.in_features == 36 and layer.mlp.down_proj.out_features == 36
+    assert layer.self_attn.o_proj.in_features == cfg.num_attention_heads * hd
+    with torch.no_grad():
+        want = pruned(**IDS).logits
+    pruned.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**IDS).logits, want)
+    prompt = IDS["input_ids"][:1]
+    cached = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+    plain = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, plain)
+
+
+def test_prune_hidden_drops_the_weakest_channels():
+    """Channels whose every weight is zero carry nothing: they are the ones removed."""
+    model = tiny("llama")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and p.shape[1] == 48:
+                p[:, 5] = 0
+                p[:, 7] = 0
+            elif p.dim() == 2 and p.shape[0] == 48:
+                p[5] = 0
+                p[7] = 0
+            elif p.dim() == 1 and p.shape[0] == 48:
+                p[5] = p[7] = 0
+    pruned = prune_width(model, IDS, ratio=2 / 48, prune_hidden=True, prune_heads=False)
+    kept = pruned.model.embed_tokens.weight
+    want = model.model.embed_tokens.weight[:, [c for c in range(48) if c not in (5, 7)]]
+    assert torch.equal(kept, want)
+
+
 def test_generate_with_kv_cache_matches_uncached_after_depth_and_width():
     model = tiny("llama")
     shallow = mpruner.remove_layers(model, [1])
@@ -119,7 +163,7 @@ class Odd(nn.Module):
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(ratio=0), ValueError, "ratio"), (dict(ratio=1.0), ValueError, "ratio"),
     (dict(importance="nope"), ValueError, "importance"), (dict(prune_heads=True), ValueError, "head size"),
-    (dict(prune_hidden=True), ValueError, "prune_hidden"), (dict(ignored_layers=["nope"]), ValueError, "not a module"),
+    (dict(prune_hidden=True), ValueError, "prune_hidden=True: a bert config derives"), (dict(ignored_layers=["nope"]), ValueError, "not a module"),
     (dict(round_to=0), ValueError, "round_to"),
 ])
 @pytest.mark.parametrize("inplace", [False, True])

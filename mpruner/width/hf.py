@@ -143,6 +143,7 @@ def repair(model: nn.Module, family: str, head_dim: Optional[int], prune_hidden:
     if family == "llama":
         heads, kv = [], []
         for attn, q, k, _ in attention_modules(model, family):
+            head_dim = head_dim or attn.head_dim
             h, g = q.out_features // head_dim, k.out_features // head_dim
             attn.num_key_value_groups = h // g
             for attr, value in (("num_heads", h), ("num_attention_heads", h), ("num_key_value_heads", g)):
@@ -154,4 +155,69 @@ def repair(model: nn.Module, family: str, head_dim: Optional[int], prune_hidden:
         changed["num_attention_heads"] = config.num_attention_heads = _uniform(heads, "numbers of heads")
         changed["num_key_value_heads"] = config.num_key_value_heads = _uniform(kv, "numbers of key/value heads")
         changed["head_dim"] = config.head_dim = head_dim
+    if prune_hidden:
+        changed["hidden_size"] = config.hidden_size
     return changed
+
+
+def prune_hidden_llama(tp, model: nn.Module, ratio: float, round_to: Optional[int]) -> int:
+    """Removes hidden-size channels (the residual stream) from a LLaMA-family model; returns the new size.
+
+    The residual stream couples every tensor that reads or writes it: the token embedding (and a
+    tied or separate ``lm_head``), every layer's two RMSNorm scales and the final norm, the inputs
+    of q/k/v/gate/up and the outputs of o/down. A channel's importance is the L2 norm of all of
+    them together (Torch-Pruning's grouped magnitude, computed here without tracing: tracing
+    LLaMA's rotary/GQA graph takes minutes). The config carries ``head_dim``, so the heads keep
+    their size and attention is unaffected. ``round(ratio * hidden)`` channels go (rounded so the
+    rest is a multiple of ``round_to``, when given)."""
+    config = model.config
+    hidden = config.hidden_size
+    keep = hidden - int(round(ratio * hidden))
+    if round_to:
+        keep = max(round_to, keep - keep % round_to)
+    keep = max(1, keep)
+    if keep >= hidden:
+        return hidden
+    body = model.model if hasattr(model, "model") else model
+    layers = list(body.layers)
+    readers = [m for layer in layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                                               layer.mlp.gate_proj, layer.mlp.up_proj)]
+    writers = [m for layer in layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)]
+    norms = [n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)] + [body.norm]
+    embed = body.embed_tokens
+    head = getattr(model, "lm_head", None)
+    tied = head is not None and head.weight is embed.weight
+    with torch.no_grad():
+        score = embed.weight.double().pow(2).sum(0)
+        for m in readers:
+            score += m.weight.double().pow(2).sum(0)
+        for m in writers:
+            score += m.weight.double().pow(2).sum(1)
+        for n in norms:
+            score += n.weight.double().pow(2)
+        if head is not None and not tied:
+            score += head.weight.double().pow(2).sum(0)
+    drop = sorted(torch.argsort(score, stable=True)[:hidden - keep].tolist())
+    kept = torch.tensor(sorted(set(range(hidden)) - set(drop)), device=embed.weight.device)
+    for m in readers:
+        tp.prune_linear_in_channels(m, drop)
+    for m in writers:
+        tp.prune_linear_out_channels(m, drop)
+    with torch.no_grad():
+        for n in norms:
+            n.weight = nn.Parameter(n.weight[kept].clone(), requires_grad=n.weight.requires_grad)
+        embed.weight = nn.Parameter(embed.weight[:, kept].clone(), requires_grad=embed.weight.requires_grad)
+        embed.embedding_dim = keep
+        if head is not None:
+            if tied:
+                head.weight = embed.weight
+            else:
+                head.weight = nn.Parameter(head.weight[:, kept].clone(), requires_grad=head.weight.requires_grad)
+            head.in_features = keep
+    for layer in layers:
+        for attr in ("hidden_size",):
+            for module in (layer, layer.self_attn, layer.mlp):
+                if hasattr(module, attr) and isinstance(getattr(module, attr), int):
+                    setattr(module, attr, keep)
+    config.hidden_size = keep
+    return keep

@@ -161,8 +161,11 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
             configs derive the head size from the hidden size, and transformers >= 5 has no
             ``pruned_heads``, so there only MLP channels are pruned. ``True`` insists (error where
             impossible), ``False`` prunes MLP channels only.
-        prune_hidden: also prune the hidden size (the residual stream). Not supported for Hugging
-            Face models yet (an error says so); CNNs always have all their channels pruned.
+        prune_hidden: also prune the hidden size (the residual stream) by ``ratio``: for the
+            LLaMA family (embedding, norms, every projection's hidden side and ``lm_head``, ranked
+            by their joint L2 norm; the heads keep their size). BERT/RoBERTa/GPT-2 configs derive
+            the head size from the hidden size, so there it is refused. CNNs always have all their
+            channels pruned.
 
     Returns:
         The pruned model. HF models: config (``intermediate_size``/``n_inner``,
@@ -175,10 +178,11 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     tp = _torch_pruning()
     imp = _importance(tp, importance)
     family = hf.family_of(model)
-    if prune_hidden and family is not None:
-        raise ValueError("prune_hidden=True is not supported for Hugging Face models by this mpruner: the hidden "
-                         "size couples every layer, LayerNorm and the attention head size; prune heads and MLP "
-                         "channels (the default) instead")
+    if prune_hidden and family not in (None, "llama"):
+        raise ValueError(f"prune_hidden=True: a {model.config.model_type} config derives the attention head size "
+                         "from hidden_size / num_heads, so a smaller hidden size would change every head and not "
+                         "reload with from_pretrained; it is supported for LLaMA/Qwen2/Mistral (whose configs "
+                         "carry head_dim). Prune heads and MLP channels (the default) instead")
     heads = False
     if family is not None:
         can = family == "llama" and hf.heads_reloadable(family)
@@ -210,6 +214,10 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
                 head_dim = attn.head_dim
                 hf.prune_heads(tp, attn, ratio, hidden)
             head_dim = head_dim or getattr(work.config, "head_dim", None)
+        if prune_hidden:
+            attn = hf.attention_modules(work, family)
+            head_dim = head_dim or (attn[0][0].head_dim if attn else None)
+            hf.prune_hidden_llama(tp, work, ratio, round_to)
     else:
         ignored += _classifier_layers(work, example_inputs)
         _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
