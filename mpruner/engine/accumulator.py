@@ -13,6 +13,23 @@ from .exact import ExactLinearSums
 ESTIMATORS = ("minibatch", "exact")
 
 
+class _SettledCounter:
+    """An int counter of the accumulator that first takes in the skips counted on the device."""
+
+    def __init__(self, field: str, doc: str):
+        self.field, self.__doc__ = field, doc
+
+    def __get__(self, acc, owner=None):
+        if acc is None:
+            return self
+        acc._settle()
+        return getattr(acc, self.field)
+
+    def __set__(self, acc, value) -> None:
+        acc._settle()
+        setattr(acc, self.field, int(value))
+
+
 class CKAAccumulator:
     """Accumulates HSIC between layers batch by batch; ``compute()`` gives the CKA matrix.
 
@@ -70,38 +87,9 @@ class CKAAccumulator:
         self._num_skipped = 0
 
     # Counters: reading one settles the device-side skips (one device->host read, never per batch).
-    @property
-    def num_batches(self) -> int:
-        """Batches accumulated (skipped ones not included)."""
-        self._settle()
-        return self._num_batches
-
-    @num_batches.setter
-    def num_batches(self, value: int) -> None:
-        self._settle()
-        self._num_batches = int(value)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples in the accumulated batches."""
-        self._settle()
-        return self._num_samples
-
-    @num_samples.setter
-    def num_samples(self, value: int) -> None:
-        self._settle()
-        self._num_samples = int(value)
-
-    @property
-    def num_skipped(self) -> int:
-        """Batches dropped for NaN/Inf under ``nan_policy="skip"``."""
-        self._settle()
-        return self._num_skipped
-
-    @num_skipped.setter
-    def num_skipped(self, value: int) -> None:
-        self._settle()
-        self._num_skipped = int(value)
+    num_batches = _SettledCounter("_num_batches", "Batches accumulated (skipped ones not included).")
+    num_samples = _SettledCounter("_num_samples", "Samples in the accumulated batches.")
+    num_skipped = _SettledCounter("_num_skipped", 'Batches dropped for NaN/Inf under ``nan_policy="skip"``.')
 
     def _settle(self) -> None:
         """Moves the device's count of masked (skipped) batches into the counters."""
