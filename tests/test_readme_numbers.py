@@ -85,3 +85,12 @@ def test_engine_tables_come_from_the_results():
 def test_distributed_scaling_comes_from_the_results():
     d = _json("distributed_cpu.json")
     assert f"{d['ratio']:.2f}×" in README
+
+
+def test_pipeline_vision_table_comes_from_the_results():
+    d = _json("pipeline_vision.json")
+    text = README.split("### Results: depth, width and sparsity", 1)[1]
+    assert f"commit\n{d['commit']}" in text or f"commit {d['commit']}" in text
+    for r in d["rows"]:
+        assert f"| {r['params']:,} | {r['nonzero']:,} | {r['macs'] / 1e6:.1f} M | {r['latency_ms']:.1f} | " \
+               f"{r['metric']:.4f} | {r['drop_points']:+.1f} | {r['drop_points_vs_control']:+.1f} |" in text, r["row"]
