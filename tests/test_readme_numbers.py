@@ -87,8 +87,9 @@ def test_distributed_scaling_comes_from_the_results():
     assert f"{d['ratio']:.2f}×" in README
 
 
-def test_pipeline_vision_table_comes_from_the_results():
-    d = _json("pipeline_vision.json")
+@pytest.mark.parametrize("scenario", ["vision", "text"])
+def test_pipeline_tables_come_from_the_results(scenario):
+    d = _json(f"pipeline_{scenario}.json")
     text = README.split("### Results: depth, width and sparsity", 1)[1]
     assert f"commit\n{d['commit']}" in text or f"commit {d['commit']}" in text
     for r in d["rows"]:
