@@ -84,6 +84,51 @@ def test_prune_hidden_llama_family_reloads_and_generates(kind, heads, tmp_path):
     assert torch.equal(cached, plain)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta", "bert-mlm"])
+def test_bert_heads_and_hidden_together_reload_with_plain_from_pretrained(kind, tmp_path):
+    """BERT's config derives the head size from hidden_size / num_heads: one head of four goes
+    with a quarter of the hidden channels, so the head size (8) stays and from_pretrained rebuilds it."""
+    if kind == "bert-mlm":
+        torch.manual_seed(0)
+        model = T.BertForMaskedLM(T.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=64)).eval()
+    else:
+        model = tiny(kind)
+    pruned = prune_width(model, IDS, ratio=0.25, prune_hidden=True)
+    cfg = pruned.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (24, 3, 48)
+    assert model.config.hidden_size == 32 and params(pruned) < 0.7 * params(model)
+    attn = pruned.base_model.encoder.layer[0].attention.self
+    assert attn.query.weight.shape == (24, 24) and attn.attention_head_size == 8
+    if kind == "bert-mlm":  # the decoder stays tied to the word embeddings
+        assert pruned.cls.predictions.decoder.weight is pruned.bert.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        want = pruned(**IDS).logits
+    pruned.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    assert params(back) == params(pruned)
+    with torch.no_grad():
+        torch.testing.assert_close(back(**IDS).logits, want)
+
+
+def test_bert_keeps_its_strongest_heads():
+    """A head whose q/k/v rows and output columns are zero is the one removed."""
+    model = tiny("bert")
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+                lin.weight[16:24] = 0
+            layer.attention.output.dense.weight[:, 16:24] = 0
+    q_before = model.bert.encoder.layer[0].attention.self.query.weight
+    pruned = prune_width(model, IDS, ratio=0.25, prune_hidden=True)
+    q = pruned.bert.encoder.layer[0].attention.self.query.weight  # (24 heads' rows, 24 kept hidden columns)
+    kept_rows = [r for r in range(32) if not 16 <= r < 24]
+    emb = model.bert.embeddings.word_embeddings.weight
+    cols = [c for c in range(32) if any(torch.equal(pruned.bert.embeddings.word_embeddings.weight[:, j], emb[:, c])
+                                        for j in range(24))]
+    torch.testing.assert_close(q, q_before[kept_rows][:, cols])
+
+
 def test_prune_hidden_drops_the_weakest_channels():
     """Channels whose every weight is zero carry nothing: they are the ones removed."""
     model = tiny("llama")
@@ -163,7 +208,7 @@ class Odd(nn.Module):
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(ratio=0), ValueError, "ratio"), (dict(ratio=1.0), ValueError, "ratio"),
     (dict(importance="nope"), ValueError, "importance"), (dict(prune_heads=True), ValueError, "head size"),
-    (dict(prune_hidden=True), ValueError, "prune_hidden=True: a bert config derives"), (dict(ignored_layers=["nope"]), ValueError, "not a module"),
+    (dict(prune_hidden=True, prune_heads=False), ValueError, "removes heads with the hidden channels"), (dict(ignored_layers=["nope"]), ValueError, "not a module"),
     (dict(round_to=0), ValueError, "round_to"),
 ])
 @pytest.mark.parametrize("inplace", [False, True])
@@ -201,3 +246,9 @@ def test_missing_torch_pruning_says_how_to_install(monkeypatch):
 
 def test_reachable_from_plain_import():
     assert mpruner.width.prune_width is prune_width
+
+
+def test_gpt2_prune_hidden_is_refused_with_the_reason():
+    model = tiny("gpt2")
+    with pytest.raises(ValueError, match="not supported for GPT-2 .* fused c_attn"):
+        prune_width(model, IDS, prune_hidden=True)

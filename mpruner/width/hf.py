@@ -221,3 +221,101 @@ def prune_hidden_llama(tp, model: nn.Module, ratio: float, round_to: Optional[in
                     setattr(module, attr, keep)
     config.hidden_size = keep
     return keep
+
+
+def _linears_by_role(model: nn.Module):
+    """BERT-family Linear layers by what their in/out sides hold: the residual stream, the
+    attention heads, or the MLP width."""
+    roles = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        if any(name.endswith(f".attention.self.{p}") for p in ("query", "key", "value")):
+            roles[name] = ("residual", "heads")
+        elif name.endswith(".attention.output.dense"):
+            roles[name] = ("heads", "residual")
+        elif name.endswith(".intermediate.dense"):
+            roles[name] = ("residual", "mlp")
+        elif name.endswith(".output.dense"):
+            roles[name] = ("mlp", "residual")
+        else:  # pooler, classifier, masked-LM head: their sides of the hidden size
+            h = model.config.hidden_size
+            roles[name] = ("residual" if m.in_features == h else "other", "residual" if m.out_features == h else "other")
+    return roles
+
+
+def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
+    """Removes ``round(ratio * heads)`` attention heads from every BERT/RoBERTa layer together
+    with the matching share of the hidden size, so that ``hidden_size / num_attention_heads``
+    (the head size these configs derive) stays the same and plain ``from_pretrained`` rebuilds
+    the model. Heads: lowest L2 norm of their q/k/v rows and output columns, per layer.
+    Hidden channels: lowest joint L2 norm over every tensor on the residual stream (embeddings,
+    LayerNorms, the projections' residual sides, pooler and classifier inputs). Returns the
+    new (hidden size, heads)."""
+    config = model.config
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    hd = hidden // heads
+    keep_heads = max(1, heads - int(round(ratio * heads)))
+    if keep_heads == heads:
+        return hidden, heads
+    new_hidden = keep_heads * hd
+    modules = dict(model.named_modules())
+    roles = _linears_by_role(model)
+    with torch.no_grad():
+        score = torch.zeros(hidden, dtype=torch.float64, device=next(model.parameters()).device)
+        for name, (inside, outside) in roles.items():
+            w = modules[name].weight.double()
+            if inside == "residual":
+                score += w.pow(2).sum(0)
+            if outside == "residual":
+                score += w.pow(2).sum(1)
+        for m in model.modules():
+            if isinstance(m, nn.Embedding) and m.embedding_dim == hidden:
+                score += m.weight.double().pow(2).sum(0)
+            elif isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (hidden,):
+                score += m.weight.double().pow(2)
+    kept = torch.argsort(score, descending=True, stable=True)[:new_hidden].sort().values
+    # Heads per layer: the attention block's q/k/v rows and output columns of each head.
+    head_keep = {}
+    for name, m in modules.items():
+        if name.endswith(".attention.self"):
+            q, k, v = m.query.weight, m.key.weight, m.value.weight
+            o = modules[name[: -len(".self")] + ".output.dense"].weight
+            with torch.no_grad():
+                norms = sum(t.double().pow(2).sum(1).reshape(heads, hd).sum(1) for t in (q, k, v))
+                norms = norms + o.double().pow(2).sum(0).reshape(heads, hd).sum(1)
+            chosen = torch.argsort(norms, descending=True, stable=True)[:keep_heads].sort().values
+            head_keep[name[: -len(".attention.self")]] = torch.cat([torch.arange(h * hd, (h + 1) * hd)
+                                                                    for h in chosen.tolist()]).to(kept.device)
+    replaced = {}  # id(old parameter) -> new parameter, so tied weights stay tied
+
+    def cut(param: nn.Parameter, index: torch.Tensor, dim: int) -> nn.Parameter:
+        key = (id(param), dim)
+        if key not in replaced:
+            replaced[key] = nn.Parameter(param.detach().index_select(dim, index).clone(),
+                                         requires_grad=param.requires_grad)
+        return replaced[key]
+
+    for m in model.modules():
+        if isinstance(m, nn.Embedding) and m.embedding_dim == hidden:
+            m.weight, m.embedding_dim = cut(m.weight, kept, 1), new_hidden
+        elif isinstance(m, nn.LayerNorm) and tuple(m.normalized_shape) == (hidden,):
+            m.weight, m.bias = cut(m.weight, kept, 0), (None if m.bias is None else cut(m.bias, kept, 0))
+            m.normalized_shape = (new_hidden,)
+    for name, (inside, outside) in roles.items():
+        m = modules[name]
+        layer = next((p for p in head_keep if name.startswith(p + ".")), None)
+        index = {"residual": kept, "heads": head_keep.get(layer)}
+        if inside in index and index[inside] is not None:
+            m.weight = cut(m.weight, index[inside], 1)
+            m.in_features = len(index[inside])
+        if outside in index and index[outside] is not None:
+            m.weight = cut(m.weight, index[outside], 0)
+            if m.bias is not None:
+                m.bias = cut(m.bias, index[outside], 0)
+            m.out_features = len(index[outside])
+    for name, m in modules.items():
+        if name.endswith(".attention.self"):
+            m.num_attention_heads, m.all_head_size = keep_heads, keep_heads * hd
+    config.hidden_size, config.num_attention_heads = new_hidden, keep_heads
+    return new_hidden, keep_heads

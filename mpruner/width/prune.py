@@ -163,9 +163,10 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
             impossible), ``False`` prunes MLP channels only.
         prune_hidden: also prune the hidden size (the residual stream) by ``ratio``: for the
             LLaMA family (embedding, norms, every projection's hidden side and ``lm_head``, ranked
-            by their joint L2 norm; the heads keep their size). BERT/RoBERTa/GPT-2 configs derive
-            the head size from the hidden size, so there it is refused. CNNs always have all their
-            channels pruned.
+            by their joint L2 norm; the heads keep their size). BERT/RoBERTa configs derive the
+            head size from hidden_size / num_heads, so there ``round(ratio * heads)`` heads go
+            from every layer together with the same share of hidden channels (the head size
+            stays). Refused for GPT-2. CNNs always have all their channels pruned.
 
     Returns:
         The pruned model. HF models: config (``intermediate_size``/``n_inner``,
@@ -178,18 +179,22 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     tp = _torch_pruning()
     imp = _importance(tp, importance)
     family = hf.family_of(model)
-    if prune_hidden and family not in (None, "llama"):
-        raise ValueError(f"prune_hidden=True: a {model.config.model_type} config derives the attention head size "
-                         "from hidden_size / num_heads, so a smaller hidden size would change every head and not "
-                         "reload with from_pretrained; it is supported for LLaMA/Qwen2/Mistral (whose configs "
-                         "carry head_dim). Prune heads and MLP channels (the default) instead")
+    if prune_hidden and family == "gpt2":
+        raise ValueError("prune_hidden=True is not supported for GPT-2 by this mpruner (its fused c_attn would need "
+                         "heads and hidden channels cut together); it is supported for BERT/RoBERTa (heads and "
+                         "hidden size together) and LLaMA/Qwen2/Mistral. Prune MLP channels (the default) instead")
+    if prune_hidden and family == "bert" and prune_heads is False:
+        raise ValueError("prune_hidden=True on BERT/RoBERTa removes heads with the hidden channels (the config "
+                         "derives the head size from hidden_size / num_heads, so both shrink together): drop "
+                         "prune_heads=False")
     heads = False
     if family is not None:
         can = family == "llama" and hf.heads_reloadable(family)
-        if prune_heads is True and not can:
+        if prune_heads is True and not can and not (family == "bert" and prune_hidden):
             raise ValueError(f"prune_heads=True: a {model.config.model_type} config derives the head size from "
                              "hidden_size / num_heads (and this transformers has no pruned_heads), so a model with "
-                             "fewer heads would not reload with from_pretrained; use prune_heads='auto' or False")
+                             "fewer heads would not reload with from_pretrained unless the hidden size shrinks with "
+                             "them: pass prune_hidden=True too (BERT/RoBERTa), or use prune_heads='auto' or False")
         heads = can and prune_heads in ("auto", True)
     # Work on a copy: the caller's model is only replaced at the end, so no error can leave it half pruned.
     index = {id(m): n for n, m in model.named_modules()}
@@ -202,6 +207,8 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         roots = {id(m) for m in hf.mlp_roots(work, family)}
         ignored += [m for m in work.modules() if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in roots]
         _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
+        if prune_hidden:
+            hf.prune_hidden_bert(work, ratio)
     elif family in ("gpt2", "llama"):
         # Torch-Pruning cannot trace GPT-2's fused c_attn split and takes minutes on LLaMA's rotary/GQA
         # graph; the hidden size stays, so each MLP (hidden in, hidden out) is pruned on its own by the
