@@ -248,7 +248,18 @@ def test_reachable_from_plain_import():
     assert mpruner.width.prune_width is prune_width
 
 
-def test_gpt2_prune_hidden_is_refused_with_the_reason():
+def test_gpt2_heads_and_hidden_together_reload_and_generate(tmp_path):
     model = tiny("gpt2")
-    with pytest.raises(ValueError, match="not supported for GPT-2 .* fused c_attn"):
-        prune_width(model, IDS, prune_hidden=True)
+    pruned = prune_width(model, IDS, ratio=0.25, prune_hidden=True)
+    assert (pruned.config.n_embd, pruned.config.n_head, pruned.config.n_inner) == (24, 3, 96)
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight and model.config.n_embd == 32
+    with torch.no_grad():
+        want = pruned(**IDS).logits
+    pruned.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(**IDS).logits, want)
+    prompt = IDS["input_ids"][:1]
+    cached = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+    plain = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, plain)

@@ -319,3 +319,71 @@ def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
             m.num_attention_heads, m.all_head_size = keep_heads, keep_heads * hd
     config.hidden_size, config.num_attention_heads = new_hidden, keep_heads
     return new_hidden, keep_heads
+
+
+def prune_hidden_gpt2(model: nn.Module, ratio: float) -> Tuple[int, int]:
+    """GPT-2's version of :func:`prune_hidden_bert`: ``round(ratio * heads)`` heads per layer and
+    the same share of the residual stream, so ``n_embd / n_head`` stays. ``Conv1D`` weights are
+    (in, out); the fused ``c_attn`` output is [q | k | v], each split by heads. Returns the new
+    (hidden size, heads)."""
+    config = model.config
+    hidden, heads = config.n_embd, config.n_head
+    hd = hidden // heads
+    keep_heads = max(1, heads - int(round(ratio * heads)))
+    if keep_heads == heads:
+        return hidden, heads
+    new_hidden = keep_heads * hd
+    blocks = list(model.transformer.h)
+    if any(hasattr(b, "crossattention") for b in blocks):
+        raise ValueError("prune_hidden=True does not handle GPT-2 cross-attention blocks")
+    with torch.no_grad():
+        score = torch.zeros(hidden, dtype=torch.float64, device=model.transformer.wte.weight.device)
+        for emb in (model.transformer.wte, model.transformer.wpe):
+            score += emb.weight.double().pow(2).sum(0)
+        for b in blocks:
+            score += b.attn.c_attn.weight.double().pow(2).sum(1) + b.mlp.c_fc.weight.double().pow(2).sum(1)
+            score += b.attn.c_proj.weight.double().pow(2).sum(0) + b.mlp.c_proj.weight.double().pow(2).sum(0)
+            for ln in (b.ln_1, b.ln_2):
+                score += ln.weight.double().pow(2)
+        score += model.transformer.ln_f.weight.double().pow(2)
+    kept = torch.argsort(score, descending=True, stable=True)[:new_hidden].sort().values
+
+    def sliced(t, index, dim):
+        return nn.Parameter(t.detach().index_select(dim, index.to(t.device)).clone(), requires_grad=t.requires_grad)
+
+    for b in blocks:
+        attn = b.attn
+        w = attn.c_attn.weight  # (hidden, 3 * hidden)
+        with torch.no_grad():
+            parts = w.double().reshape(hidden, 3, heads, hd)
+            norms = parts.pow(2).sum((0, 1, 3)) + attn.c_proj.weight.double().reshape(heads, hd, hidden).pow(2).sum((1, 2))
+        chosen = torch.argsort(norms, descending=True, stable=True)[:keep_heads].sort().values
+        head_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in chosen.tolist()])
+        qkv_idx = torch.cat([head_idx + part * hidden for part in range(3)])
+        attn.c_attn.weight = sliced(sliced(w, kept, 0), qkv_idx, 1)
+        attn.c_attn.bias = sliced(attn.c_attn.bias, qkv_idx, 0)
+        attn.c_attn.nf = 3 * new_hidden
+        attn.c_proj.weight = sliced(sliced(attn.c_proj.weight, head_idx, 0), kept, 1)
+        attn.c_proj.bias = sliced(attn.c_proj.bias, kept, 0)
+        attn.c_proj.nf = new_hidden
+        b.mlp.c_fc.weight = sliced(b.mlp.c_fc.weight, kept, 0)
+        b.mlp.c_proj.weight = sliced(b.mlp.c_proj.weight, kept, 1)
+        b.mlp.c_proj.bias = sliced(b.mlp.c_proj.bias, kept, 0)
+        b.mlp.c_proj.nf = new_hidden
+        for ln in (b.ln_1, b.ln_2):
+            ln.weight, ln.bias = sliced(ln.weight, kept, 0), sliced(ln.bias, kept, 0)
+            ln.normalized_shape = (new_hidden,)
+        attn.embed_dim, attn.num_heads, attn.split_size = new_hidden, keep_heads, new_hidden
+    ln = model.transformer.ln_f
+    ln.weight, ln.bias, ln.normalized_shape = sliced(ln.weight, kept, 0), sliced(ln.bias, kept, 0), (new_hidden,)
+    wte = model.transformer.wte
+    head = getattr(model, "lm_head", None)
+    tied = head is not None and head.weight is wte.weight
+    for emb in (wte, model.transformer.wpe):
+        emb.weight, emb.embedding_dim = sliced(emb.weight, kept, 1), new_hidden
+    if head is not None:
+        head.weight = wte.weight if tied else sliced(head.weight, kept, 1)
+        head.in_features = new_hidden
+    model.transformer.embed_dim = new_hidden
+    config.n_embd, config.n_head = new_hidden, keep_heads
+    return new_hidden, keep_heads

@@ -164,9 +164,9 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         prune_hidden: also prune the hidden size (the residual stream) by ``ratio``: for the
             LLaMA family (embedding, norms, every projection's hidden side and ``lm_head``, ranked
             by their joint L2 norm; the heads keep their size). BERT/RoBERTa configs derive the
-            head size from hidden_size / num_heads, so there ``round(ratio * heads)`` heads go
-            from every layer together with the same share of hidden channels (the head size
-            stays). Refused for GPT-2. CNNs always have all their channels pruned.
+            head size from hidden_size / num_heads, so there (and for GPT-2) ``round(ratio * heads)``
+            heads go from every layer together with the same share of hidden channels (the head
+            size stays). CNNs always have all their channels pruned.
 
     Returns:
         The pruned model. HF models: config (``intermediate_size``/``n_inner``,
@@ -179,22 +179,18 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     tp = _torch_pruning()
     imp = _importance(tp, importance)
     family = hf.family_of(model)
-    if prune_hidden and family == "gpt2":
-        raise ValueError("prune_hidden=True is not supported for GPT-2 by this mpruner (its fused c_attn would need "
-                         "heads and hidden channels cut together); it is supported for BERT/RoBERTa (heads and "
-                         "hidden size together) and LLaMA/Qwen2/Mistral. Prune MLP channels (the default) instead")
-    if prune_hidden and family == "bert" and prune_heads is False:
-        raise ValueError("prune_hidden=True on BERT/RoBERTa removes heads with the hidden channels (the config "
+    if prune_hidden and family in ("bert", "gpt2") and prune_heads is False:
+        raise ValueError("prune_hidden=True on BERT/RoBERTa/GPT-2 removes heads with the hidden channels (the config "
                          "derives the head size from hidden_size / num_heads, so both shrink together): drop "
                          "prune_heads=False")
     heads = False
     if family is not None:
         can = family == "llama" and hf.heads_reloadable(family)
-        if prune_heads is True and not can and not (family == "bert" and prune_hidden):
+        if prune_heads is True and not can and not (family in ("bert", "gpt2") and prune_hidden):
             raise ValueError(f"prune_heads=True: a {model.config.model_type} config derives the head size from "
                              "hidden_size / num_heads (and this transformers has no pruned_heads), so a model with "
                              "fewer heads would not reload with from_pretrained unless the hidden size shrinks with "
-                             "them: pass prune_hidden=True too (BERT/RoBERTa), or use prune_heads='auto' or False")
+                             "them: pass prune_hidden=True too, or use prune_heads='auto' or False")
         heads = can and prune_heads in ("auto", True)
     # Work on a copy: the caller's model is only replaced at the end, so no error can leave it half pruned.
     index = {id(m): n for n, m in model.named_modules()}
@@ -211,17 +207,19 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
             hf.prune_hidden_bert(work, ratio)
     elif family in ("gpt2", "llama"):
         # Torch-Pruning cannot trace GPT-2's fused c_attn split and takes minutes on LLaMA's rotary/GQA
-        # graph; the hidden size stays, so each MLP (hidden in, hidden out) is pruned on its own by the
-        # same BasePruner, and LLaMA's heads are cut with Torch-Pruning's prune functions.
+        # graph: each MLP (hidden in, hidden out) is pruned on its own by the same BasePruner, LLaMA's
+        # heads are cut with Torch-Pruning's prune functions, and the hidden size (prune_hidden) last.
         hidden = work.config.hidden_size
         for mlp in hf.mlps(work, family):
             _prune_mlp(tp, mlp, hidden, imp, ratio, round_to, [m for m in ignored if m in set(mlp.modules())])
+        if prune_hidden and family == "gpt2":
+            hf.prune_hidden_gpt2(work, ratio)
         if heads:
             for attn, _, _, _ in hf.attention_modules(work, family):
                 head_dim = attn.head_dim
                 hf.prune_heads(tp, attn, ratio, hidden)
             head_dim = head_dim or getattr(work.config, "head_dim", None)
-        if prune_hidden:
+        if prune_hidden and family == "llama":
             attn = hf.attention_modules(work, family)
             head_dim = head_dim or (attn[0][0].head_dim if attn else None)
             hf.prune_hidden_llama(tp, work, ratio, round_to)
