@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
 #   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
+#   env: MUTMUT_TESTS (test files), MUTMUT_CHILDREN (workers, 2), MUTMUT_SECONDS (time limit of the
+#   run, default none: the mutants not reached are reported "not checked"), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -37,10 +39,22 @@ also_copy =
     benchmarks
     mpruner/_C.cpython-311-x86_64-linux-gnu.so
 CFG
-"$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" || true
-"$PY" -m mutmut results --all true > results.txt 2>&1 || "$PY" -m mutmut results > results.txt 2>&1 || true
+limit=()
+if [ -n "${MUTMUT_SECONDS:-}" ]; then limit=(timeout -k 30 "$MUTMUT_SECONDS"); fi
+# mutmut saves each mutant's verdict as it comes, so a run stopped by the limit keeps them.
+"${limit[@]}" "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > run.log 2>&1 || true
+"$PY" -m mutmut results --all true > results.txt 2>&1 || true
 name=$(basename "${MODULES[0]}" .py)
+out="$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"
 mkdir -p "$ROOT/benchmarks/results/reliability"
-cp results.txt "$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"
-grep -c ": survived" results.txt || true
+{
+  echo "# mutmut over ${MODULES[*]}; tests: $TESTS"
+  echo "# counts: $(sed 's/^ *[^:]*: //' results.txt | sort | uniq -c | awk '{c=$1; $1=""; printf "%s%s=%d", s, substr($0,2), c; s=", "}')"
+  cat results.txt
+  # the diff of every surviving mutant, to kill it with a test or to explain it
+  for m in $(grep ": survived" results.txt | sed 's/^ *//; s/: survived$//'); do
+    echo; "$PY" -m mutmut show "$m" 2>&1 || true
+  done
+} > "$out"
+sed -n 2p "$out"
 echo "work tree: $WORK"
