@@ -28,6 +28,7 @@ only_mutate =
 $only
 pytest_add_cli_args_test_selection =
 $tests
+process_isolation = forkserver
 pytest_add_cli_args =
     -m
     not slow
@@ -39,6 +40,10 @@ also_copy =
     benchmarks
     mpruner/_C.cpython-311-x86_64-linux-gnu.so
 CFG
+# One thread per mutant: mutmut's limit is CPU time, which torch's thread pool would use up in
+# a fraction of the wall time (every mutant "timed out"); and workers that fork from a process
+# where torch already ran can hang, hence forkserver.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 limit=()
 if [ -n "${MUTMUT_SECONDS:-}" ]; then limit=(timeout -k 30 "$MUTMUT_SECONDS"); fi
 # mutmut saves each mutant's verdict as it comes, so a run stopped by the limit keeps them.
