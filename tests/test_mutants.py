@@ -66,3 +66,65 @@ def test_read_state_file(tmp_path):
     assert ckpt.read_state_file(tmp_path / "state.json") is None
     (tmp_path / "state.json").write_text('{"stage": 2}')
     assert ckpt.read_state_file(tmp_path / "state.json") == {"stage": 2}
+
+
+# checkpoint.x_save_model_atomic__mutmut_5 (the stale temporary directory of a killed save is
+# not cleared): nothing left in it reaches the model directory.
+def test_save_model_atomic_clears_a_stale_temporary(tmp_path):
+    import os
+
+    import torch.nn as nn
+
+    stale = tmp_path / f".model-0001.tmp-{os.getpid()}"
+    stale.mkdir()
+    (stale / "junk.bin").write_bytes(b"half a save")
+    ckpt.save_model_atomic(tmp_path, "model-0001", nn.Linear(2, 2))
+    assert "junk.bin" not in os.listdir(tmp_path / "model-0001") and not stale.exists()
+
+
+# checkpoint.x_save_model_atomic__mutmut_14 (an existing model directory not removed first):
+# saving under a name already there replaces it.
+def test_save_model_atomic_replaces_an_existing_model(tmp_path):
+    import torch
+    import torch.nn as nn
+    from safetensors.torch import load_file
+
+    first, second = nn.Linear(2, 2), nn.Linear(2, 2)
+    ckpt.save_model_atomic(tmp_path, "model-0001", first)
+    ckpt.save_model_atomic(tmp_path, "model-0001", second)
+    saved = {k: v for f in (tmp_path / "model-0001").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert torch.equal(saved["weight"], second.weight.detach())
+
+
+def _checkpoint_dir(tmp_path):
+    for d in ("model-0001", "model-0002", ".model-0003.tmp-123"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "junk").write_bytes(b"x")
+    (tmp_path / "model-notes").write_text("a file, not a model directory")
+    (tmp_path / "state.json").write_text("{}")
+    return tmp_path
+
+
+# checkpoint.x_prune_old_models__mutmut_2 / _3 / _6 / _12 / _13 / _14 (wrong glob patterns,
+# rmtree(None)): old models and temporaries go, the kept model, files and state stay.
+def test_prune_old_models_keeps_only_the_named_model(tmp_path):
+    ckpt.prune_old_models(_checkpoint_dir(tmp_path), "model-0002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-0002", "model-notes", "state.json"]
+    assert (tmp_path / "model-0002" / "junk").exists()
+
+
+# checkpoint.x_prune_old_models__mutmut_7 / _9 / _10 / _15 (ignore_errors dropped): removing
+# old models is best effort; the new checkpoint is already written, so a file that cannot be
+# deleted must not fail the run.
+def test_prune_old_models_ignores_undeletable_files(tmp_path, monkeypatch):
+    import os
+
+    real = os.unlink
+
+    def unlink(p, *a, **k):
+        if os.path.basename(p) == "junk":
+            raise PermissionError(p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    ckpt.prune_old_models(_checkpoint_dir(tmp_path), "model-0002")  # no error
