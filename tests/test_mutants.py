@@ -41,6 +41,8 @@ def test_state_refuses_negative_bool_and_float_indices(tmp_path, bad, field):
 def test_damaged_state_error_says_what_to_do(tmp_path):
     with pytest.raises(ValueError) as info:
         ckpt.validate_state(tmp_path / ckpt.STATE, [])
+    # checkpoint.x_validate_state__mutmut_2 / _3 / _4: the file, then what is wrong with it
+    assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: holds a list, not a JSON object; ")
     assert str(info.value).endswith("Move it away (or use another checkpoint_dir) to start afresh; "
                                     "mpruner will not overwrite it")
 
@@ -50,6 +52,13 @@ def test_damaged_state_error_says_what_to_do(tmp_path):
 def test_checkpoint_mismatch_lists_each_option(tmp_path):
     e = ckpt.CheckpointMismatch(tmp_path, ckpt.option_differences({"a": 1, "b": 2}, {"a": 3, "b": 4}))
     assert "(a: 1 in the checkpoint, 3 now; b: 2 in the checkpoint, 4 now)" in str(e)
+
+
+# checkpoint.x_option_differences__mutmut_1 / _2 (a None in place of either value) and _4
+# (only keys on both sides): an option added or dropped since the checkpoint is a difference.
+def test_option_differences_include_options_on_one_side_only():
+    assert ckpt.option_differences({"a": 1, "b": 2}, {"b": 2, "c": 3}) == {"a": (1, None), "c": (None, 3)}
+    assert ckpt.option_differences({"a": 1}, {"a": 2}) == {"a": (1, 2)}
 
 
 # checkpoint.x_write_json_atomic__mutmut_11 (indent=None): state.json stays readable, one
@@ -128,3 +137,27 @@ def test_prune_old_models_ignores_undeletable_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "unlink", unlink)
     ckpt.prune_old_models(_checkpoint_dir(tmp_path), "model-0002")  # no error
+
+
+# checkpoint.x_validate_state__mutmut_12..16 (the version error without the file or the
+# version), and the field checks' messages after it: each names the file and what is wrong.
+@pytest.mark.parametrize("change, message", [
+    ({"version": 2}, "has version 2; this mpruner reads version 1"),
+    ({"history": None}, "has an invalid 'history': None"),
+    ({"stop_reason": ["x" * 70]}, "has an invalid 'stop_reason': ['" + "x" * 58 + "..."),
+    ({"metric_before": float("inf")}, "has a non-finite 'metric_before'"),
+    ({"metric_current": float("nan")}, "has a non-finite 'metric_current'"),
+    ({"model_dir": "model-0002"}, "names the model directory 'model-0002', which does not exist"),
+])
+def test_validate_state_messages(tmp_path, change, message):
+    with pytest.raises(ValueError) as info:
+        ckpt.validate_state(tmp_path / ckpt.STATE, _state(tmp_path, **change))
+    assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: {message}; this checkpoint is damaged")
+
+
+# The same for a missing field (each field in STATE_FIELDS is required).
+def test_validate_state_names_a_missing_field(tmp_path):
+    state = _state(tmp_path)
+    del state["excluded"]
+    with pytest.raises(ValueError, match=r"state.json: has no 'excluded'; this checkpoint is damaged"):
+        ckpt.validate_state(tmp_path / ckpt.STATE, state)
