@@ -145,6 +145,9 @@ def test_prune_old_models_ignores_undeletable_files(tmp_path, monkeypatch):
     ({"version": 2}, "has version 2; this mpruner reads version 1"),
     ({"history": None}, "has an invalid 'history': None"),
     ({"stop_reason": ["x" * 70]}, "has an invalid 'stop_reason': ['" + "x" * 58 + "..."),
+    # _36 / _37 (>= 60, > 61): a repr of exactly 60 characters is shown whole, one of 61 cut
+    ({"stop_reason": ["x" * 56]}, "has an invalid 'stop_reason': ['" + "x" * 56 + "']"),
+    ({"stop_reason": ["x" * 57]}, "has an invalid 'stop_reason': ['" + "x" * 57 + "'..."),
     ({"metric_before": float("inf")}, "has a non-finite 'metric_before'"),
     ({"metric_current": float("nan")}, "has a non-finite 'metric_current'"),
     ({"model_dir": "model-0002"}, "names the model directory 'model-0002', which does not exist"),
