@@ -164,3 +164,45 @@ def test_validate_state_names_a_missing_field(tmp_path):
     del state["excluded"]
     with pytest.raises(ValueError, match=r"state.json: has no 'excluded'; this checkpoint is damaged"):
         ckpt.validate_state(tmp_path / ckpt.STATE, state)
+
+
+# checkpoint.x_check_directory__mutmut_6 / _7 / _12 / _13 / _14 / _20 / _21 / _22 (messages
+# without the directory or the blocking parent): each refusal names both.
+def test_check_directory_messages(tmp_path, monkeypatch):
+    f = tmp_path / "f"
+    f.write_text("")
+    with pytest.raises(ValueError) as info:
+        ckpt.check_directory(f)
+    assert str(info.value) == f"checkpoint_dir {str(f)!r} is an existing file, not a directory"
+    with pytest.raises(ValueError) as info:
+        ckpt.check_directory(f / "sub")
+    assert str(info.value) == f"checkpoint_dir {str(f / 'sub')!r} cannot be created: {str(f)!r} is a file"
+    monkeypatch.setattr(ckpt.os, "access", lambda *a: False)  # root may write anywhere: pretend not
+    with pytest.raises(ValueError) as info:
+        ckpt.check_directory(tmp_path / "new" / "dir")
+    assert str(info.value) == (f"checkpoint_dir {str(tmp_path / 'new' / 'dir')!r} cannot be created: "
+                               f"{str(tmp_path)!r} is not writable")
+
+
+# checkpoint.x_read_state__mutmut_5..10: a state.json that is a directory is refused naming it.
+def test_read_state_of_a_directory(tmp_path):
+    (tmp_path / ckpt.STATE).mkdir()
+    with pytest.raises(ValueError) as info:
+        ckpt.read_state(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is not a file; this checkpoint is damaged")
+
+
+# checkpoint.x_read_state__mutmut_11 / _12 (>= for >, the size error without the file): a
+# state of exactly MAX_STATE_BYTES is read (then refused for its content), one byte more is
+# refused for its size, naming the file.
+def test_read_state_size_limit(tmp_path, monkeypatch):
+    body = '{"version": 2}'
+    (tmp_path / ckpt.STATE).write_text(body)
+    monkeypatch.setattr(ckpt, "MAX_STATE_BYTES", len(body))
+    with pytest.raises(ValueError, match="has version 2"):
+        ckpt.read_state(tmp_path)
+    monkeypatch.setattr(ckpt, "MAX_STATE_BYTES", len(body) - 1)
+    with pytest.raises(ValueError) as info:
+        ckpt.read_state(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is {len(body)} bytes, more than a state can be "
+                                      f"({len(body) - 1}); ")
