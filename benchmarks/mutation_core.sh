@@ -2,7 +2,8 @@
 # Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
 #   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
 #   env: MUTMUT_TESTS (test files), MUTMUT_CHILDREN (workers, 2), MUTMUT_SECONDS (time limit of the
-#   run, default none: the mutants not reached are reported "not checked"), PYTHON.
+#   run, default none: the mutants not reached are reported "not checked"), MUTMUT_WORK (the
+#   work tree of an earlier run to continue), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -14,10 +15,14 @@ if [ ${#MODULES[@]} -eq 0 ]; then
 fi
 # The fast tests that cover them (the slow subprocess/fault tests would make each mutant minutes).
 TESTS="${MUTMUT_TESTS:-tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py tests/test_faults.py}"
-WORK="$(mktemp -d /tmp/mpruner-mutmut.XXXX)"
-cd "$ROOT"
-git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
-cp mpruner/_C*.so "$WORK/mpruner/"
+if [ -n "${MUTMUT_WORK:-}" ]; then  # continue an earlier run there: only its unchecked mutants are run
+  WORK="$MUTMUT_WORK"  # (same MUTMUT_TESTS, or mutmut starts over)
+else
+  WORK="$(mktemp -d /tmp/mpruner-mutmut.XXXX)"
+  cd "$ROOT"
+  git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
+  cp mpruner/_C*.so "$WORK/mpruner/"
+fi
 cd "$WORK"
 only=$(printf '    %s\n' "${MODULES[@]}")
 tests=$(printf '    %s\n' $TESTS)
