@@ -206,3 +206,122 @@ def test_read_state_size_limit(tmp_path, monkeypatch):
         ckpt.read_state(tmp_path)
     assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is {len(body)} bytes, more than a state can be "
                                       f"({len(body) - 1}); ")
+
+
+# --- engine/reference.py: the torch reference against the independent float64 NumPy oracle.
+# The engine tests compare the C++ ops with the reference; these pin the reference itself, so a
+# mutant there cannot pass by a matching change elsewhere.
+def _feats(n, seed, widths=(3, 5, 1)):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return [torch.tanh(base @ torch.randn(2, d, generator=g, dtype=torch.float64))
+            + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64) + 5.0 for d in widths]
+
+
+@pytest.mark.parametrize("n", [7, 8])  # odd and even sample counts: the RBF median of n^2 distances
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_reference_matches_numpy(n, kernel, unbiased):
+    import numpy as np
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    xs = _feats(n, n)
+    for x in xs:
+        np.testing.assert_allclose(R.gram(x, kernel).numpy(), NP.gram(x.numpy(), kernel), rtol=0, atol=1e-12)
+        k = NP.gram(x.numpy(), kernel)
+        np.testing.assert_allclose(R.center_gram(R.gram(x, kernel), unbiased).numpy(), NP.center(k, unbiased),
+                                   rtol=0, atol=1e-10)
+    want = NP.cka_matrix([x.numpy() for x in xs], kernel, unbiased)
+    np.testing.assert_allclose(R.cka_matrix(xs, kernel, unbiased).numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(float(R.cka(xs[0], xs[1], kernel, unbiased)), want[0, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.cka_matrix(xs[:1], kernel, unbiased, other=xs[1:]).numpy(), want[:1, 1:],
+                               rtol=0, atol=1e-12)
+    h = np.array([[NP.hsic(NP.gram(a.numpy(), kernel), NP.gram(b.numpy(), kernel), unbiased) for b in xs] for a in xs])
+    np.testing.assert_allclose(R.hsic_matrix(xs, kernel, unbiased).numpy(), h, rtol=1e-12, atol=0)
+    # minibatch: per-batch HSICs summed, normalised at the end (two batches: the rows split)
+    halves = [[x[:n // 2 + 2] for x in xs], [x[n // 2 - 2:] for x in xs]]
+    tot = sum(np.array([[NP.hsic(NP.gram(a.numpy(), kernel), NP.gram(b.numpy(), kernel), unbiased) for b in hb]
+                        for a in hb]) for hb in halves)
+    d = np.diag(tot)
+    np.testing.assert_allclose(R.minibatch_cka(halves, kernel, unbiased).numpy(), tot / np.sqrt(np.outer(d, d)),
+                               rtol=0, atol=1e-12)
+
+
+# reference.gram: sigma is the median's multiplier; a constant layer's RBF Gram is all ones;
+# an unknown kernel is refused naming it.
+def test_reference_gram_sigma_constant_and_kernel():
+    import numpy as np
+    import torch
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    x = _feats(6, 3)[0]
+    np.testing.assert_allclose(R.gram(x, "rbf", 0.8).numpy(), NP.gram_rbf(x.numpy() - x.numpy().mean(0), 0.8),
+                               rtol=0, atol=1e-12)
+    assert torch.equal(R.gram(torch.ones(5, 2, dtype=torch.float64), "rbf"), torch.ones(5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="kernel must be 'linear' or 'rbf', got 'cosine'"):
+        R.gram(x, "cosine")
+
+
+# reference.token_cka / exact_linear_cka: each sequence's real tokens only (a left-padded mask).
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_reference_token_and_exact_cka(unbiased):
+    import numpy as np
+    import torch
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    hs = [torch.stack([f, f.flip(0)]) for f in _feats(8, 5, widths=(4, 4, 4))]  # (B=2, T=8, D=4) each
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :2] = 0
+    got = R.token_cka(hs, mask, unbiased)
+    for b in range(2):
+        want = NP.cka_matrix([h[b][mask[b].bool()].numpy() for h in hs], "linear", unbiased)
+        np.testing.assert_allclose(got[b].numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.token_cka(hs, None, unbiased)[1].numpy(),
+                               NP.cka_matrix([h[1].numpy() for h in hs], "linear", unbiased), rtol=0, atol=1e-12)
+    xs = [h[0] for h in hs]
+    np.testing.assert_allclose(R.exact_linear_cka(xs, unbiased).numpy(),
+                               NP.cka_matrix([x.numpy() for x in xs], "linear", unbiased), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.exact_linear_cka(xs[:1], unbiased, other=xs[1:]).numpy(),
+                               NP.cka_matrix([x.numpy() for x in xs], "linear", unbiased)[:1, 1:], rtol=0, atol=1e-12)
+
+
+# reference.token_cosine: the zero-vector rule (both zero: 1; one zero: 0), the clamp, the
+# mask and the last_token view, against a direct NumPy loop.
+@pytest.mark.parametrize("view", ["tokens", "last_token"])
+def test_reference_token_cosine(view):
+    import numpy as np
+    import torch
+
+    from mpruner.engine import reference as R
+
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(2, 5, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    hs[0][0, 1] = 0
+    hs[1][0, 1] = 0          # both zero at (0, 1): cosine 1 between layers 0 and 1
+    hs[2][1, 2] = 0          # one zero at (1, 2): cosine 0 against it
+    hs[2][0, 0] = hs[0][0, 0] * 3  # parallel: cosine 1 (clamped if it rounds above)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
+    cos, ang = R.token_cosine(hs, mask, view)
+    toks = [(b, t) for b in range(2) for t in range(5) if mask[b, t]]
+    if view == "last_token":
+        toks = [(0, 3), (1, 4)]
+    want_c, want_a = np.zeros((3, 3)), np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            for b, t in toks:
+                u, v = hs[i][b, t].numpy(), hs[j][b, t].numpy()
+                nu, nv = u @ u, v @ v
+                c = (1.0 if nu == nv == 0 else 0.0) if nu == 0 or nv == 0 else \
+                    np.clip(u @ v / np.sqrt(nu * nv), -1, 1)
+                want_c[i, j] += c / len(toks)
+                want_a[i, j] += np.arccos(c) / np.pi / len(toks)
+    np.testing.assert_allclose(cos.numpy(), want_c, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ang.numpy(), want_a, rtol=0, atol=1e-12)
