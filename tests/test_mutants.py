@@ -325,3 +325,20 @@ def test_reference_token_cosine(view):
                 want_a[i, j] += np.arccos(c) / np.pi / len(toks)
     np.testing.assert_allclose(cos.numpy(), want_c, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ang.numpy(), want_a, rtol=0, atol=1e-12)
+
+
+# checkpoint.x_read_state__mutmut_25 / _28 / _29 / _30 (the JSON error without its type or
+# text, or cut at 81): the error names the file, the exception type and its first 80 characters.
+@pytest.mark.parametrize("body", ["{", "[" * 100000])  # bad JSON; nesting deeper than the parser goes
+def test_read_state_of_invalid_json(tmp_path, body):
+    (tmp_path / ckpt.STATE).write_text(body)
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError) as e:
+        err = e
+    text = str(err)
+    with pytest.raises(ValueError) as info:
+        ckpt.read_state(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is not valid JSON ({type(err).__name__}: "
+                                      f"{text[:80]}); ")
+    assert body == "{" or len(text) > 80  # the recursion message is long enough to be cut
