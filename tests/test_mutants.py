@@ -308,6 +308,7 @@ def test_reference_token_cosine(view):
     hs[1][0, 1] = 0          # both zero at (0, 1): cosine 1 between layers 0 and 1
     hs[2][1, 2] = 0          # one zero at (1, 2): cosine 0 against it
     hs[2][0, 0] = hs[0][0, 0] * 3  # parallel: cosine 1 (clamped if it rounds above)
+    hs[1][0, 0] = hs[0][0, 0] * -3  # antiparallel: rounds to -1 - 2e-16, x_token_cosine__mutmut_71 (clamp at -2)
     mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
     cos, ang = R.token_cosine(hs, mask, view)
     toks = [(b, t) for b in range(2) for t in range(5) if mask[b, t]]
@@ -342,3 +343,64 @@ def test_read_state_of_invalid_json(tmp_path, body):
     assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is not valid JSON ({type(err).__name__}: "
                                       f"{text[:80]}); ")
     assert body == "{" or len(text) > 80  # the recursion message is long enough to be cut
+
+
+# reference defaults (x_center_gram__mutmut_1, x_cka__mutmut_1..3, x_minibatch_cka__mutmut_1..3,
+# x_exact_linear_cka__mutmut_1, x_token_cosine__mutmut_1 / _2): linear, biased (minibatch:
+# unbiased), the tokens view; and sigma reaching both Grams (x_cka__mutmut_7 / _10 / _13 / _16,
+# x_cka_matrix__mutmut_14 / _18, x_minibatch_cka__mutmut_9 / _13).
+def test_reference_defaults_and_sigma():
+    import numpy as np
+    import torch
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    xs = _feats(8, 11)
+    x64 = [x.numpy() for x in xs]
+    k = R.gram(xs[0])
+    np.testing.assert_allclose(R.center_gram(k).numpy(), NP.center(k.numpy(), False), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(float(R.cka(xs[0], xs[1])), NP.cka_matrix(x64[:2])[0, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.exact_linear_cka(xs).numpy(), NP.cka_matrix(x64), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.minibatch_cka([xs]).numpy(), NP.cka_matrix(x64, "linear", True), rtol=0, atol=1e-12)
+    hs = [x.reshape(2, 4, -1) for x in _feats(8, 12, widths=(3, 3))]
+    assert all(torch.equal(a, b) for a, b in zip(R.token_cosine(hs), R.token_cosine(hs, torch.ones(2, 4), "tokens")))
+    for a, b in [(xs[0], xs[1]), (xs[1], xs[0])]:  # sigma for x's Gram and for y's
+        want = NP.cka_matrix([a.numpy(), b.numpy()], "rbf", False, sigma=0.8)[0, 1]
+        np.testing.assert_allclose(float(R.cka(a, b, "rbf", False, 0.8)), want, rtol=0, atol=1e-12)
+    want = NP.cka_matrix(x64, "rbf", True, sigma=0.8)
+    np.testing.assert_allclose(R.cka_matrix(xs, "rbf", True, 0.8).numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(R.minibatch_cka([xs], "rbf", True, 0.8).numpy(), want, rtol=0, atol=1e-12)
+
+
+# reference.x_center_gram__mutmut_3 (n = k.shape[+1]): a (2, 3, n, n) batch of Grams is
+# centred per matrix.
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_reference_center_gram_4d_batch(unbiased):
+    import numpy as np
+    import torch
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    ks = torch.stack([R.gram(x) for x in _feats(6, 2, widths=(1, 2, 3, 4, 5, 6))]).reshape(2, 3, 6, 6)
+    got = R.center_gram(ks, unbiased)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(got[i, j].numpy(), NP.center(ks[i, j].numpy(), unbiased), rtol=0, atol=1e-10)
+
+
+# reference.x_hsic__mutmut_1 and x_hsic_matrix__mutmut_1..3 (defaults: linear, biased) and
+# x_hsic_matrix__mutmut_19 (grams[1].dtype: fails for a single layer).
+def test_reference_hsic_defaults_and_one_layer():
+    import numpy as np
+
+    import np_reference as NP
+    from mpruner.engine import reference as R
+
+    xs = _feats(7, 4)
+    k, l = R.gram(xs[0]), R.gram(xs[1])
+    np.testing.assert_allclose(float(R.hsic(k, l)), NP.hsic(k.numpy(), l.numpy(), False), rtol=1e-12, atol=0)
+    want = np.array([[NP.hsic(NP.gram(a.numpy()), NP.gram(b.numpy()), False) for b in xs] for a in xs])
+    np.testing.assert_allclose(R.hsic_matrix(xs).numpy(), want, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(R.hsic_matrix(xs[:1]).numpy(), want[:1, :1], rtol=1e-12, atol=0)
