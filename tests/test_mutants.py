@@ -404,3 +404,42 @@ def test_reference_hsic_defaults_and_one_layer():
     want = np.array([[NP.hsic(NP.gram(a.numpy()), NP.gram(b.numpy()), False) for b in xs] for a in xs])
     np.testing.assert_allclose(R.hsic_matrix(xs).numpy(), want, rtol=1e-12, atol=0)
     np.testing.assert_allclose(R.hsic_matrix(xs[:1]).numpy(), want[:1, :1], rtol=1e-12, atol=0)
+
+
+# --- prune/loop.py
+# xǁMPrunerǁ_options__mutmut_1..32 (a key renamed, a condition flipped): survived because a run
+# writes and compares its own spelling. The options are state.json's format: a checkpoint
+# written before must still resume, so the keys and when they appear are pinned.
+def test_loop_options_recorded_in_the_checkpoint():
+    import mpruner
+    import prune_job
+
+    model, train, _ = prune_job.build()
+    calib = [x for x, _ in train]
+    base = {"block_list": "blocks", "threshold": 0.98, "tolerance": 0.01, "tolerance_mode": "absolute",
+            "max_granularity": 3, "max_iterations": 10, "view": "mean", "cluster_method": "anchor", "seed": 0}
+    p = mpruner.MPruner(model, calib, lambda m: 1.0, layers="blocks", progress=False)
+    assert p._options() == base
+    p = mpruner.MPruner(model, calib, lambda m: 1.0, layers="blocks", progress=False, higher_is_better=False,
+                        select="contiguous", n=1, tolerance_mode="relative", max_granularity=2, seed=3,
+                        cluster_method=[m for m in mpruner.prune.loop.METHODS if m != "anchor"][0])
+    assert p._options() == {**base, "view": "tokens", "tolerance_mode": "relative", "max_granularity": 2, "seed": 3,
+                            "cluster_method": p.cluster_method, "higher_is_better": False,
+                            "select": "contiguous", "n": 1}
+
+
+# xǁPruneResultǁto_dict__mutmut_1..9 (no test in mutmut's selection: the CLI's JSON report uses
+# it): every field but the model, the history as plain dicts.
+def test_prune_result_to_dict():
+    import json as _json
+
+    import torch.nn as nn
+
+    from mpruner.prune.loop import Iteration, PruneResult
+
+    it = Iteration(1, 2, 0.9, ["a", "b"], [[1.0, 0.5], [0.5, 1.0]], [[0], [1]], [1], ["b"], 2, 1, 0.8, True)
+    r = PruneResult(nn.Linear(1, 1), [it], 0.9, 0.8, 2, 1, 10, 5, 0.01, "absolute", "done", {"total": 1.0})
+    d = r.to_dict()
+    assert "model" not in d and d["history"] == [{**it.__dict__}] and d["metric_after"] == 0.8
+    assert set(d) == {f for f in PruneResult.__dataclass_fields__ if f != "model"}
+    _json.dumps(d)  # plain JSON
