@@ -443,3 +443,25 @@ def test_prune_result_to_dict():
     assert "model" not in d and d["history"] == [{**it.__dict__}] and d["metric_after"] == 0.8
     assert set(d) == {f for f in PruneResult.__dataclass_fields__ if f != "model"}
     _json.dumps(d)  # plain JSON
+
+
+# xǁMPrunerǁ_iteration__mutmut_3 / _7 / _8 / _9 / _12..14: a checkpoint's history entry may
+# lack "seconds" (older states), but a missing or an extra field is refused naming the file,
+# the entry and the fields.
+def test_history_entry_fields_checked(tmp_path):
+    from dataclasses import asdict
+
+    import mpruner
+    import prune_job
+    from mpruner.prune.loop import Iteration
+
+    model, train, _ = prune_job.build()
+    p = mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0, layers="blocks", progress=False,
+                        checkpoint_dir=tmp_path)
+    h = asdict(Iteration(1, 2, 0.9, ["a"], [[1.0]], [[0]], [], [], 1, 1, 0.8, True))
+    assert p._iteration({k: v for k, v in h.items() if k != "seconds"}, 0).seconds == {}
+    for bad in ({k: v for k, v in h.items() if k != "metric"}, {**h, "extra": 1}):
+        with pytest.raises(ValueError) as info:
+            p._iteration(bad, 3)
+        assert str(info.value) == (f"{tmp_path / 'state.json'}: history[3] has fields {sorted(bad)}, expected "
+                                   f"{sorted(h)}; the checkpoint is damaged or from another mpruner")
