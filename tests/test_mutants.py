@@ -465,3 +465,71 @@ def test_history_entry_fields_checked(tmp_path):
             p._iteration(bad, 3)
         assert str(info.value) == (f"{tmp_path / 'state.json'}: history[3] has fields {sorted(bad)}, expected "
                                    f"{sorted(h)}; the checkpoint is damaged or from another mpruner")
+
+
+# --- engine/cka.py: the public functions' input errors, word for word (x_gram, x__check_gram,
+# x_center_gram, x_hsic, x_cka, x_nonfinite_error mutants that drop or garble a name, a shape,
+# the estimator or the advice in a message, or move a bound by one).
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, t: m.gram(t.randn(5, 3), "cosine"), ValueError, "kernel must be one of 'linear', 'rbf'; got 'cosine'"),
+    (lambda m, t: m.gram(t.randn(5), batched=True), ValueError,
+     "with batched=True, x must be a tensor of shape (b, n, ...)"),
+    (lambda m, t: m.gram(t.randn(1, 3), "rbf"), ValueError, "x has n=1 samples; the RBF kernel needs n >= 2"),
+    (lambda m, t: m.center_gram([[1.0]]), TypeError, "k must be a torch.Tensor Gram matrix (…, n, n), got list"),
+    (lambda m, t: m.center_gram(t.ones(3, 3, dtype=t.long)), TypeError,
+     "k has dtype torch.int64; pass a floating-point Gram (k.float())"),
+    (lambda m, t: m.center_gram(t.ones(3, 4)), ValueError,
+     "k must be square in its last two dimensions (…, n, n), got shape (3, 4)"),
+    (lambda m, t: m.center_gram(t.ones(2, 3, 4)), ValueError,
+     "k must be square in its last two dimensions (…, n, n), got shape (2, 3, 4)"),
+    (lambda m, t: m.center_gram(t.ones(3, 3), True), ValueError,
+     "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
+    (lambda m, t: m.center_gram(t.ones(1, 1)), ValueError, "k is 1x1; the biased estimator needs n >= 2"),
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(5, 5)), ValueError, "k and l must have the same shape, got (4, 4) and (5, 5)"),
+    (lambda m, t: m.hsic(t.ones(3, 3), t.ones(3, 3), True), ValueError,
+     "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(1, 1)), ValueError, "l is 1x1; the biased estimator needs n >= 2"),
+    (lambda m, t: m.hsic(t.ones(4, 4), [[1.0]]), TypeError, "l must be a torch.Tensor Gram matrix (…, n, n), got list"),
+    (lambda m, t: m.cka([t.ones(4, 2)], t.ones(4, 2)), TypeError,
+     "cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix"),
+    (lambda m, t: m.cka(t.ones(4, 2), [t.ones(4, 2)]), TypeError,
+     "cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix"),
+])
+def test_cka_api_errors_word_for_word(call, error, message):
+    import torch
+
+    import mpruner
+
+    with pytest.raises(error) as info:
+        call(mpruner, torch)
+    assert str(info.value) == message
+
+
+# cka.x_gram (bounds): a (b, n) batch is b sets of n one-feature samples; RBF takes n = 2.
+# cka.x__check_gram (half Grams computed in float32), cka.x_hsic / x_cka (defaults: biased),
+# the batched hsic's dtype promotion, x_nonfinite_error (the listed layers, batch, no suffix).
+def test_cka_api_edges():
+    import torch
+
+    import mpruner
+    from mpruner.engine import reference as R
+    from mpruner.engine.cka import nonfinite_error
+
+    x = torch.randn(2, 5, dtype=torch.float64)
+    g = mpruner.gram(x, batched=True)
+    assert g.shape == (2, 5, 5) and torch.allclose(g[1], R.gram(x[1][:, None]), rtol=0, atol=1e-12)
+    assert mpruner.gram(torch.randn(2, 3), "rbf").shape == (2, 2)
+    k = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
+    assert mpruner.center_gram(k.half()).dtype == torch.float32
+    l = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
+    assert abs(float(mpruner.hsic(k, l)) - float(R.hsic(k, l, False))) < 1e-12
+    kb = torch.stack([k, l])  # batched, mixed float32/float64: computed in float64
+    h = mpruner.hsic(kb.float(), kb.flip(0))
+    assert h.dtype == torch.float64 and torch.allclose(h, torch.stack([R.hsic(k.float().double(), l, False),
+                                                                       R.hsic(l.float().double(), k, False)]),
+                                                       rtol=1e-6, atol=0)
+    xs = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    assert abs(float(mpruner.cka(*xs)) - float(R.cka(*xs))) < 1e-12
+    e = nonfinite_error([0, 2], ["a", "b", "c"], batch=3)
+    assert e.layers == ["a", "c"] and e.batch == 3 and str(e).startswith("NaN or Inf in the activations of a, c; fix")
+    assert str(e).endswith("or with CKAAccumulator pass nan_policy='skip' to drop such batches")
