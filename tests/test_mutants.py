@@ -489,6 +489,9 @@ def test_history_entry_fields_checked(tmp_path):
     (lambda m, t: m.hsic(t.ones(3, 3), t.ones(3, 3), True), ValueError,
      "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
     (lambda m, t: m.hsic(t.ones(4, 4), t.ones(1, 1)), ValueError, "l is 1x1; the biased estimator needs n >= 2"),
+    # x_hsic__mutmut_14 (l checked as biased): l's own estimator bound comes before the shape check
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(3, 3), True), ValueError,
+     "l is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
     (lambda m, t: m.hsic(t.ones(4, 4), [[1.0]]), TypeError, "l must be a torch.Tensor Gram matrix (…, n, n), got list"),
     (lambda m, t: m.cka([t.ones(4, 2)], t.ones(4, 2)), TypeError,
      "cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix"),
@@ -519,6 +522,8 @@ def test_cka_api_edges():
     g = mpruner.gram(x, batched=True)
     assert g.shape == (2, 5, 5) and torch.allclose(g[1], R.gram(x[1][:, None]), rtol=0, atol=1e-12)
     assert mpruner.gram(torch.randn(2, 3), "rbf").shape == (2, 2)
+    # x__check_gram__mutmut_19 (n <= the minimum): n = 4 (unbiased) and n = 2 (biased) are enough
+    assert mpruner.center_gram(torch.eye(4), True).shape == (4, 4) and mpruner.center_gram(torch.eye(2)).shape == (2, 2)
     k = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
     assert mpruner.center_gram(k.half()).dtype == torch.float32
     l = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
