@@ -67,11 +67,24 @@ def _conditioning(f, kernel, unbiased):
     return float(h1 / h0) if h0 > 0 else 0.0
 
 
+def _rbf_bandwidth_zero(x):
+    """The RBF bandwidth is the median of the n^2 squared distances: (almost) 0 when more than
+    half the pairs of samples coincide (rounded half-precision inputs; found by the long
+    profile), where the published formula divides by zero and the engine's Gram is constant."""
+    with np.errstate(all="ignore"):
+        x = x - x.mean(0)
+        g = x @ x.T
+        d2 = np.diag(g)[:, None] + np.diag(g)[None, :] - 2 * g
+        return np.median(d2) <= 1e-6 * max(d2.max(), np.finfo(np.float64).tiny)
+
+
 def _degenerate(case, kernel="linear"):
-    """Layers whose CKA may be NaN (with the warning): constant up to rounding, or whose
-    unbiased self-HSIC is below 1e-3 of the biased one (then also allowed an error / r)."""
+    """Layers whose CKA may be NaN (with the warning): constant up to rounding, whose RBF
+    bandwidth is 0, or whose unbiased self-HSIC is below 1e-3 of the biased one (then also
+    allowed an error / r)."""
     return [i for i, (x, dt) in enumerate(zip(case.as_float64, case.dtypes))
-            if S.degenerate(x, dt) or _conditioning(x, kernel, case.unbiased) <= 1e-3]
+            if S.degenerate(x, dt) or (kernel == "rbf" and _rbf_bandwidth_zero(x))
+            or _conditioning(x, kernel, case.unbiased) <= 1e-3]
 
 
 def _tol(case, kernel, feats=None):
@@ -283,7 +296,9 @@ def test_center_gram_batched_matches_float64(case, transposed):
         assert err <= tol, (err, i, case)
         assert np.abs(ref_torch[i].numpy() - want).max() / scale <= 1e-10, (i, case)
         hw = NP.hsic(k, ks.double().numpy()[-1 - i], case.unbiased)
-        assert abs(float(h[i]) - hw) <= 1e-9 * max(np.abs(k).max() * np.abs(ks[-1 - i].double().numpy()).max(),
+        # float32 Grams are summed in float32 (the long profile saw 1.4e-9 of |K| |L| at n = 3)
+        htol = 1e-9 if ks.dtype == torch.float64 else 1e-5
+        assert abs(float(h[i]) - hw) <= htol * max(np.abs(k).max() * np.abs(ks[-1 - i].double().numpy()).max(),
                                                    1e-300), (float(h[i]), hw, i, case)
         worst = max(worst, float(err))
     _record("center_gram batched", worst)
@@ -300,10 +315,11 @@ def test_nan_or_inf_anywhere_is_a_clear_error(case, where, value, fn):
     flat[where[1] % flat.numel()] = value
     layers = list(case.layers)
     layers[layer] = flat.reshape(x.shape)
+    # the accumulators with the case's estimator: their default (unbiased) refused the biased
+    # cases' n = 2..3 as too few samples before looking at the values (found by the long profile)
     call = {"cka_matrix": lambda: mpruner.cka_matrix(layers),
-            "accumulator": lambda: mpruner.CKAAccumulator().update(layers) if case.unbiased is False or
-            layers[0].shape[0] >= 4 else mpruner.cka_matrix(layers),
-            "exact": lambda: mpruner.CKAAccumulator(estimator="exact").update(layers)}[fn]
+            "accumulator": lambda: mpruner.CKAAccumulator(unbiased=case.unbiased).update(layers),
+            "exact": lambda: mpruner.CKAAccumulator(estimator="exact", unbiased=case.unbiased).update(layers)}[fn]
     label = f"layer {layer}" if fn != "cka_matrix" and call is not None else f"features[{layer}]"
     with pytest.raises(ValueError, match="NaN or Inf in the activations of") as info:
         call()
