@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
 #   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
+#   env: MUTMUT_TESTS (test files), MUTMUT_CHILDREN (workers, 2), MUTMUT_SECONDS (time limit of the
+#   run, default none: the mutants not reached are reported "not checked"), MUTMUT_WORK (the
+#   work tree of an earlier run to continue), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -12,13 +15,18 @@ if [ ${#MODULES[@]} -eq 0 ]; then
 fi
 # The fast tests that cover them (the slow subprocess/fault tests would make each mutant minutes).
 TESTS="${MUTMUT_TESTS:-tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py tests/test_faults.py}"
-WORK="$(mktemp -d /tmp/mpruner-mutmut.XXXX)"
-cd "$ROOT"
-git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
-cp mpruner/_C*.so "$WORK/mpruner/"
+if [ -n "${MUTMUT_WORK:-}" ]; then  # continue an earlier run there: only its unchecked mutants are run
+  WORK="$MUTMUT_WORK"  # (same MUTMUT_TESTS, or mutmut starts over)
+else
+  WORK="$(mktemp -d /tmp/mpruner-mutmut.XXXX)"
+  cd "$ROOT"
+  git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
+  cp mpruner/_C*.so "$WORK/mpruner/"
+fi
 cd "$WORK"
 only=$(printf '    %s\n' "${MODULES[@]}")
 tests=$(printf '    %s\n' $TESTS)
+# (the fullgraph torch.compile test cannot trace mutmut's trampolines: its stats run fails)
 cat > setup.cfg <<CFG
 [mutmut]
 source_paths = mpruner
@@ -26,9 +34,12 @@ only_mutate =
 $only
 pytest_add_cli_args_test_selection =
 $tests
+process_isolation = forkserver
 pytest_add_cli_args =
     -m
     not slow
+    --deselect
+    tests/test_engine_ops.py::test_compile_fullgraph_cka_matrix
     -p
     no:cacheprovider
 also_copy =
@@ -37,10 +48,26 @@ also_copy =
     benchmarks
     mpruner/_C.cpython-311-x86_64-linux-gnu.so
 CFG
-"$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" || true
-"$PY" -m mutmut results --all true > results.txt 2>&1 || "$PY" -m mutmut results > results.txt 2>&1 || true
+# One thread per mutant: mutmut's limit is CPU time, which torch's thread pool would use up in
+# a fraction of the wall time (every mutant "timed out"); and workers that fork from a process
+# where torch already ran can hang, hence forkserver.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+limit=()
+if [ -n "${MUTMUT_SECONDS:-}" ]; then limit=(timeout -k 30 "$MUTMUT_SECONDS"); fi
+# mutmut saves each mutant's verdict as it comes, so a run stopped by the limit keeps them.
+"${limit[@]}" "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > run.log 2>&1 || true
+"$PY" -m mutmut results --all true > results.txt 2>&1 || true
 name=$(basename "${MODULES[0]}" .py)
+out="$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"
 mkdir -p "$ROOT/benchmarks/results/reliability"
-cp results.txt "$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"
-grep -c ": survived" results.txt || true
+{
+  echo "# mutmut over ${MODULES[*]}; tests: $TESTS"
+  echo "# counts: $(sed 's/^ *[^:]*: //' results.txt | sort | uniq -c | awk '{c=$1; $1=""; printf "%s%s=%d", s, substr($0,2), c; s=", "}')"
+  cat results.txt
+  # the diff of every surviving mutant, to kill it with a test or to explain it
+  for m in $(grep ": survived" results.txt | sed 's/^ *//; s/: survived$//'); do
+    echo; "$PY" -m mutmut show "$m" 2>&1 || true
+  done
+} > "$out"
+sed -n 2p "$out"
 echo "work tree: $WORK"

@@ -61,6 +61,21 @@ def test_reliability_counts_come_from_the_results():
         assert f"{total:,}" in text, (name, total)
 
 
+def test_mutation_counts_come_from_the_summary():
+    # Each module's mutmut counts in the Reliability table are mutmut_summary.json's.
+    text = _reliability_rows()
+    path = RESULTS / "reliability" / "mutmut_summary.json"
+    for module, m in json.loads(path.read_text())["modules"].items():
+        run = m.get("first_run") or m["partial_run"]
+        short = module.rsplit("/", 1)[1]
+        phrase = (f"`{short}` {run['mutants']} mutants, {run.get('checked', run['mutants'])} checked: "
+                  f"{run['killed']} killed, {run['survived']} survived")
+        assert phrase in text, phrase
+        after = m.get("after_new_tests")
+        if after:
+            assert f"{short} {after['killed']} killed" in text, (short, after)
+
+
 def _section(title):
     return README.split(title, 1)[1].split("\n### ", 1)[0]
 
