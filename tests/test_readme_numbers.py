@@ -110,3 +110,13 @@ def test_pipeline_tables_come_from_the_results(scenario):
     for r in d["rows"]:
         assert f"| {r['params']:,} | {r['nonzero']:,} | {r['macs'] / 1e6:.1f} M | {r['latency_ms']:.1f} | " \
                f"{r['metric']:.4f} | {r['drop_points']:+.1f} | {r['drop_points_vs_control']:+.1f} |" in text, r["row"]
+
+
+def test_lm_overhead_table_comes_from_the_results():
+    d = _json("lm_cpu.json")
+    text = _section("### LM metric overhead")
+    for r in d["results"]:
+        if r["what"] == "kernel":
+            continue
+        assert f"| {r['baseline_seconds']:.2f} s | {r['seconds']:.2f} s | {100 * r['overhead']:+.1f} % | " \
+               f"{100 * r['overhead_cpu']:+.1f} % |" in text, r["what"]
