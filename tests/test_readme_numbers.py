@@ -120,3 +120,14 @@ def test_lm_overhead_table_comes_from_the_results():
             continue
         assert f"| {r['baseline_seconds']:.2f} s | {r['seconds']:.2f} s | {100 * r['overhead']:+.1f} % | " \
                f"{100 * r['overhead_cpu']:+.1f} % |" in text, r["what"]
+
+
+def test_lm_metric_rows_come_from_the_results():
+    d = _json("cpu-lm-metrics_tokens.json")
+    text = _section("### Token cosine and angular distance in the benchmark suite")
+    assert d["machine"]["git_commit"][:7] in text
+    for r in d["rows"]:
+        assert f"| {r['method']} | {r['estimator']} |" in text
+    rows = {r["method"]: r for r in d["rows"]}
+    ratio = rows["mpruner token_cka"]["time_s"] / rows["gram floor"]["time_s"]
+    assert f"token_cka ran in {ratio:.2f}× the time" in text
