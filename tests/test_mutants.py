@@ -538,3 +538,28 @@ def test_cka_api_edges():
     e = nonfinite_error([0, 2], ["a", "b", "c"], batch=3)
     assert e.layers == ["a", "c"] and e.batch == 3 and str(e).startswith("NaN or Inf in the activations of a, c; fix")
     assert str(e).endswith("or with CKAAccumulator pass nan_policy='skip' to drop such batches")
+
+
+# cka.x_gram__mutmut_29/36/39/40: the argument names in gram's input errors ("x", "x[i]").
+# cka.x__check_gram__mutmut_17 and x_hsic__mutmut_32 (n from shape[+1]): a 4-d Gram batch,
+# where shape[1] is not n. (x__check_gram__mutmut_18 and x_hsic__mutmut_33, shape[-2], are
+# equivalent: the Grams are checked square first.)
+def test_gram_names_and_4d_gram_batches():
+    import torch
+
+    import mpruner
+    from mpruner.engine import reference as R
+
+    with pytest.raises(TypeError) as info:
+        mpruner.gram(torch.ones(4, 3, dtype=torch.long))
+    assert str(info.value) == "x has dtype torch.int64; CKA needs floating-point activations: pass x.float()"
+    with pytest.raises(TypeError) as info:
+        mpruner.gram(torch.ones(2, 4, 3, dtype=torch.long), batched=True)
+    assert str(info.value) == "x[0] has dtype torch.int64; CKA needs floating-point activations: pass x[0].float()"
+    g = torch.stack([mpruner.gram(torch.randn(5, 3, dtype=torch.float64)) for _ in range(6)]).reshape(2, 3, 5, 5)
+    c = mpruner.center_gram(g, True)  # n = 5 >= 4; shape[1] = 3 would refuse
+    assert c.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(c[1, 2], R.center_gram(g[1, 2], True), rtol=0, atol=1e-12)
+    h = mpruner.hsic(g, g.flip(1))
+    assert h.shape == (2, 3)
+    assert abs(float(h[1, 0]) - float(R.hsic(g[1, 0], g[1, 2], False))) < 1e-12
