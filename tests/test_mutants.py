@@ -588,3 +588,52 @@ def test_record_of_a_never_pruned_model(tmp_path):
     mpruner.save_pruned(Plain(), tmp_path / "plain")
     record = read_record(tmp_path / "plain")
     assert {k: record[k] for k in ("adapter", "original", "steps")} == {"adapter": None, "original": {}, "steps": []}
+
+
+# prune/loop.py x_MPruner__plan_strategy__mutmut_2 (remaining = n + removed so far): after one
+# block of n=2 is accepted, the next attempt asks for the one block still to go, not three.
+def test_strategy_asks_for_what_remains_of_n(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _tiny_lms import tiny_lm
+
+    import torch
+
+    import mpruner
+
+    g = torch.Generator().manual_seed(2)
+    calib = [{"input_ids": torch.randint(3, 97, (3, 10), generator=g), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
+             for _ in range(2)]
+    ev = lambda m: 10.0 + 2.0 * (6 - len(m.model.layers))  # noqa: E731 - each removed block costs 2
+    result = mpruner.MPruner(tiny_lm("mistral", layers=6), calib, evaluate=ev, select="lowest-influence", n=2,
+                             higher_is_better=False, tolerance=0.25, tolerance_mode="relative", progress=False,
+                             max_iterations=3).run()
+    assert [len(h.removed) for h in result.history] == [2, 1, 1]
+    assert [h.accepted for h in result.history] == [False, True, False]
+
+
+# prune/loop.py x_MPruner__plan_strategy__mutmut_6 (strategies.plan(None, ...): the contiguous
+# rule for every select): two identity blocks apart from each other (zero output projections,
+# Block Influence 0) are lowest-influence's pick; no contiguous run holds both.
+def test_lowest_influence_is_not_a_contiguous_run():
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _tiny_lms import tiny_lm
+
+    import torch
+
+    import mpruner
+
+    model = tiny_lm("llama", layers=6)
+    with torch.no_grad():
+        for i in (1, 4):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(3, 97, (3, 10), generator=g), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
+             for _ in range(2)]
+    result = mpruner.MPruner(model, calib, evaluate=lambda m: 1.0, select="lowest-influence", n=2,
+                             progress=False).run()
+    assert result.history[0].removed == [1, 4] and result.layers_after == 4
