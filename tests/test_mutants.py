@@ -637,3 +637,71 @@ def test_lowest_influence_is_not_a_contiguous_run():
     result = mpruner.MPruner(model, calib, evaluate=lambda m: 1.0, select="lowest-influence", n=2,
                              progress=False).run()
     assert result.history[0].removed == [1, 4] and result.layers_after == 4
+
+
+# prune/loop.py _load: x_MPruner__load__mutmut_12/13 (the warning's stacklevel: it must point at
+# the caller's line), _21 (the mismatch error without the checkpoint directory), _35 (a shallow
+# copy of the caller's model as the factory: loading the checkpoint would overwrite its weights),
+# _36 (the resumed run forgets its model directory: the next resume cannot find the model).
+# (_4, `is_main or True`, is equivalent in one process; _8 and _11, the category None or left
+# out, are UserWarning all the same.)
+def _resume_job():
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    import prune_job
+
+    return prune_job
+
+
+def test_resume_leaves_the_callers_model_and_keeps_its_model_dir(tmp_path):
+    import warnings
+
+    import torch
+
+    import mpruner
+
+    job = _resume_job()
+    model, train, evald = job.build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(evaluate=lambda m: job.accuracy(m, evald), layers="blocks", threshold=0.95, tolerance=0.05,
+              view="flatten", checkpoint_dir=tmp_path / "ck", progress=False, max_iterations=1)
+    calib = [x for x, _ in train]
+    first = mpruner.MPruner(model, calib, **kw).run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mpruner.MPruner(model, calib, **{**kw, "checkpoint_dir": tmp_path / "empty"}).run(resume=True)
+    mine = [w for w in caught if "no checkpoint in" in str(w.message)]
+    assert mine and mine[0].filename == __file__  # stacklevel: the caller's line
+    for _ in range(2):  # resumed twice: the second resume still finds the model the first recorded
+        again = mpruner.MPruner(model, calib, **kw).run(resume=True)
+        assert again.layers_after == first.layers_after and again.metric_after == first.metric_after
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError) as info:
+        mpruner.MPruner(model, calib, **{**kw, "threshold": 0.9}).run(resume=True)
+    assert str(tmp_path / "ck") in str(info.value)
+
+
+# prune/loop.py x_MPruner__load__mutmut_36 (a resumed run forgets its model directory, and
+# its next state.json names none) and _65 (a damaged history entry's error without its index).
+def test_resumed_run_records_its_model_and_names_a_damaged_entry(tmp_path):
+    import json
+
+    import mpruner
+    from mpruner.prune import checkpoint as ckpt
+
+    job = _resume_job()
+    model, train, evald = job.build()
+    kw = dict(evaluate=lambda m: job.accuracy(m, evald), layers="blocks", threshold=0.95, tolerance=0.05,
+              view="flatten", checkpoint_dir=tmp_path / "ck", progress=False, max_iterations=3)
+    calib = [x for x, _ in train]
+    mpruner.MPruner(model, calib, **kw).step()  # one attempt saved, the run not finished
+    mpruner.MPruner(model, calib, **kw).run(resume=True)
+    state = ckpt.read_state(tmp_path / "ck")
+    assert isinstance(state["model_dir"], str) and (tmp_path / "ck" / state["model_dir"]).is_dir()
+    path = tmp_path / "ck" / "state.json"
+    raw = json.loads(path.read_text())
+    raw["history"][-1]["unexpected"] = 1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=rf"history\[{len(raw['history']) - 1}\] has fields"):
+        mpruner.MPruner(model, calib, **kw).run(resume=True)
