@@ -50,13 +50,24 @@ def test_hf_width_pruned_reloads_with_plain_from_pretrained(kind, tmp_path):
     if kind in ("llama", "qwen2"):
         assert cfg.num_attention_heads == {"llama": 3, "qwen2": 6}[kind]
         assert cfg.intermediate_size == 48
+    _reloads_and_generates(type(model), pruned, tmp_path, generate=False)
+
+
+def _reloads_and_generates(cls, pruned, tmp_path, generate=True):
+    """Plain from_pretrained gives the same parameters and logits; KV-cache generate() matches the uncached run."""
     with torch.no_grad():
         want = pruned(**IDS).logits
     pruned.save_pretrained(tmp_path)
-    back = type(model).from_pretrained(tmp_path).eval()
+    back = cls.from_pretrained(tmp_path).eval()
     assert params(back) == params(pruned)
     with torch.no_grad():
         torch.testing.assert_close(back(**IDS).logits, want)
+    if not generate:
+        return
+    prompt = IDS["input_ids"][:1]
+    cached = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+    plain = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, plain)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
@@ -72,16 +83,7 @@ def test_prune_hidden_llama_family_reloads_and_generates(kind, heads, tmp_path):
     layer = pruned.model.layers[0]
     assert layer.self_attn.q_proj.in_features == 36 and layer.mlp.down_proj.out_features == 36
     assert layer.self_attn.o_proj.in_features == cfg.num_attention_heads * hd
-    with torch.no_grad():
-        want = pruned(**IDS).logits
-    pruned.save_pretrained(tmp_path)
-    back = type(model).from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back(**IDS).logits, want)
-    prompt = IDS["input_ids"][:1]
-    cached = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
-    plain = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
-    assert torch.equal(cached, plain)
+    _reloads_and_generates(type(model), pruned, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "bert-mlm"])
@@ -102,13 +104,7 @@ def test_bert_heads_and_hidden_together_reload_with_plain_from_pretrained(kind, 
     assert attn.query.weight.shape == (24, 24) and attn.attention_head_size == 8
     if kind == "bert-mlm":  # the decoder stays tied to the word embeddings
         assert pruned.cls.predictions.decoder.weight is pruned.bert.embeddings.word_embeddings.weight
-    with torch.no_grad():
-        want = pruned(**IDS).logits
-    pruned.save_pretrained(tmp_path)
-    back = type(model).from_pretrained(tmp_path).eval()
-    assert params(back) == params(pruned)
-    with torch.no_grad():
-        torch.testing.assert_close(back(**IDS).logits, want)
+    _reloads_and_generates(type(model), pruned, tmp_path, generate=False)
 
 
 def test_bert_keeps_its_strongest_heads():
@@ -253,13 +249,4 @@ def test_gpt2_heads_and_hidden_together_reload_and_generate(tmp_path):
     pruned = prune_width(model, IDS, ratio=0.25, prune_hidden=True)
     assert (pruned.config.n_embd, pruned.config.n_head, pruned.config.n_inner) == (24, 3, 96)
     assert pruned.lm_head.weight is pruned.transformer.wte.weight and model.config.n_embd == 32
-    with torch.no_grad():
-        want = pruned(**IDS).logits
-    pruned.save_pretrained(tmp_path)
-    back = type(model).from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(back(**IDS).logits, want)
-    prompt = IDS["input_ids"][:1]
-    cached = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
-    plain = back.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
-    assert torch.equal(cached, plain)
+    _reloads_and_generates(type(model), pruned, tmp_path)

@@ -244,6 +244,13 @@ def _linears_by_role(model: nn.Module):
     return roles
 
 
+def _head_counts(hidden: int, heads: int, ratio: float) -> Tuple[int, int, int]:
+    """(head size, heads kept, new hidden size) when ``round(ratio * heads)`` heads go (one stays)."""
+    hd = hidden // heads
+    keep = max(1, heads - int(round(ratio * heads)))
+    return hd, keep, keep * hd
+
+
 def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
     """Removes ``round(ratio * heads)`` attention heads from every BERT/RoBERTa layer together
     with the matching share of the hidden size, so that ``hidden_size / num_attention_heads``
@@ -254,11 +261,9 @@ def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
     new (hidden size, heads)."""
     config = model.config
     hidden, heads = config.hidden_size, config.num_attention_heads
-    hd = hidden // heads
-    keep_heads = max(1, heads - int(round(ratio * heads)))
+    hd, keep_heads, new_hidden = _head_counts(hidden, heads, ratio)
     if keep_heads == heads:
         return hidden, heads
-    new_hidden = keep_heads * hd
     modules = dict(model.named_modules())
     roles = _linears_by_role(model)
     with torch.no_grad():
@@ -328,11 +333,9 @@ def prune_hidden_gpt2(model: nn.Module, ratio: float) -> Tuple[int, int]:
     (hidden size, heads)."""
     config = model.config
     hidden, heads = config.n_embd, config.n_head
-    hd = hidden // heads
-    keep_heads = max(1, heads - int(round(ratio * heads)))
+    hd, keep_heads, new_hidden = _head_counts(hidden, heads, ratio)
     if keep_heads == heads:
         return hidden, heads
-    new_hidden = keep_heads * hd
     blocks = list(model.transformer.h)
     if any(hasattr(b, "crossattention") for b in blocks):
         raise ValueError("prune_hidden=True does not handle GPT-2 cross-attention blocks")
