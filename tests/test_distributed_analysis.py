@@ -156,7 +156,7 @@ def test_other_sinks_join_through_three_methods(tmp_path):
         sink = CountingSink()
         assert reduce_sink(Shard(0, 1), sink, (2, 0), seen=3) == 3
         assert sink.n == 4 and torch.equal(sink.sums, torch.arange(6, dtype=torch.float64).reshape(2, 3))
-        with pytest.raises(NotImplementedError, match="object cannot be summed over processes"):
+        with pytest.raises(TypeError, match="object cannot be summed over processes: give it distributed_state"):
             reduce_sink(Shard(0, 1), object(), (2, 0), seen=3)
     finally:
         dist.destroy_process_group()

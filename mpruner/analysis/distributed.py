@@ -135,7 +135,9 @@ def _handlers(sink):
     # Other sinks take part by offering the same three steps themselves.
     if all(hasattr(sink, m) for m in ("distributed_state", "distributed_counts", "distributed_load")):
         return (type(sink).distributed_state, type(sink).distributed_counts, type(sink).distributed_load)
-    raise NotImplementedError(f"{type(sink).__name__} cannot be summed over processes; use distributed=False")
+    raise TypeError(f"{type(sink).__name__} cannot be summed over processes: give it distributed_state, "
+                    "distributed_counts and distributed_load (see mpruner/analysis/distributed.py), or pass "
+                    "distributed=False")
 
 
 def _all_reduce(shard: Shard, flat: torch.Tensor) -> torch.Tensor:
@@ -144,6 +146,23 @@ def _all_reduce(shard: Shard, flat: torch.Tensor) -> torch.Tensor:
     flat = flat.to(shard.device)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=shard.group)
     return flat.cpu()
+
+
+def _flagged_sum(shard: Shard, values: torch.Tensor, failure: Optional[BaseException], failed_message: str
+                 ) -> torch.Tensor:
+    """The float64 ``values`` summed over all ranks, with a failure flag in the same all-reduce.
+
+    Every rank calls it, also one whose share raised (``failure``, with zeros as its values):
+    that rank re-raises its own error; the others raise a RuntimeError (``failed_message``,
+    formatted with ``failed`` and ``world``) instead of waiting for it.
+    """
+    flat = _all_reduce(shard, torch.cat([torch.tensor([float(failure is not None)], dtype=torch.float64), values]))
+    if failure is not None:
+        raise failure
+    failed = int(flat[0].item())
+    if failed:
+        raise RuntimeError(failed_message.format(failed=failed, world=shard.world))
+    return flat[1:]
 
 
 def reduce_sink(shard: Shard, sink, shape, seen: int, failure: Optional[BaseException] = None) -> int:
@@ -159,17 +178,11 @@ def reduce_sink(shard: Shard, sink, shape, seen: int, failure: Optional[BaseExce
         tensors = [torch.zeros_like(t) for t in state_fn(sink, shape)]
         counts = [0.0] * len(counts_fn(sink))
     sizes = [t.numel() for t in tensors]
-    flat = torch.cat([torch.tensor([float(failure is not None), float(seen)] + counts, dtype=torch.float64)]
-                     + [t.flatten() for t in tensors])
-    flat = _all_reduce(shard, flat)
-    failed = int(flat[0].item())
-    if failure is not None:
-        raise failure
-    if failed:
-        raise RuntimeError(f"analyze failed on {failed} of {shard.world} ranks (their error is in their own "
-                           "output); this rank's share finished, but no result is returned")
-    head = 2 + len(counts)
-    total_seen, summed = int(flat[1].item()), [int(round(v)) for v in flat[2:head].tolist()]
+    flat = torch.cat([torch.tensor([float(seen)] + counts, dtype=torch.float64)] + [t.flatten() for t in tensors])
+    flat = _flagged_sum(shard, flat, failure, "analyze failed on {failed} of {world} ranks (their error is in their "
+                        "own output); this rank's share finished, but no result is returned")
+    head = 1 + len(counts)
+    total_seen, summed = int(flat[0].item()), [int(round(v)) for v in flat[1:head].tolist()]
     parts, offset = [], head
     for t, size in zip(tensors, sizes):
         parts.append(flat[offset:offset + size].reshape(t.shape))
@@ -185,12 +198,6 @@ def sum_over_ranks(shard: Shard, values: List[float], what: str,
     As in :func:`reduce_sink`, a rank whose share raised (``failure``) still joins with a
     failure flag and re-raises its own error, so the other ranks raise instead of waiting.
     """
-    flat = torch.tensor([float(failure is not None)] + [0.0 if failure else float(v) for v in values],
-                        dtype=torch.float64)
-    flat = _all_reduce(shard, flat)
-    if failure is not None:
-        raise failure
-    failed = int(flat[0].item())
-    if failed:
-        raise RuntimeError(f"{what} failed on {failed} of {shard.world} ranks (their error is in their own output)")
-    return flat[1:].tolist()
+    flat = torch.tensor([0.0 if failure else float(v) for v in values], dtype=torch.float64)
+    return _flagged_sum(shard, flat, failure, what + " failed on {failed} of {world} ranks (their error is in "
+                        "their own output)").tolist()
