@@ -220,3 +220,27 @@ def test_cli_fsdp_without_torchrun_is_refused_before_loading(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "--fsdp shards the fine-tuning over the ranks of torchrun" in err, err
     assert "loading" not in capsys.readouterr().out
+
+
+def test_fsdp_failure_mid_training_leaves_the_model_as_it_was(tmp_path):
+    """The sharded copy trains; the plain model gets its weights only once training finished."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = net()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        calls = []
+
+        def loss_fn(out, y):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("broken loss")
+            return nn.functional.cross_entropy(out, y)
+
+        with pytest.raises(RuntimeError, match="broken loss"):
+            mpruner.Finetuner(batches((8, 8, 8)), lr=1e-2, progress=False, fsdp=True, loss_fn=loss_fn)(model)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        trained = net()
+        mpruner.Finetuner(batches((8, 8)), lr=1e-2, progress=False, fsdp=True)(trained)
+        assert not all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    finally:
+        dist.destroy_process_group()

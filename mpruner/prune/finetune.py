@@ -177,13 +177,9 @@ class Finetuner:
 
             bar = tqdm(total=total, desc="fine-tune", leave=False, dynamic_ncols=True)
         was_training = model.training
-        if self.fsdp is not None:
-            wrapped = trained
-        else:
-            wrapped, opt = accelerator.prepare(model, opt)
+        wrapped, opt = accelerator.prepare(trained, opt)
         wrapped.train()
         step, last_mean = 0, math.nan
-        finished = False
         try:
             for _ in range(self.epochs):
                 losses = []
@@ -200,15 +196,14 @@ class Finetuner:
                 last_mean = sum(losses) / max(1, len(losses))
                 if self.max_steps and step >= self.max_steps:
                     break
-            finished = True
         finally:
             if bar is not None:
                 bar.close()
             if self.fsdp is None:
                 release(accelerator, model)
-            elif finished:
-                gather_into(trained, model)  # a failed sharded run leaves the model as it was
             model.train(was_training)
+        if self.fsdp is not None:
+            gather_into(trained, model)  # only after success: a failed sharded run leaves the model as it was
         return last_mean
 
     def _step(self, accelerator, wrapped: nn.Module, opt, params, group, step: int):

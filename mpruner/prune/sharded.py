@@ -118,6 +118,10 @@ class ShardedDriver:
         self.device = device
         self.precision = amp_precision
 
+    def prepare(self, model, optimizer):
+        """The model is sharded already (``shard_copy``) and AdamW holds its shards: nothing to wrap."""
+        return model, optimizer
+
     def autocast(self):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
