@@ -124,10 +124,15 @@ def torch_tokens(ctx: Ctx, batches: List[int]) -> Result:
     return Result(torch.cat(outs), seq_ids=ctx.seq_ids(batches))
 
 
+def _from_cosines(cos: torch.Tensor, which: str) -> torch.Tensor:
+    """Cosines (clamped to [-1, 1]) as the metric: themselves, or the angular distance arccos/pi."""
+    return cos if which == "cos" else torch.arccos(cos) / torch.pi
+
+
 def torch_token_metric(which: str):
     """The same metric with torch ops, vectorised as a careful user would: the real tokens
-    gathered once per layer, unit vectors, one batched GEMM per layer against all layers
-    for the token-wise dots, float64 sums."""
+    gathered once per layer, unit vectors, then per layer its token-wise dots with every
+    layer in one broadcast product, float64 sums."""
     def run(ctx: Ctx, batches: List[int]) -> Result:
         total, count = None, 0
         for j in batches:
@@ -139,8 +144,7 @@ def torch_token_metric(which: str):
             sums = torch.empty(len(layers), len(layers), dtype=torch.float64, device=u.device)
             for a in range(len(layers)):
                 cos = (u[a:a + 1] * u).sum(-1).clamp(-1, 1)                    # (L, tokens)
-                val = cos if which == "cos" else torch.arccos(cos) / torch.pi
-                sums[a] = val.double().sum(-1)
+                sums[a] = _from_cosines(cos, which).double().sum(-1)
             total = sums if total is None else total + sums
             count += int(keep.sum())
         return Result(total / count, seq_ids=ctx.seq_ids(batches))
@@ -162,8 +166,7 @@ def pair_loop_token_metric(which: str):
             for a in range(L):
                 for b in range(L):
                     cos = F.cosine_similarity(real[a], real[b], dim=-1).clamp(-1, 1)
-                    val = cos if which == "cos" else torch.arccos(cos) / torch.pi
-                    total[a, b] += val.double().sum().item()
+                    total[a, b] += _from_cosines(cos, which).double().sum().item()
             count += int(keep.sum())
         return Result(total / count, seq_ids=ctx.seq_ids(batches))
     return run

@@ -81,13 +81,11 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
     from ..analysis.distributed import resolve, sum_over_ranks
 
     shard = resolve(distributed)
-    device = _device(model)
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     groups = _batches(windows, batch_size)
     if shard is not None:
         groups = groups[shard.rank::shard.world]
     try:
-        total, count = _nll_sums(model, groups, device, progress, total, count)
+        total, count = _nll_sums(model, groups, progress)
     except Exception as e:  # noqa: BLE001 - joined below so the other ranks do not wait
         if shard is None:
             raise
@@ -101,8 +99,10 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
     return PerplexityResult(math.exp(nll), nll, count, seq_len, bos is not None, len(windows), bos)
 
 
-def _nll_sums(model, groups, device, progress, total, count):
+def _nll_sums(model, groups, progress):
     """Float64 NLL sum and predicted-token count over the window batches ``groups``."""
+    device = _device(model)
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     with _eval_mode(model), torch.no_grad(), _bar(len(groups), progress) as bar:
         for group in groups:
             x = torch.stack(group).to(device)
