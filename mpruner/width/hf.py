@@ -214,11 +214,10 @@ def prune_hidden_llama(tp, model: nn.Module, ratio: float, round_to: Optional[in
             else:
                 head.weight = nn.Parameter(head.weight[:, kept].clone(), requires_grad=head.weight.requires_grad)
             head.in_features = keep
-    for layer in layers:
-        for attr in ("hidden_size",):
-            for module in (layer, layer.self_attn, layer.mlp):
-                if hasattr(module, attr) and isinstance(getattr(module, attr), int):
-                    setattr(module, attr, keep)
+    for layer in layers:  # modules that cache the width as an attribute
+        for module in (layer, layer.self_attn, layer.mlp):
+            if isinstance(getattr(module, "hidden_size", None), int):
+                module.hidden_size = keep
     config.hidden_size = keep
     return keep
 
