@@ -172,7 +172,7 @@ class CKAAccumulator:
             counts = torch.stack([skip, skip]).to(torch.long) * torch.tensor([1, xs[0].shape[0]], device=h.device)
             self._pending_skips = counts if self._pending_skips is None else self._pending_skips + counts
         else:
-            bad = check_finite(h, names)
+            bad = check_finite(h)
             if bad:
                 if self.nan_policy == "skip":
                     return False

@@ -45,7 +45,7 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None,
     if kernel == "rbf" and xs[0].shape[0] < 2:
         raise ValueError(f"x has n={xs[0].shape[0]} samples; the RBF kernel needs n >= 2")
     with I.gemm_precision(precision, xs[0].device):
-        g = ops.grams(xs, kernel, f, False)
+        g = ops.grams(xs, kernel, f)  # the full Gram (the op's default), not only its upper triangle
     return g if batched else g[0]
 
 
@@ -60,8 +60,7 @@ def _check_gram(k, name, unbiased):
     if n < I.min_samples(unbiased):
         raise ValueError(f"{name} is {n}x{n}; the {'unbiased' if unbiased else 'biased'} estimator needs "
                          f"n >= {I.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
-    k = k.detach()  # measurements, not differentiable: see inputs.as_samples
-    return k.float() if k.dtype in (torch.float16, torch.bfloat16) else k
+    return k.detach()  # measurements, not differentiable: see inputs.as_samples (the ops compute halves in float32)
 
 
 def center_gram(k: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
@@ -80,18 +79,17 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
         raise ValueError(f"k and l must have the same shape, got {tuple(k.shape)} and {tuple(l.shape)}")
     if k.device != l.device:
         raise ValueError(f"k is on {k.device} but l is on {l.device}; move both to one device")
-    dtype = torch.promote_types(k.dtype, l.dtype)
     n = k.shape[-1]
-    if k.dim() == 2:
-        return ops.hsic_matrix(torch.stack([k.to(dtype), l.to(dtype)]), unbiased)[0, 1]
+    if k.dim() == 2:  # (torch.stack promotes mixed dtypes to the wider one)
+        return ops.hsic_matrix(torch.stack([k, l]), unbiased)[0, 1]
     batch = k.shape[:-2]
-    pair = torch.stack([k.to(dtype).reshape(-1, n, n), l.to(dtype).reshape(-1, n, n)])
-    lengths = torch.full((pair.shape[1],), n, dtype=torch.long, device=k.device)
+    pair = torch.stack([k.reshape(-1, n, n), l.reshape(-1, n, n)])
+    lengths = pair.new_full((pair.shape[1],), n, dtype=torch.long)
     return ops.token_hsic(pair, lengths, unbiased)[:, 0, 1].reshape(batch)
 
 
 def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float,
-               precision: str = "highest") -> Tuple[torch.Tensor, torch.Tensor]:
+               precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """All-pairs HSIC of checked (n, d) layers -> ((L, L) float64, per-layer degeneracy thresholds)."""
     with I.gemm_precision(precision, xs[0].device):
         grams = ops.grams(xs, kernel, sigma, True)
@@ -99,7 +97,7 @@ def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float
     n = xs[0].shape[0]
     eps = torch.finfo(grams.dtype).eps
     if kernel == "rbf":  # kernel values are at most 1
-        scale = torch.ones(len(xs), dtype=torch.float64, device=h.device)
+        scale = h.new_ones(len(xs))  # float64, on h's device
     else:
         # Rough per-layer magnitude from a few samples (a full pass would cost more than
         # the HSIC reduction); a constant layer's HSIC sits ~20 orders of magnitude lower.
@@ -117,7 +115,7 @@ class NonFiniteError(ValueError):
         self.layers, self.batch = list(layers), batch
 
 
-def check_finite(h: torch.Tensor, names: Sequence[str]) -> List[int]:
+def check_finite(h: torch.Tensor) -> List[int]:
     """Indices of layers whose self-HSIC is NaN/Inf (their activations held NaN or Inf)."""
     if I.compiling():
         return []
@@ -131,8 +129,12 @@ def nonfinite_error(bad, names, where="", batch=None):
                           "CKAAccumulator pass nan_policy='skip' to drop such batches", [names[i] for i in bad], batch)
 
 
-def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-    """CKA = H_ab / sqrt(H_aa H_bb); degenerate (constant) layers get NaN rows/columns and a warning."""
+def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str], stacklevel: int = 3) -> torch.Tensor:
+    """CKA = H_ab / sqrt(H_aa H_bb); degenerate (constant) layers get NaN rows/columns and a warning.
+
+    ``stacklevel`` points the warning at the user's call: 3 from a public method that calls
+    this directly (``CKAAccumulator.compute``), one more per private function between.
+    """
     d = torch.diagonal(h)
     degenerate = d <= thresholds
     safe = torch.where(degenerate, torch.ones_like(d), d)
@@ -144,7 +146,7 @@ def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str])
         if idx:
             listed = ", ".join(names[i] for i in idx)
             warnings.warn(f"{listed}: zero HSIC with itself (the layer is constant on these samples), so its "
-                          "CKA is undefined; its row and column are NaN", RuntimeWarning, stacklevel=3)
+                          "CKA is undefined; its row and column are NaN", RuntimeWarning, stacklevel=stacklevel)
     return c
 
 
@@ -175,10 +177,10 @@ def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None
     names = list(labels) if labels is not None else \
         [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
     h, thr = layer_hsic(xs, kernel, unbiased, f, precision)
-    bad = check_finite(h, names)
+    bad = check_finite(h)
     if bad:
         raise nonfinite_error(bad, names)
-    c = hsic_to_cka(h, thr, names)
+    c = hsic_to_cka(h, thr, names, stacklevel=4)  # user -> cka / cka_matrix -> _cka_matrix -> hsic_to_cka
     L = len(feats)
     return c if oth is None else c[:L, L:]
 
