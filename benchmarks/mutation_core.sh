@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
 #   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
-#   env: MUTMUT_TESTS (test files), MUTMUT_CHILDREN (workers, 2), MUTMUT_SECONDS (time limit of the
-#   run, default none: the mutants not reached are reported "not checked"), MUTMUT_WORK (the
-#   work tree of an earlier run to continue), PYTHON.
+#   env: MUTMUT_TESTS (test files; default: those of the first module, below), MUTMUT_CHILDREN
+#   (workers, 2), MUTMUT_SECONDS (time limit of the run, default none: the mutants not reached
+#   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -13,8 +13,27 @@ MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mpruner/prune/cluster.py mpruner/prune/checkpoint.py mpruner/engine/reference.py mpruner/analysis/result.py)
 fi
-# The fast tests that cover them (the slow subprocess/fault tests would make each mutant minutes).
-TESTS="${MUTMUT_TESTS:-tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py tests/test_faults.py}"
+# The fast tests that cover the first module (the slow subprocess/fault tests, deselected by
+# "not slow", would make each mutant minutes); MUTMUT_TESTS overrides them.
+case "${MODULES[0]}" in
+  */engine/cka.py|*/engine/reference.py)
+    DEFAULT_TESTS="tests/test_cka_api.py tests/test_accumulator.py tests/test_engine_ops.py tests/test_behaviours.py
+      tests/test_token_cka.py tests/test_rbf_convention.py tests/test_similarity_op.py tests/test_mutants.py
+      tests/test_mutants_engine.py" ;;
+  */analysis/result.py)
+    DEFAULT_TESTS="tests/test_behaviours.py tests/test_analysis_io.py tests/test_fuzz_readers.py tests/test_mutants.py
+      tests/test_mutants_analysis.py" ;;
+  */surgery/persist.py)
+    DEFAULT_TESTS="tests/test_surgery.py tests/test_security.py tests/test_fuzz_readers.py tests/test_behaviours.py
+      tests/test_mutants.py tests/test_mutants_surgery.py" ;;
+  */prune/loop.py)
+    DEFAULT_TESTS="tests/test_prune.py tests/test_behaviours.py tests/test_faults.py tests/test_security.py
+      tests/test_mutants.py tests/test_lm_loop.py" ;;
+  *)
+    DEFAULT_TESTS="tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py
+      tests/test_faults.py tests/test_fuzz_readers.py tests/test_mutants.py" ;;
+esac
+TESTS="$(echo ${MUTMUT_TESTS:-$DEFAULT_TESTS})"  # (echo: one line, single spaces)
 if [ -n "${MUTMUT_WORK:-}" ]; then  # continue an earlier run there: only its unchecked mutants are run
   WORK="$MUTMUT_WORK"  # (same MUTMUT_TESTS, or mutmut starts over)
 else

@@ -184,7 +184,12 @@ def load_pruned(path: Union[str, os.PathLike], model_factory) -> nn.Module:
     width = record.get("width", [])
     for index in range(len(record["steps"]) + 1):
         for resize in (w for w in width if w["after"] == index):  # width pruning replayed between removals
-            apply_shapes(model, resize["modules"])
+            try:
+                apply_shapes(model, resize["modules"])
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                raise ValueError(f"{str(Path(path) / WEIGHTS_NAME)!r}: the width change after step {index} of its "
+                                 f"record cannot be replayed on the model ({error}); the record is damaged or the "
+                                 "factory is not the original architecture") from None
         if index < len(record["steps"]):
             try:
                 remove_layers(model, record["steps"][index], inplace=True)

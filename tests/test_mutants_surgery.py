@@ -1,0 +1,271 @@
+"""Tests that kill mutants of mpruner/surgery/persist.py which survived mutmut.
+
+Each test names the mutants it kills (mutmut's names without the module prefix;
+benchmarks/results/reliability/mutmut_persist.txt has their diffs). The checkpoint directory
+is a format other tools read (transformers' safetensors loaders, people diffing mpruner.json),
+so its layout and every refusal's message are pinned word for word.
+"""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import mpruner
+from mpruner.surgery import persist as P
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)])
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.blocks(x))
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
+
+GOOD = {"format": P.FORMAT, "version": P.VERSION, "model_class": "x.Net", "adapter": "generic",
+        "original": {"blocks": 4}, "steps": [{"blocks": [1]}]}
+
+
+def _checkpoint(tmp_path, record=None, text=None):
+    """A checkpoint directory whose weights carry ``record`` (or the raw ``text``) as metadata."""
+    tmp_path.mkdir(exist_ok=True)
+    body = text if text is not None else json.dumps(record)
+    save_file({"w": torch.ones(1)}, str(tmp_path / P.WEIGHTS_NAME), metadata={P.METADATA_KEY: body})
+    return tmp_path
+
+
+def _record_error(tmp_path, record=None, text=None) -> str:
+    path = _checkpoint(tmp_path, record, text)
+    with pytest.raises(ValueError) as info:
+        P.read_record(path)
+    return str(info.value).replace(repr(str(path / P.WEIGHTS_NAME)), "W")
+
+
+# _record_for_25 / _28 (model_class's key or class), save_pruned_20..26 (mpruner.json's layout),
+# _28..31 (the metadata's "format": "pt", which transformers' safetensors loaders require):
+# the two copies of the record agree, mpruner.json is indent-2 sorted-key JSON (a stable diff).
+def test_checkpoint_layout(tmp_path):
+    pruned = mpruner.remove_layers(Net(), {"blocks": [1]})
+    P.save_pruned(pruned, tmp_path)
+    record = P.read_record(tmp_path)
+    assert record["model_class"] == f"{Net.__module__}.{Net.__qualname__}"
+    assert (tmp_path / P.RECORD_NAME).read_text() == json.dumps(record, indent=2, sort_keys=True) + "\n"
+    with safe_open(str(tmp_path / P.WEIGHTS_NAME), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt" and meta[P.METADATA_KEY] == json.dumps(record, indent=2, sort_keys=True)
+
+
+# save_pruned_2 / _3 / _8 / _9 (the messages) and _10 / _12 / _14 (parents=True): a nested
+# directory is created; refusals name what they got.
+def test_save_pruned_arguments(tmp_path):
+    assert P.save_pruned(Net(), tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b" / P.WEIGHTS_NAME).is_file()
+    with pytest.raises(TypeError) as info:
+        P.save_pruned(5, tmp_path / "c")
+    assert str(info.value) == "model must be a torch.nn.Module, got int"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError) as info:
+        P.save_pruned(Net(), tmp_path / "file")
+    assert str(info.value) == f"path {str(tmp_path / 'file')!r} is a file; save_pruned writes a directory"
+
+
+# _record_problem_10 / _11 / _18..20 / _32..42 and the rest of its messages: each malformed
+# field is refused naming the file and the field; a block count of 0 is valid.
+@pytest.mark.parametrize("change, message", [
+    ({"adapter": ..., "steps": ...}, "it has no 'adapter', 'steps'"),
+    ({"adapter": 5}, "'adapter' must be a string, got 5"),
+    ({"original": {"blocks": "4"}}, "'original' must map block-list names to block counts"),
+    ({"original": {"blocks": 1.5}}, "'original' must map block-list names to block counts"),
+    ({"original": {"blocks": True}}, "'original' must map block-list names to block counts"),
+    ({"original": {"blocks": -1}}, "'original' must map block-list names to block counts"),
+    ({"original": []}, "'original' must map block-list names to block counts"),
+    ({"steps": {}}, "'steps' must be a list"),
+    ({"steps": [{"blocks": [-1]}]}, "steps[0] must map block-list names to lists of indices >= 0"),
+    ({"steps": [{"blocks": [True]}]}, "steps[0] must map block-list names to lists of indices >= 0"),
+    ({"steps": [{"blocks": 1}]}, "steps[0] must map block-list names to lists of indices >= 0"),
+    ({"steps": [[1]]}, "steps[0] must map block-list names to lists of indices >= 0"),
+    ({"steps": [{"other": [1]}]}, "steps[0] names block lists ['other'] that 'original' does not have"),
+    ({"width": 5}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+    ({"width": [{"after": 2, "modules": {}}]}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+    ({"width": [{"after": True, "modules": {}}]},
+     "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+    ({"width": [{"after": 0, "modules": []}]}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+])
+def test_record_problems_word_for_word(tmp_path, change, message):
+    record = {k: v for k, v in {**GOOD, **change}.items() if v is not ...}
+    assert _record_error(tmp_path, record) == f"W: malformed mpruner record: {message}"
+
+
+# The boundaries the checks above must let through: a block count of 0, index 0, a width
+# change after the last step, and no width at all.
+def test_record_boundaries_are_valid(tmp_path):
+    record = {**GOOD, "original": {"blocks": 4, "empty": 0}, "steps": [{"blocks": [0]}],
+              "width": [{"after": 0, "modules": {}}, {"after": 1, "modules": {}}]}
+    assert P.read_record(_checkpoint(tmp_path, record)) == record
+
+
+# read_record's other refusals, word for word: a missing file, no record, bad JSON, another
+# format or a newer version, an unreadable safetensors header.
+def test_read_record_messages(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        P.read_record(tmp_path / "none")
+    assert str(info.value) == (f"{str(tmp_path / 'none' / P.WEIGHTS_NAME)!r} does not exist; path must be a "
+                               "directory written by mpruner.save_pruned")
+    assert _record_error(tmp_path / "j", text="{") == (
+        "W: the mpruner record in its metadata is not valid JSON (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1))")
+    reads = f"this mpruner reads {P.FORMAT!r} up to version {P.VERSION}"
+    assert _record_error(tmp_path / "l", text="[1]") == f"W holds a record of format/version 'list'; {reads}"
+    assert _record_error(tmp_path / "v", {**GOOD, "version": 2}) == \
+        f"W holds a record of format/version ({P.FORMAT!r}, 2); {reads}"
+    assert _record_error(tmp_path / "s", {**GOOD, "version": "1"}) == \
+        f"W holds a record of format/version ({P.FORMAT!r}, '1'); {reads}"
+    assert _record_error(tmp_path / "f", {**GOOD, "format": "x"}) == f"W holds a record of format/version ('x', 1); {reads}"
+    (tmp_path / "m").mkdir()
+    save_file({"w": torch.ones(1)}, str(tmp_path / "m" / P.WEIGHTS_NAME))
+    with pytest.raises(ValueError) as info:
+        P.read_record(tmp_path / "m")
+    assert str(info.value) == (f"{str(tmp_path / 'm' / P.WEIGHTS_NAME)!r} has no mpruner record in its metadata; "
+                               "was it written by mpruner.save_pruned?")
+    (tmp_path / "m" / P.WEIGHTS_NAME).write_bytes(b"garbage!")
+    with pytest.raises(ValueError) as info:
+        P.read_record(tmp_path / "m")
+    assert str(info.value).startswith(f"{str(tmp_path / 'm' / P.WEIGHTS_NAME)!r} is not a readable safetensors "
+                                      "file (SafetensorError: ")
+    assert str(info.value).endswith("); the checkpoint is damaged or was not written by mpruner.save_pruned")
+
+
+# _device_of_4 / _6 / _10..14: a model without parameters or buffers saves and loads (its
+# device falls back to the CPU). (_1 / _7 / _8 / _9, the CPU in place of the model's device,
+# are equivalent on a CPU-only machine; test_surgery's CUDA test covers them on a GPU.)
+def test_parameterless_model_round_trip(tmp_path):
+    model = nn.Sequential(nn.ReLU(), nn.Tanh(), nn.ReLU())
+    P.save_pruned(model, tmp_path)
+    loaded = P.load_pruned(tmp_path, lambda: nn.Sequential(nn.ReLU(), nn.Tanh(), nn.ReLU()))
+    assert [type(m) for m in loaded] == [nn.ReLU, nn.Tanh, nn.ReLU]
+
+
+def _narrowed(model, name_in, name_out, width):
+    """``model`` with the output of ``name_out`` and the input of ``name_in`` cut to ``width``."""
+    from mpruner.surgery.reshape import changed_shapes, module_shapes
+
+    before = module_shapes(model)
+    modules = dict(model.named_modules())
+    out, nxt = modules[name_out], modules[name_in]
+    out.weight = nn.Parameter(out.weight[:width].clone())
+    out.bias = nn.Parameter(out.bias[:width].clone())
+    out.out_features = width
+    nxt.weight = nn.Parameter(nxt.weight[:, :width].clone())
+    nxt.in_features = width
+    return changed_shapes(before, module_shapes(model))
+
+
+# load_pruned's width replay: a width change recorded between two removals is replayed after
+# the first and before the second (module names shift with each removal), and the rebuilt
+# model computes what the saved one did; a change naming a module the model lacks is refused
+# naming the file.
+def test_width_change_between_removals_round_trip(tmp_path):
+    from mpruner.surgery.record import append_width_step
+
+    torch.manual_seed(0)
+    model = mpruner.remove_layers(Net(), {"blocks": [1]})          # blocks 0, 2, 3 left
+    changed = _narrowed(model, "blocks.1", "blocks.0", 3)
+    append_width_step(model, "generic", mpruner.find_blocks(model), changed)
+    model = mpruner.remove_layers(model, {"blocks": [2]})          # blocks 0, 2 of the original
+    P.save_pruned(model, tmp_path / "w")
+    assert [w["after"] for w in P.read_record(tmp_path / "w")["width"]] == [1]
+    loaded = P.load_pruned(tmp_path / "w", Net)
+    x = torch.randn(5, 4)
+    assert loaded.blocks[0].out_features == 3 and len(loaded.blocks) == 2
+    assert torch.equal(loaded(x), model(x))
+    assert mpruner.surgery.get_record(loaded) == mpruner.surgery.get_record(model)
+
+    record = P.read_record(tmp_path / "w")
+    record["width"][0]["modules"] = {"nope": {"tensors": {}, "attributes": {}}}
+    _checkpoint(tmp_path / "bad", record)
+    with pytest.raises(ValueError) as info:
+        P.load_pruned(tmp_path / "bad", Net)
+    assert str(info.value).startswith(f"{str(tmp_path / 'bad' / P.WEIGHTS_NAME)!r}: the width change after step 1 "
+                                      "of its record cannot be replayed on the model (the record resizes module "
+                                      "'nope', which this model does not have")
+
+
+class _Extra(Net):
+    """Net with ``k`` more one-feature layers: 2k tensors the checkpoint of a Net lacks."""
+
+    def __init__(self, k=5):
+        super().__init__()
+        self.extra = nn.ModuleList([nn.Linear(1, 1) for _ in range(k)])
+
+
+class _FiveBlocks(Net):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)])
+
+
+class _WideHead(Net):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+
+# load_pruned's refusals word for word: the factory's result or type, another architecture,
+# a step that cannot be replayed, weights that do not fit (shapes; missing or unexpected
+# tensors, the first 8 listed and " ..." only past 8).
+def test_load_pruned_messages(tmp_path):
+    P.save_pruned(mpruner.remove_layers(Net(), {"blocks": [1]}), tmp_path / "a")
+    w = repr(str(tmp_path / "a" / P.WEIGHTS_NAME))
+    cls = f"{Net.__module__}.Net"
+
+    def error(factory, path=tmp_path / "a", kind=ValueError):
+        with pytest.raises(kind) as info:
+            P.load_pruned(path, factory)
+        return str(info.value)
+
+    assert error(lambda: None, kind=TypeError) == "model_factory must return a torch.nn.Module, it returned NoneType"
+    assert error("net", kind=TypeError) == ("model_factory must be a callable that builds the original model, e.g. "
+                                            "lambda: MyNet(), got str")
+    assert error(_FiveBlocks) == (
+        f"{w}: model_factory built a model whose blocks are {{'blocks': 5}} (adapter 'generic'), but the checkpoint "
+        f"was pruned from {{'blocks': 4}} (adapter 'generic'); pass a factory that builds the original, unpruned "
+        f"architecture ({cls})")
+    record = P.read_record(tmp_path / "a")
+    _checkpoint(tmp_path / "b", {**record, "steps": [{"blocks": [7]}]})
+    assert error(Net, tmp_path / "b") == (
+        f"{str(tmp_path / 'b' / P.WEIGHTS_NAME)!r}: step 0 of its record cannot be replayed on the model (indices "
+        "[7] are out of range for 'blocks', which has 4 blocks (valid indices 0..3)); the record is damaged or the "
+        "factory is not the original architecture")
+    text = error(_WideHead)
+    assert text.startswith(f"the weights in {str(tmp_path / 'a')!r} do not fit the rebuilt model (Error(s) in loading")
+    assert text.endswith(f"); is model_factory the architecture that was pruned ({cls})?")
+    fit = f"the weights in {str(tmp_path / 'a')!r} do not fit the rebuilt model: "
+    names = sorted(f"extra.{i}.{t}" for i in range(5) for t in ("bias", "weight"))
+    assert error(_Extra) == f"{fit}missing {names[:8]} ..., unexpected []; is model_factory the architecture that " \
+                            f"was pruned ({cls})?"
+    assert error(lambda: _Extra(4)) == f"{fit}missing {names[:8]}, unexpected []; is model_factory the architecture " \
+                                       f"that was pruned ({cls})?"
+    P.save_pruned(mpruner.remove_layers(_Extra(), {"blocks": [1]}), tmp_path / "c")
+    extra = f"{_Extra.__module__}._Extra"
+    assert error(Net, tmp_path / "c") == (f"{fit.replace(str(tmp_path / 'a'), str(tmp_path / 'c'))}missing [], "
+                                          f"unexpected {names[:8]} ...; is model_factory the architecture that was "
+                                          f"pruned ({extra})?")
+
+
+# The reloaded model carries the record (to be saved again with its whole history), without
+# the file's own keys; a never-pruned model's reload carries none.
+def test_reloaded_model_carries_its_record(tmp_path):
+    from mpruner.surgery.record import ATTRIBUTE
+
+    P.save_pruned(mpruner.remove_layers(Net(), {"blocks": [1]}), tmp_path / "a")
+    loaded = P.load_pruned(tmp_path / "a", Net)
+    assert loaded.__dict__[ATTRIBUTE] == {"adapter": "generic", "original": {"blocks": 4}, "steps": [{"blocks": [1]}]}
+    P.save_pruned(Net(), tmp_path / "n")
+    assert ATTRIBUTE not in P.load_pruned(tmp_path / "n", Net).__dict__
