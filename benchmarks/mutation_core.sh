@@ -3,7 +3,9 @@
 #   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
 #   env: MUTMUT_TESTS (test files; default: those of the first module, below), MUTMUT_CHILDREN
 #   (workers, 2), MUTMUT_SECONDS (time limit of the run, default none: the mutants not reached
-#   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue), PYTHON.
+#   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue),
+#   MUTMUT_RERUN (with MUTMUT_WORK: re-run its survivors against the current tests; the value
+#   lists test files added since, e.g. "tests/test_mutants_loop.py", or is empty), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -43,6 +45,19 @@ else
   cp mpruner/_C*.so "$WORK/mpruner/"
 fi
 cd "$WORK"
+rerun=()
+if [ -n "${MUTMUT_WORK:-}" ] && [ -n "${MUTMUT_RERUN+set}" ]; then
+  # Re-run the earlier run's survivors (and mutants without a test or timed out) against the
+  # current tests. Changing mutmut's test selection would discard every verdict, so test files
+  # added since (MUTMUT_RERUN) are imported by test_mutants.py, which the selection holds.
+  cp "$ROOT"/tests/*.py tests/
+  for f in ${MUTMUT_RERUN}; do
+    echo "from $(basename "$f" .py) import *  # noqa: F401,F403  (added by mutation_core.sh)" >> tests/test_mutants.py
+  done
+  mapfile -t rerun < <("$PY" -m mutmut results --all true 2>/dev/null |
+    sed -n 's/^ *\([^ ]*\): \(survived\|no tests\|timeout\)$/\1/p')
+  echo "re-running ${#rerun[@]} mutants"
+fi
 only=$(printf '    %s\n' "${MODULES[@]}")
 tests=$(printf '    %s\n' $TESTS)
 # (the fullgraph torch.compile test cannot trace mutmut's trampolines: its stats run fails)
@@ -74,7 +89,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 limit=()
 if [ -n "${MUTMUT_SECONDS:-}" ]; then limit=(timeout -k 30 "$MUTMUT_SECONDS"); fi
 # mutmut saves each mutant's verdict as it comes, so a run stopped by the limit keeps them.
-"${limit[@]}" "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > run.log 2>&1 || true
+"${limit[@]}" "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${rerun[@]}" > run.log 2>&1 || true
 "$PY" -m mutmut results --all true > results.txt 2>&1 || true
 name=$(basename "${MODULES[0]}" .py)
 out="$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"

@@ -171,6 +171,15 @@ def test_malformed_block_io(io):
     assert str(info.value) == "'block_io' must map names to lists of rows"
 
 
+# save_3 / _6 / _8 (indent): the file is indent-1 JSON, one value a line (diffable, and what
+# earlier versions wrote); save_13 / _16 / _20 (the encoding) are equivalent: json.dumps
+# escapes every non-ASCII character, so the bytes are the same in any ASCII-compatible encoding.
+def test_save_layout(tmp_path):
+    a = _io_analysis()
+    a.save(str(tmp_path / "a.json"))
+    assert (tmp_path / "a.json").read_text(encoding="ascii") == json.dumps(a.to_dict(), indent=1)
+
+
 # save_4 / _7 / _9 (allow_nan): a NaN in the options is not written as the non-JSON token NaN,
 # which strict readers refuse; nothing is written.
 def test_save_refuses_nan_options(tmp_path):

@@ -187,6 +187,12 @@ def test_width_change_between_removals_round_trip(tmp_path):
     assert torch.equal(loaded(x), model(x))
     assert mpruner.surgery.get_record(loaded) == mpruner.surgery.get_record(model)
 
+    only = Net()  # a width change without removals: the record is carried all the same
+    append_width_step(only, "generic", mpruner.find_blocks(only), _narrowed(only, "blocks.1", "blocks.0", 2))
+    P.save_pruned(only, tmp_path / "o")
+    again = P.load_pruned(tmp_path / "o", Net)
+    assert mpruner.surgery.get_record(again) == mpruner.surgery.get_record(only) and again.blocks[0].out_features == 2
+
     record = P.read_record(tmp_path / "w")
     record["width"][0]["modules"] = {"nope": {"tensors": {}, "attributes": {}}}
     _checkpoint(tmp_path / "bad", record)
@@ -237,6 +243,8 @@ def test_load_pruned_messages(tmp_path):
         f"{w}: model_factory built a model whose blocks are {{'blocks': 5}} (adapter 'generic'), but the checkpoint "
         f"was pruned from {{'blocks': 4}} (adapter 'generic'); pass a factory that builds the original, unpruned "
         f"architecture ({cls})")
+    assert error(lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))).startswith(
+        f"{w}: its record's block lists ['blocks'] are not in the model model_factory built (")
     record = P.read_record(tmp_path / "a")
     _checkpoint(tmp_path / "b", {**record, "steps": [{"blocks": [7]}]})
     assert error(Net, tmp_path / "b") == (
@@ -269,3 +277,13 @@ def test_reloaded_model_carries_its_record(tmp_path):
     assert loaded.__dict__[ATTRIBUTE] == {"adapter": "generic", "original": {"blocks": 4}, "steps": [{"blocks": [1]}]}
     P.save_pruned(Net(), tmp_path / "n")
     assert ATTRIBUTE not in P.load_pruned(tmp_path / "n", Net).__dict__
+
+
+# load_pruned_15 / _17 (the adapter found without the record's block lists): a model with two
+# block containers, pruned in the one it does not guess, reloads.
+def test_reload_of_a_model_with_two_block_containers(tmp_path):
+    model = mpruner.remove_layers(_Extra(), {"extra": [0]})
+    P.save_pruned(model, tmp_path)
+    loaded = P.load_pruned(tmp_path, _Extra)
+    assert len(loaded.extra) == 4 and len(loaded.blocks) == 4
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

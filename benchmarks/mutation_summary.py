@@ -1,0 +1,81 @@
+"""mutmut_summary.json from the verdict files benchmarks/mutation_core.sh writes.
+
+    python benchmarks/mutation_summary.py [--before]
+
+Reads every ``benchmarks/results/reliability/mutmut_<module>.txt`` (one line per mutant:
+``<name>: killed | survived | no tests | timeout | not checked``) and
+``mutmut_equivalent.json`` (mutant name -> why it cannot be told apart from the original),
+and writes ``mutmut_summary.json``: per module the counts of its last run, the survivors
+explained as equivalent, and those left unexplained (the goal: none). ``--before`` records
+the counts as the run before the new tests instead (kept under ``before_new_tests``).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent / "results" / "reliability"
+VERDICT = re.compile(r"^\s+(mpruner\.[\w.]+?\.(x\S+)): (killed|survived|no tests|timeout|not checked|\w[\w ]*)$")
+
+
+def verdicts(path: Path):
+    """(module path, tests line, {mutant: verdict}) of one mutation_core.sh results file."""
+    head = path.read_text(encoding="utf-8").splitlines()
+    module, tests = None, ""
+    if head and head[0].startswith("# mutmut over "):
+        module, _, tests = head[0][len("# mutmut over "):].partition("; tests: ")
+    out = {}
+    for line in head:
+        m = VERDICT.match(line)
+        if m:
+            out[m.group(2)] = m.group(3)
+            if module is None:  # older files: the module from the mutant's dotted name
+                module = m.group(1).rsplit(".", 1)[0].replace(".", "/") + ".py"
+    return module, tests, out
+
+
+def summarise(before: bool = False) -> dict:
+    target = HERE / "mutmut_summary.json"
+    old = json.loads(target.read_text()) if target.exists() else {}
+    equivalent = json.loads((HERE / "mutmut_equivalent.json").read_text())
+    modules = {}
+    for path in sorted(HERE.glob("mutmut_*.txt")):
+        module, tests, marks = verdicts(path)
+        if not marks:
+            continue
+        counts = collections.Counter(marks.values())
+        run = {"mutants": len(marks), "checked": len(marks) - counts["not checked"], "killed": counts["killed"],
+               "survived": counts["survived"], "no_tests": counts["no tests"], "timeout": counts["timeout"],
+               "not_checked": counts["not checked"]}
+        entry = dict(old.get("modules", {}).get(module, {}))
+        entry.pop("first_run", None), entry.pop("partial_run", None), entry.pop("after_new_tests", None)
+        entry["tests"] = tests
+        if before:
+            entry["before_new_tests"] = run
+            modules[module] = entry
+            continue
+        explained = equivalent.get(module, {})
+        left = [name for name, v in marks.items() if v in ("survived", "no tests", "timeout") and name not in explained]
+        entry.update(run=run, equivalent={k: v for k, v in explained.items() if marks.get(k) == "survived"},
+                     unexplained=left)
+        modules[module] = entry
+    return {"tool": "mutmut 3.8.1 via benchmarks/mutation_core.sh (2 workers, one thread each, on the 2-core "
+                    "machine); counts by benchmarks/mutation_summary.py", "modules": modules}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", action="store_true", help="record the runs as before the new tests "
+                        "(default: off, the runs are the current state)")
+    args = parser.parse_args()
+    summary = summarise(args.before)
+    (HERE / "mutmut_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    for module, m in summary["modules"].items():
+        print(module, m.get("run") or m.get("before_new_tests"), "unexplained:", len(m.get("unexplained", [])))
+
+
+if __name__ == "__main__":
+    main()
