@@ -30,7 +30,7 @@ case "${MODULES[0]}" in
       tests/test_mutants.py tests/test_mutants_surgery.py" ;;
   */prune/loop.py)
     DEFAULT_TESTS="tests/test_prune.py tests/test_behaviours.py tests/test_faults.py tests/test_security.py
-      tests/test_mutants.py tests/test_lm_loop.py" ;;
+      tests/test_mutants.py tests/test_lm_loop.py tests/test_mutants_loop.py" ;;
   *)
     DEFAULT_TESTS="tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py
       tests/test_faults.py tests/test_fuzz_readers.py tests/test_mutants.py" ;;

@@ -1,0 +1,117 @@
+"""Tests that kill mutants of mpruner/prune/loop.py which survived mutmut.
+
+Each test names the mutants it kills (mutmut's names without the module prefix;
+benchmarks/results/reliability/mutmut_loop.txt has their diffs). tests/test_mutants.py holds
+the earlier ones (options in the checkpoint, history entries, resume).
+"""
+import pytest
+
+import mpruner
+import prune_job
+from mpruner.prune.loop import Iteration, MPruner, PruneResult
+
+pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
+
+
+@pytest.fixture(scope="module")
+def job():
+    model, train, _ = prune_job.build()
+    return model, [x for x, _ in train]
+
+
+def _pruner(job, **kw):
+    model, calib = job
+    args = dict(model=model, calib_data=calib, evaluate=lambda m: 1.0, layers="blocks", progress=False)
+    args.update(kw)
+    return MPruner(**args)
+
+
+# xǁMPrunerǁ__init__ and _check_select: every refusal word for word (a message that loses the
+# argument's name, the value or the fix is a mutant that survives a match= test).
+@pytest.mark.parametrize("change, error, message", [
+    ({"model": 5}, TypeError, "model must be a torch.nn.Module, got int"),
+    ({"evaluate": None}, TypeError, "evaluate must be a callable evaluate(model) -> float (higher is better)"),
+    ({"finetune": 5}, TypeError, "finetune must be a callable finetune(model) -> None, a mpruner.Finetuner, or None"),
+    ({"threshold": 0}, ValueError, "threshold must be in (0, 1] or 'auto', got 0"),
+    ({"threshold": 1.5}, ValueError, "threshold must be in (0, 1] or 'auto', got 1.5"),
+    ({"threshold": "x"}, ValueError, "threshold must be in (0, 1] or 'auto', got 'x'"),
+    ({"tolerance": -1}, ValueError, "tolerance must be a number >= 0, got -1"),
+    ({"tolerance": "a"}, ValueError, "tolerance must be a number >= 0, got 'a'"),
+    ({"higher_is_better": 1}, TypeError, "higher_is_better must be True or False, got 1"),
+    ({"tolerance_mode": "x"}, ValueError, "tolerance_mode must be one of ('absolute', 'relative'), got 'x'"),
+    ({"cluster_method": "x"}, ValueError, "cluster_method must be one of ('anchor', 'adjacent'), got 'x'"),
+    ({"max_granularity": 0}, ValueError, "max_granularity must be an integer >= 1, got 0"),
+    ({"max_granularity": 1.0}, ValueError, "max_granularity must be an integer >= 1, got 1.0"),
+    ({"max_iterations": 0}, ValueError, "max_iterations must be an integer >= 1, got 0"),
+    ({"select": "x"}, ValueError, "select must be one of ('cluster', 'lowest-influence', 'contiguous'), got 'x'"),
+    ({"n": 1}, ValueError, "n / target_layers apply to select='lowest-influence' or 'contiguous'; "
+                           "select='cluster' removes what the CKA clusters give"),
+    ({"target_layers": 2}, ValueError, "n / target_layers apply to select='lowest-influence' or 'contiguous'; "
+                                       "select='cluster' removes what the CKA clusters give"),
+    ({"select": "contiguous"}, ValueError, "select='contiguous' needs n (blocks to remove) or target_layers (depth "
+                                           "to reach), exactly one of them"),
+    ({"select": "contiguous", "n": 1, "target_layers": 1}, ValueError,
+     "select='contiguous' needs n (blocks to remove) or target_layers (depth to reach), exactly one of them"),
+    ({"select": "contiguous", "n": 0}, ValueError, "n must be an integer >= 1, got 0"),
+    ({"select": "contiguous", "n": True}, ValueError, "n must be an integer >= 1, got True"),
+    ({"select": "contiguous", "target_layers": 1.0}, ValueError, "target_layers must be an integer >= 1, got 1.0"),
+    ({"select": "contiguous", "target_layers": 0}, ValueError, "target_layers must be an integer >= 1, got 0"),
+    ({"select": "contiguous", "n": 1, "view": "mean"}, ValueError,
+     "select='contiguous' compares block inputs and outputs token by token: view must be 'tokens' or "
+     "'last_token', got 'mean'"),
+    ({"select": "contiguous", "target_layers": 8}, ValueError,
+     "target_layers must be in [1, 7] (the model has 8 blocks), got 8"),
+    ({"select": "contiguous", "n": 8}, ValueError, "n=8 would remove every block (the model has 8); pass a smaller n"),
+    ({"layers": "nope"}, ValueError, "layers='nope' is not a block list of this model (available: ['blocks']); "
+                                     "path 'nope': Net has no submodule 'nope'"),
+])
+def test_loop_arguments_word_for_word(job, change, error, message):
+    with pytest.raises(error) as info:
+        _pruner(job, **change)
+    assert str(info.value) == message
+
+
+# The boundaries and defaults the checks above must let through.
+def test_loop_argument_boundaries(job):
+    p = _pruner(job, threshold=1, tolerance=0, max_granularity=1, max_iterations=1)
+    assert (p.threshold, p.tolerance, p.max_granularity, p.max_iterations, p.view) == (1, 0.0, 1, 1, "mean")
+    assert _pruner(job, threshold="auto").threshold == "auto"
+    p = _pruner(job, select="contiguous", target_layers=7)
+    assert (p.n, p.target_layers, p.view, p.layers_before) == (1, 7, "tokens", 8)
+    p = _pruner(job, select="lowest-influence", target_layers=1, view="last_token")
+    assert (p.n, p.view) == (7, "last_token")
+    assert _pruner(job, select="contiguous", n=7).n == 7
+    assert _pruner(job, view="flatten").view == "flatten"
+
+
+# xǁMPrunerǁaccepts / _bound: the four bounds (absolute / relative, higher or lower is better),
+# met exactly at the bound, and NaN or None never accepted.
+@pytest.mark.parametrize("mode, higher, bound", [
+    ("absolute", True, 0.75), ("relative", True, 0.64), ("absolute", False, 0.85), ("relative", False, 0.96),
+])
+def test_accepts_at_its_bound(job, mode, higher, bound):
+    p = _pruner(job, tolerance=0.05 if mode == "absolute" else 0.2, tolerance_mode=mode, higher_is_better=higher)
+    p.metric_before = 0.8
+    assert p._bound() == pytest.approx(bound, abs=1e-12)
+    step = 1e-9 if higher else -1e-9
+    assert p.accepts(bound + step) and not p.accepts(bound - step)
+    assert not p.accepts(float("nan")) and not p.accepts(None)
+
+
+# xǁPruneResultǁsummary: the table and the totals, column for column.
+def test_prune_result_summary():
+    rows = [Iteration(0, 1, 0.98, ["a", "b", "c"], [], [[0, 1], [2]], [1], ["b"], 3, 2, 0.9, True),
+            Iteration(1, 2, 0.975, ["a", "c"], [], [[0, 1]], [], [], 2, 2, None, False)]
+    r = PruneResult(None, rows, 0.95, 0.9, 3, 2, 1000, 750, 0.01, "absolute", "done",
+                    {"analyze": 1.25, "finetune": 0.0, "evaluate": 2.0})
+    assert r.summary().splitlines() == [
+        "iter  k  thresh removed                     layers    metric  result",
+        "   0  1  0.9800 1                          3 -> 2      0.9000  accepted",
+        "   1  2  0.9750 -                          2 -> 2           -  rolled back",
+        "",
+        "layers   3 -> 2",
+        "params   1,000 -> 750 (-25.0%)",
+        "metric   0.9500 -> 0.9000 (tolerance 0.01 absolute)",
+        "stopped  done",
+        "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
+    ]
