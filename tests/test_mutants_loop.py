@@ -115,3 +115,41 @@ def test_prune_result_summary():
         "stopped  done",
         "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
     ]
+
+
+def _blocks_metric(model):
+    """1 for the whole model, 0.01 less per removed block: which removals pass is known."""
+    return 1.0 - 0.01 * (8 - len(model.blocks))
+
+
+# xǁMPrunerǁ_log / step / _plan / _finish: a run's log, line for line: the original metric,
+# each attempt (its k, the removed blocks, the metric, the verdict, the bound), the stop; a
+# rollback of several blocks takes a finer step, and the step stays after an acceptance.
+def test_run_log_line_for_line(job, capsys):
+    r = _pruner(job, evaluate=_blocks_metric, tolerance=0.035, max_iterations=6, verbose=True).run()
+    assert capsys.readouterr().out.splitlines() == [
+        "mpruner: original metric 1.0000",
+        "mpruner: attempt 0: k=1 remove [2, 4, 5, 7] -> metric 0.9600 (rolled back; bound 0.9650)",
+        "mpruner: attempt 1: k=2 remove [2, 4, 7] -> metric 0.9700 (accepted; bound 0.9650)",
+        "mpruner: attempt 2: k=2 remove [2, 4] -> metric 0.9500 (rolled back; bound 0.9650)",
+        "mpruner: stopped: rejected up to max_granularity=3",
+    ]
+    assert [(h.iteration, h.granularity, h.removed, h.accepted, h.layers_before, h.layers_after)
+            for h in r.history] == [(0, 1, [2, 4, 5, 7], False, 8, 4), (1, 2, [2, 4, 7], True, 8, 5),
+                                    (2, 2, [2, 4], False, 5, 3)]
+    assert r.history[1].removed_names == ["blocks.2", "blocks.4", "blocks.7"]
+    assert (r.layers_before, r.layers_after, r.metric_before, r.metric_after) == (8, 5, 1.0, pytest.approx(0.97))
+    assert r.params_after < r.params_before and r.stop_reason == "rejected up to max_granularity=3"
+    assert set(r.seconds) == {"analyze", "finetune", "evaluate"} and r.seconds["analyze"] > 0
+    assert all(v >= 0 for v in r.seconds.values())
+    assert all(h.seconds["evaluate"] <= r.seconds["evaluate"] for h in r.history)
+
+
+# A single block rolled back is excluded for this model (no finer step exists), and the stop
+# says so, with the adjacent similarities; verbose=False prints nothing.
+def test_single_rollback_excludes_the_block(job, capsys):
+    r = _pruner(job, evaluate=_blocks_metric, tolerance=0.045, max_iterations=6, verbose=False).run()
+    assert capsys.readouterr().out == ""
+    assert [(h.removed, h.accepted, h.granularity) for h in r.history] == [([2, 4, 5, 7], True, 1), ([2], False, 1)]
+    assert r.stop_reason.startswith("nothing to remove: at threshold 0.9800 (adjacent CKA: ")
+    assert r.stop_reason.endswith("; excluded after rollback: [2])")
