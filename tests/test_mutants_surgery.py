@@ -29,6 +29,8 @@ class Net(nn.Module):
 
 pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
 
+WIDTH = "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"
+
 GOOD = {"format": P.FORMAT, "version": P.VERSION, "model_class": "x.Net", "adapter": "generic",
         "original": {"blocks": 4}, "steps": [{"blocks": [1]}]}
 
@@ -92,11 +94,11 @@ def test_save_pruned_arguments(tmp_path):
     ({"steps": [{"blocks": 1}]}, "steps[0] must map block-list names to lists of indices >= 0"),
     ({"steps": [[1]]}, "steps[0] must map block-list names to lists of indices >= 0"),
     ({"steps": [{"other": [1]}]}, "steps[0] names block lists ['other'] that 'original' does not have"),
-    ({"width": 5}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
-    ({"width": [{"after": 2, "modules": {}}]}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+    ({"width": 5}, WIDTH),
+    ({"width": [{"after": 2, "modules": {}}]}, WIDTH),
     ({"width": [{"after": True, "modules": {}}]},
-     "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
-    ({"width": [{"after": 0, "modules": []}]}, "'width' must be a list of {'after': step index, 'modules': {name: shapes}}"),
+     WIDTH),
+    ({"width": [{"after": 0, "modules": []}]}, WIDTH),
 ])
 def test_record_problems_word_for_word(tmp_path, change, message):
     record = {k: v for k, v in {**GOOD, **change}.items() if v is not ...}
@@ -127,7 +129,8 @@ def test_read_record_messages(tmp_path):
         f"W holds a record of format/version ({P.FORMAT!r}, 2); {reads}"
     assert _record_error(tmp_path / "s", {**GOOD, "version": "1"}) == \
         f"W holds a record of format/version ({P.FORMAT!r}, '1'); {reads}"
-    assert _record_error(tmp_path / "f", {**GOOD, "format": "x"}) == f"W holds a record of format/version ('x', 1); {reads}"
+    assert _record_error(tmp_path / "f", {**GOOD, "format": "x"}) == \
+        f"W holds a record of format/version ('x', 1); {reads}"
     (tmp_path / "m").mkdir()
     save_file({"w": torch.ones(1)}, str(tmp_path / "m" / P.WEIGHTS_NAME))
     with pytest.raises(ValueError) as info:
@@ -201,6 +204,7 @@ def test_width_change_between_removals_round_trip(tmp_path):
     assert str(info.value).startswith(f"{str(tmp_path / 'bad' / P.WEIGHTS_NAME)!r}: the width change after step 1 "
                                       "of its record cannot be replayed on the model (the record resizes module "
                                       "'nope', which this model does not have")
+    assert str(info.value).endswith("); the record is damaged or the factory is not the original architecture")
 
 
 class _Extra(Net):
@@ -209,6 +213,14 @@ class _Extra(Net):
     def __init__(self, k=5):
         super().__init__()
         self.extra = nn.ModuleList([nn.Linear(1, 1) for _ in range(k)])
+
+
+class _Nine(_Extra):
+    """Net with 9 more tensors: one past the 8 an error lists."""
+
+    def __init__(self):
+        super().__init__(4)
+        self.scale = nn.Parameter(torch.ones(1))
 
 
 class _FiveBlocks(Net):
@@ -236,7 +248,7 @@ def test_load_pruned_messages(tmp_path):
             P.load_pruned(path, factory)
         return str(info.value)
 
-    assert error(lambda: None, kind=TypeError) == "model_factory must return a torch.nn.Module, it returned NoneType"
+    assert error(lambda: 5, kind=TypeError) == "model_factory must return a torch.nn.Module, it returned int"
     assert error("net", kind=TypeError) == ("model_factory must be a callable that builds the original model, e.g. "
                                             "lambda: MyNet(), got str")
     assert error(_FiveBlocks) == (
@@ -260,11 +272,17 @@ def test_load_pruned_messages(tmp_path):
                             f"was pruned ({cls})?"
     assert error(lambda: _Extra(4)) == f"{fit}missing {names[:8]}, unexpected []; is model_factory the architecture " \
                                        f"that was pruned ({cls})?"
-    P.save_pruned(mpruner.remove_layers(_Extra(), {"blocks": [1]}), tmp_path / "c")
-    extra = f"{_Extra.__module__}._Extra"
-    assert error(Net, tmp_path / "c") == (f"{fit.replace(str(tmp_path / 'a'), str(tmp_path / 'c'))}missing [], "
-                                          f"unexpected {names[:8]} ...; is model_factory the architecture that was "
-                                          f"pruned ({extra})?")
+    nine = sorted(names[:8] + ["scale"])
+    assert error(_Nine) == f"{fit}missing {nine[:8]} ..., unexpected []; is model_factory the architecture that " \
+                           f"was pruned ({cls})?"
+    for k, model, listed in ((4, _Extra(4), names[:8]), (9, _Nine(), nine[:8] + [" ..."]),
+                             (10, _Extra(), names[:8] + [" ..."])):
+        P.save_pruned(mpruner.remove_layers(model, {"blocks": [1]}), tmp_path / f"u{k}")
+        at = str(tmp_path / f"u{k}")
+        more = listed[-1] if listed[-1] == " ..." else ""
+        assert error(Net, tmp_path / f"u{k}") == (
+            f"the weights in {at!r} do not fit the rebuilt model: missing [], unexpected {listed[:8]}{more}; is "
+            f"model_factory the architecture that was pruned ({type(model).__module__}.{type(model).__qualname__})?")
 
 
 # The reloaded model carries the record (to be saved again with its whole history), without
