@@ -305,3 +305,28 @@ def test_reload_of_a_model_with_two_block_containers(tmp_path):
     loaded = P.load_pruned(tmp_path, _Extra)
     assert len(loaded.extra) == 4 and len(loaded.blocks) == 4
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+# read_record_20 / _21 / _30: the error quoted is the reader's own, cut at 120 characters (a
+# damaged header) and 80 (the record's JSON): long enough to say what is wrong, never a page.
+def test_read_record_quotes_errors_cut_short(tmp_path):
+    import struct
+
+    header = json.dumps({"w": {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    tmp_path.joinpath("h").mkdir()
+    weights = tmp_path / "h" / P.WEIGHTS_NAME
+    weights.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(Exception) as raw:
+        safe_open(str(weights), framework="pt")
+    assert len(str(raw.value)) > 121
+    with pytest.raises(ValueError) as info:
+        P.read_record(tmp_path / "h")
+    assert str(info.value) == (f"{str(weights)!r} is not a readable safetensors file ({type(raw.value).__name__}: "
+                               f"{str(raw.value)[:120]}); the checkpoint is damaged or was not written by "
+                               "mpruner.save_pruned")
+    digits = "[" + "1" * 5000 + "]"  # json's integer limit: a message longer than 80 characters
+    with pytest.raises(ValueError) as want:
+        json.loads(digits)
+    assert len(str(want.value)) > 81
+    assert _record_error(tmp_path / "d", text=digits) == \
+        f"W: the mpruner record in its metadata is not valid JSON ({str(want.value)[:80]})"
