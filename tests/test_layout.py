@@ -16,16 +16,16 @@ PACKAGE_DIR = pathlib.Path(mpruner.__file__).parent
 # Which stage packages each stage may import (DESIGN.md §1: the data flow, forward only).
 # Top-level modules of mpruner (version, data, cli, ...) are listed by name too.
 ALLOWED = {
-    "engine": set(),
-    "adapters": set(),
+    "engine": {"stacklevel"},
+    "adapters": {"stacklevel"},
     "data": set(),
-    "analysis": {"engine", "adapters", "data", "version"},
-    "surgery": {"adapters", "version"},
-    "lm": {"engine", "adapters", "analysis", "surgery", "data", "version"},
-    "prune": {"engine", "adapters", "analysis", "surgery", "lm", "data", "version", "sparsity", "width"},
-    "bench": {"engine", "version"},
-    "sparsity": {"adapters", "analysis", "version"},
-    "width": {"adapters", "surgery", "version"},
+    "analysis": {"engine", "adapters", "data", "version", "stacklevel"},
+    "surgery": {"adapters", "version", "stacklevel"},
+    "lm": {"engine", "adapters", "analysis", "surgery", "data", "version", "stacklevel"},
+    "prune": {"engine", "adapters", "analysis", "surgery", "lm", "data", "version", "sparsity", "width", "stacklevel"},
+    "bench": {"engine", "version", "stacklevel"},
+    "sparsity": {"adapters", "analysis", "version", "stacklevel"},
+    "width": {"adapters", "surgery", "version", "stacklevel"},
 }
 
 

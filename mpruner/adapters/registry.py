@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
+from ..stacklevel import user_stacklevel
 from .base import Adapter, is_block_container, join
 from .cnn import EfficientNetLiteAdapter, HFResNetAdapter, TorchvisionResNetAdapter
 from .generic import GenericAdapter
@@ -91,7 +92,8 @@ def resolve_adapter(model: nn.Module, path: Optional[Union[str, Sequence[str]]] 
         if (type(model), path) not in _GUESSED:
             _GUESSED.add((type(model), path))
             warnings.warn(f"no mpruner adapter recognises {type(model).__name__}; using its only nn.Sequential/"
-                          f"nn.ModuleList of two or more blocks, {path!r} ({n} blocks)", UserWarning, stacklevel=3)
+                          f"nn.ModuleList of two or more blocks, {path!r} ({n} blocks)", UserWarning,
+                          stacklevel=user_stacklevel())
         return GenericAdapter(model, [path])
     if containers:
         raise TypeError(f"no mpruner adapter recognises {type(model).__name__}, and it has "

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..engine import inputs as I
 from ..adapters import BlockList
+from ..stacklevel import user_stacklevel
 from . import distributed as dist_analysis
 from .capture import LayerCapture
 from .inputs import Forward, batch_context, call_model, check_data, to_device
@@ -176,7 +177,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
         warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
                       f"{'unbiased' if unbiased else 'biased'} estimator (it needs >= {sink.need} "
                       f"{'tokens per sequence' if view == 'tokens' else 'samples per batch'}); "
-                      "see Analysis.num_skipped", RuntimeWarning, stacklevel=2)
+                      "see Analysis.num_skipped", RuntimeWarning, stacklevel=user_stacklevel())
     return Analysis(cka, names, num_samples, options, other_names if other is not None else None,
                     metric=metric, block_io=block_io)
 

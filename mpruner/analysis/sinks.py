@@ -14,6 +14,7 @@ from ..engine import inputs as I
 from ..engine import CKAAccumulator
 from ..engine import token_cka
 from ..engine.cka import NonFiniteError
+from ..stacklevel import user_stacklevel
 from .views import BatchContext
 
 
@@ -130,7 +131,7 @@ class TokenSink:
         if self.constant:
             warnings.warn(f"some layers were constant over the tokens of {self.constant} sequence(s); their CKA "
                           "there is undefined and those sequences are left out of the affected entries "
-                          "(NaN where no sequence remains)", RuntimeWarning, stacklevel=3)
+                          "(NaN where no sequence remains)", RuntimeWarning, stacklevel=user_stacklevel())
         if self.has_other:
             c = c[:self.L, self.L:]
         else:

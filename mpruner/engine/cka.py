@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..stacklevel import user_stacklevel
 from . import inputs as I
 from .ops import ops
 
@@ -129,12 +130,8 @@ def nonfinite_error(bad, names, where="", batch=None):
                           "CKAAccumulator pass nan_policy='skip' to drop such batches", [names[i] for i in bad], batch)
 
 
-def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str], stacklevel: int = 3) -> torch.Tensor:
-    """CKA = H_ab / sqrt(H_aa H_bb); degenerate (constant) layers get NaN rows/columns and a warning.
-
-    ``stacklevel`` points the warning at the user's call: 3 from a public method that calls
-    this directly (``CKAAccumulator.compute``), one more per private function between.
-    """
+def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """CKA = H_ab / sqrt(H_aa H_bb); degenerate (constant) layers get NaN rows/columns and a warning."""
     d = torch.diagonal(h)
     degenerate = d <= thresholds
     safe = torch.where(degenerate, torch.ones_like(d), d)
@@ -146,7 +143,7 @@ def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str],
         if idx:
             listed = ", ".join(names[i] for i in idx)
             warnings.warn(f"{listed}: zero HSIC with itself (the layer is constant on these samples), so its "
-                          "CKA is undefined; its row and column are NaN", RuntimeWarning, stacklevel=stacklevel)
+                          "CKA is undefined; its row and column are NaN", RuntimeWarning, stacklevel=user_stacklevel())
     return c
 
 
@@ -180,7 +177,7 @@ def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None
     bad = check_finite(h)
     if bad:
         raise nonfinite_error(bad, names)
-    c = hsic_to_cka(h, thr, names, stacklevel=4)  # user -> cka / cka_matrix -> _cka_matrix -> hsic_to_cka
+    c = hsic_to_cka(h, thr, names)
     L = len(feats)
     return c if oth is None else c[:L, L:]
 

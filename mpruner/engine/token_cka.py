@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import torch
 
+from ..stacklevel import user_stacklevel
 from . import inputs as I
 from .cka import NonFiniteError
 from .ops import ops
@@ -165,5 +166,5 @@ def _normalise(hs: torch.Tensor) -> torch.Tensor:
     if degenerate.any():
         layers = sorted({int(i) for i in degenerate.nonzero()[:, 1].tolist()})
         warnings.warn(f"layers {layers} are constant over the tokens of some sequences; those CKA entries are NaN",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=user_stacklevel())
     return c

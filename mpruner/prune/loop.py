@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import find_blocks
+from ..stacklevel import user_stacklevel
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from . import strategies
@@ -467,7 +468,7 @@ class MPruner:
             import warnings
 
             warnings.warn(f"resume=True: no checkpoint in {self.checkpoint_dir}; starting from the beginning",
-                          UserWarning, stacklevel=3)
+                          UserWarning, stacklevel=user_stacklevel())
             return
         differences = ckpt.option_differences(state["options"], self._options())
         if differences:
