@@ -153,3 +153,11 @@ def test_single_rollback_excludes_the_block(job, capsys):
     assert [(h.removed, h.accepted, h.granularity) for h in r.history] == [([2, 4, 5, 7], True, 1), ([2], False, 1)]
     assert r.stop_reason.startswith("nothing to remove: at threshold 0.9800 (adjacent CKA: ")
     assert r.stop_reason.endswith("; excluded after rollback: [2])")
+
+
+# xǁMPrunerǁ_load__mutmut_70 (the resume line lost): a resumed run says where it resumes.
+def test_resume_says_where(job, tmp_path, capsys):
+    kw = dict(evaluate=_blocks_metric, tolerance=0.035, max_iterations=2, checkpoint_dir=tmp_path)
+    _pruner(job, verbose=False, **kw).run()
+    _pruner(job, verbose=True, **kw).run(resume=True)
+    assert capsys.readouterr().out.splitlines() == ["mpruner: resumed at attempt 2 (k=2, 5 layers)"]  # already done
