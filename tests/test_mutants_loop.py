@@ -161,3 +161,27 @@ def test_resume_says_where(job, tmp_path, capsys):
     _pruner(job, verbose=False, **kw).run()
     _pruner(job, verbose=True, **kw).run(resume=True)
     assert capsys.readouterr().out.splitlines() == ["mpruner: resumed at attempt 2 (k=2, 5 layers)"]  # already done
+
+
+# xǁMPrunerǁ_load__mutmut_34 (a shallow copy of the caller's model as load_pruned's factory):
+# load_pruned replays removals in place and loads the fine-tuned weights into the copy, so a
+# shallow copy would cut the caller's blocks and overwrite its tensors. After a resume the
+# caller's model has every block, key and value it had.
+def test_resume_leaves_the_callers_model_whole(job, tmp_path):
+    import torch
+
+    def finetune(model):  # changes every weight, so reloaded weights differ from the caller's
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)
+
+    model = job[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(evaluate=_blocks_metric, tolerance=0.035, max_iterations=2, checkpoint_dir=tmp_path,
+              finetune=finetune, verbose=False)
+    first = _pruner(job, **kw).run()
+    assert first.layers_after < 8  # a removal was accepted: the checkpoint holds a pruned, trained model
+    again = _pruner(job, **kw).run(resume=True)
+    assert again.layers_after == first.layers_after and len(model.blocks) == 8
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
