@@ -100,13 +100,13 @@ def test_accepts_at_its_bound(job, mode, higher, bound):
 
 # xǁPruneResultǁsummary: the table and the totals, column for column.
 def test_prune_result_summary():
-    rows = [Iteration(0, 1, 0.98, ["a", "b", "c"], [], [[0, 1], [2]], [1], ["b"], 3, 2, 0.9, True),
+    rows = [Iteration(0, 1, 0.98, ["a", "b", "c"], [], [[0, 1, 2]], [1, 2], ["b", "c"], 3, 1, 0.9, True),
             Iteration(1, 2, 0.975, ["a", "c"], [], [[0, 1]], [], [], 2, 2, None, False)]
     r = PruneResult(None, rows, 0.95, 0.9, 3, 2, 1000, 750, 0.01, "absolute", "done",
                     {"analyze": 1.25, "finetune": 0.0, "evaluate": 2.0})
     assert r.summary().splitlines() == [
         "iter  k  thresh removed                     layers    metric  result",
-        "   0  1  0.9800 1                          3 -> 2      0.9000  accepted",
+        "   0  1  0.9800 1,2                        3 -> 1      0.9000  accepted",
         "   1  2  0.9750 -                          2 -> 2           -  rolled back",
         "",
         "layers   3 -> 2",
@@ -115,6 +115,9 @@ def test_prune_result_summary():
         "stopped  done",
         "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
     ]
+    # xǁPruneResultǁsummary__mutmut_42 (max(2, ...)): the share is of the real count, even of one parameter
+    one = PruneResult(None, [], 1.0, 1.0, 1, 1, 1, 1, 0.0, "relative", "x", {})
+    assert "params   1 -> 1 (-0.0%)" in one.summary()
 
 
 def _blocks_metric(model):
@@ -185,3 +188,26 @@ def test_resume_leaves_the_callers_model_whole(job, tmp_path):
     assert again.layers_after == first.layers_after and len(model.blocks) == 8
     after = model.state_dict()
     assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+# xǁMPrunerǁ_plan__mutmut_21 (auto_threshold without the excluded layers): with
+# threshold="auto", each single layer rolled back is left out of the next threshold, which
+# therefore falls to the next most similar pair (0.995 while similar pairs remain, then 0.99,
+# 0.98, 0.96), and no set is tried twice.
+def test_auto_threshold_leaves_out_excluded_layers(job):
+    r = _pruner(job, evaluate=lambda m: 1.0 if len(m.blocks) == 8 else 0.0, threshold="auto", tolerance=0.0,
+                view="flatten", max_iterations=20, verbose=False).run()
+    assert [h.removed for h in r.history] == [[4, 6], [6], [4], [5], [7], [3], [2], [1]]
+    assert [round(h.threshold, 4) for h in r.history] == [0.995] * 5 + [0.99, 0.98, 0.96]
+
+
+# xǁMPrunerǁ_plan__mutmut_29 (cluster_method not passed on): the loop clusters with the method
+# it was given.
+def test_cluster_method_reaches_the_clusters(job):
+    import torch
+
+    from mpruner.prune.cluster import cluster_layers
+
+    h = _pruner(job, cluster_method="adjacent", max_iterations=1, verbose=False).run().history[0]
+    cka = torch.tensor(h.cka)
+    assert h.clusters == cluster_layers(cka, h.threshold, "adjacent") != cluster_layers(cka, h.threshold, "anchor")
