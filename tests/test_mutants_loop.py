@@ -211,3 +211,14 @@ def test_cluster_method_reaches_the_clusters(job):
     h = _pruner(job, cluster_method="adjacent", max_iterations=1, verbose=False).run().history[0]
     cka = torch.tensor(h.cka)
     assert h.clusters == cluster_layers(cka, h.threshold, "adjacent") != cluster_layers(cka, h.threshold, "anchor")
+
+
+# xǁMPrunerǁ_plan__mutmut_84 (>= for >): max_granularity is the last step tried, not the first
+# refused: with 3, an attempt at k=3 is made; with 2, it is not.
+@pytest.mark.parametrize("max_granularity", [2, 3])
+def test_max_granularity_is_the_last_step_tried(job, max_granularity):
+    r = _pruner(job, evaluate=_blocks_metric, threshold=0.95, tolerance=0.025, max_granularity=max_granularity,
+                verbose=False).run()
+    steps = [(1, [1, 3, 4, 5, 6]), (2, [1, 3, 5]), (3, [1, 3, 6])][:max_granularity]
+    assert [(h.granularity, h.removed) for h in r.history] == steps and not any(h.accepted for h in r.history)
+    assert r.stop_reason == f"rejected up to max_granularity={max_granularity}"
