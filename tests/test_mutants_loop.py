@@ -222,3 +222,84 @@ def test_max_granularity_is_the_last_step_tried(job, max_granularity):
     steps = [(1, [1, 3, 4, 5, 6]), (2, [1, 3, 5]), (3, [1, 3, 6])][:max_granularity]
     assert [(h.granularity, h.removed) for h in r.history] == steps and not any(h.accepted for h in r.history)
     assert r.stop_reason == f"rejected up to max_granularity={max_granularity}"
+
+
+# xǁMPrunerǁ_analyze__mutmut_7..9 / _14 / _15 / _18..20: the analysis gets the loop's block
+# list, view and progress flag, and for a strategy its metric with block inputs.
+@pytest.mark.parametrize("select", ["cluster", "contiguous"])
+def test_analysis_gets_the_loops_options(job, monkeypatch, select):
+    import mpruner.analysis as analysis
+
+    seen = []
+    monkeypatch.setattr(analysis, "analyze", lambda model, data, **kw: seen.append(kw) or "analysis")
+    extra = {"select": select, "n": 1, "view": "last_token"} if select == "contiguous" else {"view": "flatten"}
+    p = _pruner(job, max_iterations=1, verbose=False, **extra)
+    assert p._analyze() == "analysis"
+    want = {"layers": "blocks", "view": extra["view"], "progress": False}
+    if select == "contiguous":
+        want.update(metric="angular", block_inputs=True)
+    assert seen == [want]
+
+
+# xǁMPrunerǁ_log__mutmut_4: with progress bars the lines go through tqdm.write, to stdout, the
+# same words. (_log_6 / _8 / _9, flush dropped, are equivalent in one process: flush only
+# decides whether a line still in the buffer is lost when the process is killed.)
+def test_log_lines_with_progress_bars(job, capsys):
+    _pruner(job, evaluate=_blocks_metric, tolerance=0.035, max_iterations=1, verbose=True, progress=True).run()
+    assert capsys.readouterr().out.splitlines() == [
+        "mpruner: original metric 1.0000",
+        "mpruner: attempt 0: k=1 remove [2, 4, 5, 7] -> metric 0.9600 (rolled back; bound 0.9650)",
+        "mpruner: stopped: reached max_iterations=1",
+    ]
+
+
+# xǁMPrunerǁ_timed__mutmut_2 / _4 and step_84..87: the stage times add up every call (at least
+# the time each call slept, at most the run's wall time), and each attempt records its own
+# fine-tuning time; step_74 (seed - iteration): attempt i fine-tunes from seed + i; step_13:
+# with nothing accepted the final metric is the original one.
+def test_stage_times_seeds_and_final_metric(job):
+    import time
+
+    import torch
+
+    seeds = []
+
+    def finetune(model):
+        seeds.append(torch.initial_seed())
+        time.sleep(0.02)
+
+    def evaluate(model):
+        time.sleep(0.01)
+        return _blocks_metric(model)
+
+    start = time.perf_counter()
+    r = _pruner(job, evaluate=evaluate, finetune=finetune, threshold=0.95, tolerance=0.025, seed=5,
+                verbose=False).run()
+    wall = time.perf_counter() - start
+    assert len(r.history) == 3 and seeds == [5, 6, 7] and not any(h.accepted for h in r.history)
+    assert 4 * 0.01 <= r.seconds["evaluate"] <= wall and 3 * 0.02 <= r.seconds["finetune"] <= wall
+    assert all(set(h.seconds) == {"finetune", "evaluate"} and 0.02 <= h.seconds["finetune"] <= wall
+               for h in r.history)
+    assert r.metric_after == r.metric_before == 1.0
+
+
+# xǁMPrunerǁstep__mutmut_47 / _49 (removable_layers asked without the block list's path): a
+# model with two block containers is pruned in the one named.
+def test_model_with_two_block_containers(job):
+    import torch.nn as nn
+
+    import prune_job as pj
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = pj.Net()
+            self.other = nn.Sequential(nn.Identity(), nn.Identity())
+
+        def forward(self, x):
+            return self.other(self.inner(x))
+
+    model = Two()
+    r = MPruner(model, job[1], lambda m: 1.0, layers="inner.blocks", progress=False, verbose=False,
+                max_iterations=1).run()
+    assert r.history[0].accepted and r.layers_after < 8 and len(r.model.other) == 2
