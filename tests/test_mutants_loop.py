@@ -141,6 +141,15 @@ def test_run_log_line_for_line(job, capsys):
             for h in r.history] == [(0, 1, [2, 4, 5, 7], False, 8, 4), (1, 2, [2, 4, 7], True, 8, 5),
                                     (2, 2, [2, 4], False, 5, 3)]
     assert r.history[1].removed_names == ["blocks.2", "blocks.4", "blocks.7"]
+    # step_111 / _113 / _118: each record keeps the layer names, clusters and metric it was decided on
+    from mpruner.prune.cluster import cluster_layers
+
+    assert [h.layer_names for h in r.history] == [[f"blocks.{i}" for i in range(n)] for n in (8, 8, 5)]
+    assert [h.metric for h in r.history] == [pytest.approx(v) for v in (0.96, 0.97, 0.95)]
+    for h in r.history:
+        import torch
+
+        assert h.clusters == cluster_layers(torch.tensor(h.cka), h.threshold) and len(h.clusters) >= 2
     assert (r.layers_before, r.layers_after, r.metric_before, r.metric_after) == (8, 5, 1.0, pytest.approx(0.97))
     assert r.params_after < r.params_before and r.stop_reason == "rejected up to max_granularity=3"
     assert set(r.seconds) == {"analyze", "finetune", "evaluate"} and r.seconds["analyze"] > 0
@@ -279,7 +288,7 @@ def test_stage_times_seeds_and_final_metric(job):
     assert len(r.history) == 3 and seeds == [5, 6, 7] and not any(h.accepted for h in r.history)
     assert 4 * 0.01 <= r.seconds["evaluate"] <= wall and 3 * 0.02 <= r.seconds["finetune"] <= wall
     assert all(set(h.seconds) == {"finetune", "evaluate"} and 0.02 <= h.seconds["finetune"] <= wall
-               for h in r.history)
+               and 0.01 <= h.seconds["evaluate"] <= wall for h in r.history)
     assert r.metric_after == r.metric_before == 1.0
 
 
@@ -303,3 +312,29 @@ def test_model_with_two_block_containers(job):
     r = MPruner(model, job[1], lambda m: 1.0, layers="inner.blocks", progress=False, verbose=False,
                 max_iterations=1).run()
     assert r.history[0].accepted and r.layers_after < 8 and len(r.model.other) == 2
+
+
+# xǁMPrunerǁ_save / _finish / step (which writes mark the model changed, mkdir's parents): a
+# checkpoint directory whose parents do not exist yet is created; after each attempt state.json
+# names the model directory holding the model of that moment (a new one after an acceptance,
+# the same one after a rollback or the stop), and only that one is kept.
+def test_checkpoint_names_the_current_model(job, tmp_path):
+    import json
+
+    seen = []
+    d = tmp_path / "a" / "b"
+
+    def evaluate(model):
+        if d.joinpath("state.json").exists():
+            state = json.loads(d.joinpath("state.json").read_text())
+            seen.append((state["iteration"], state["model_dir"], sorted(p.name for p in d.glob("model-*"))))
+        return _blocks_metric(model)
+
+    r = _pruner(job, evaluate=evaluate, tolerance=0.035, max_iterations=6, checkpoint_dir=d, verbose=False).run()
+    final = json.loads(d.joinpath("state.json").read_text())
+    assert [h.accepted for h in r.history] == [False, True, False]
+    # the first write (after attempt 0 rolled back) saves the original as model-0001; at attempt 2 the
+    # model accepted at attempt 1, saved as model-0002 (the iteration count after it)
+    assert seen == [(1, "model-0001", ["model-0001"]), (2, "model-0002", ["model-0002"])]
+    assert final["model_dir"] == "model-0002" and sorted(p.name for p in d.glob("model-*")) == ["model-0002"]
+    assert final["done"] and final["iteration"] == 3
