@@ -328,6 +328,7 @@ def test_checkpoint_names_the_current_model(job, tmp_path):
         if d.joinpath("state.json").exists():
             state = json.loads(d.joinpath("state.json").read_text())
             seen.append((state["iteration"], state["model_dir"], sorted(p.name for p in d.glob("model-*"))))
+            assert not state["done"] and state["stop_reason"] == ""  # _reset_12: no reason before the stop
         return _blocks_metric(model)
 
     r = _pruner(job, evaluate=evaluate, tolerance=0.035, max_iterations=6, checkpoint_dir=d, verbose=False).run()
@@ -338,3 +339,43 @@ def test_checkpoint_names_the_current_model(job, tmp_path):
     assert seen == [(1, "model-0001", ["model-0001"]), (2, "model-0002", ["model-0002"])]
     assert final["model_dir"] == "model-0002" and sorted(p.name for p in d.glob("model-*")) == ["model-0002"]
     assert final["done"] and final["iteration"] == 3
+
+
+# _reset_3 (a shallow copy of the caller's model): evaluate may switch the model to eval mode;
+# the loop's copy is deep, so the caller's modules keep their own mode. _reset_16 / _19 / _22:
+# the stage times start at zero. run_4 / _5 / _7 / _32 / _33: resume without a directory is
+# refused word for word; no stats without example inputs; the result keeps the tolerance.
+def test_loop_copy_times_and_result_fields(job):
+    def evaluate(model):
+        model.eval()
+        return _blocks_metric(model)
+
+    model = job[0].train()
+    p = _pruner(job, evaluate=evaluate, tolerance=0.035, max_iterations=1, verbose=False)
+    assert p.seconds == {"analyze": 0.0, "finetune": 0.0, "evaluate": 0.0}
+    r = p.run()
+    assert all(m.training for m in model.modules())
+    assert r.seconds["finetune"] == 0.0 and r.stats_before is None and r.stats_after is None
+    assert (r.tolerance, r.tolerance_mode) == (0.035, "absolute")
+    with pytest.raises(ValueError) as info:
+        _pruner(job).run(resume=True)
+    assert str(info.value) == "resume=True needs checkpoint_dir"
+
+
+# _resolve_block_list_8..10: an adapter that finds no block list is refused with the fix.
+def test_no_block_list_found(job, monkeypatch):
+    from mpruner.prune import loop
+
+    monkeypatch.setattr(loop, "find_blocks", lambda model, path=None: [])
+    with pytest.raises(ValueError) as info:
+        _pruner(job, layers="auto")
+    assert str(info.value) == "found no block list in this model; pass layers='<attribute path>'"
+
+
+# _resolve_block_list_11..18: a guessed container (layers="auto" on a model no adapter knows)
+# is kept by its path, so the loop still finds it once pruning leaves it a single block (the
+# guess needs two or more).
+def test_guessed_container_pruned_to_one_block(job):
+    r = _pruner(job, layers="auto", evaluate=lambda m: 1.0, threshold=0.5, max_iterations=4, verbose=False).run()
+    assert r.layers_after == 1 and len(r.model.blocks) == 1
+    assert r.stop_reason.startswith("nothing to remove")
