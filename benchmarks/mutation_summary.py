@@ -4,9 +4,11 @@
 
 Reads every ``benchmarks/results/reliability/mutmut_<module>.txt`` (one line per mutant:
 ``<name>: killed | survived | no tests | timeout | not checked``) and
-``mutmut_equivalent.json`` (mutant name -> why it cannot be told apart from the original),
-and writes ``mutmut_summary.json``: per module the counts of its last run, the survivors
-explained as equivalent, and those left unexplained (the goal: none). ``--before`` records
+``mutmut_equivalent.json`` (mutant name -> why it cannot be told apart from the original, or,
+for a timeout, why the tests catch it by running past mutmut's limit), and writes
+``mutmut_summary.json``: per module the counts of its last run, the survivors explained as
+equivalent, and the survivors, mutants without a test and timeouts left unexplained (the
+goal: none). ``--before`` records
 the counts as the run before the new tests instead (kept under ``before_new_tests``).
 """
 from __future__ import annotations
@@ -73,8 +75,15 @@ def main():
     args = parser.parse_args()
     summary = summarise(args.before)
     (HERE / "mutmut_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for module, m in summary["modules"].items():
-        print(module, m.get("run") or m.get("before_new_tests"), "unexplained:", len(m.get("unexplained", [])))
+    for module, m in summary["modules"].items():  # the phrases README's Reliability table quotes
+        short = module.rsplit("/", 1)[1]
+        for key in ("before_new_tests", "run"):
+            r = m.get(key)
+            if r:
+                extra = (f" ({len(m['equivalent'])} equivalent, {len(m['unexplained'])} unexplained)"
+                         if key == "run" else "")
+                print(f"{key:>16}: `{short}` {r['mutants']} mutants, {r['checked']} checked: {r['killed']} killed, "
+                      f"{r['survived']} survived{extra}; no tests {r['no_tests']}, timeout {r['timeout']}")
 
 
 if __name__ == "__main__":
