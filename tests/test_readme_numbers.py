@@ -79,6 +79,13 @@ def test_mutation_counts_come_from_the_summary():
                   f"{run['survived']} survived ({len(m['equivalent'])} equivalent, {len(m['unexplained'])} "
                   f"unexplained)")
         assert phrase in text, phrase
+    # and the whole row is the one benchmarks/mutation_summary.py --readme prints
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutation_summary", RESULTS.parent / "mutation_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.readme_row(json.loads(path.read_text())) in text
 
 
 def _section(title):
