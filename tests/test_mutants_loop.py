@@ -379,3 +379,107 @@ def test_guessed_container_pruned_to_one_block(job):
     r = _pruner(job, layers="auto", evaluate=lambda m: 1.0, threshold=0.5, max_iterations=4, verbose=False).run()
     assert r.layers_after == 1 and len(r.model.blocks) == 1
     assert r.stop_reason.startswith("nothing to remove")
+
+
+# --- xǁMPrunerǁ_plan on hand-made CKA matrices: each branch of the planning, exactly.
+def _matrix(size, pairs, rest=0.3):
+    import torch
+
+    c = torch.full((size, size), rest, dtype=torch.float64)
+    c.fill_diagonal_(1.0)
+    for (i, j), v in pairs.items():
+        c[i, j] = c[j, i] = v
+    return c
+
+
+def _plan(job, cka, threshold="auto", excluded=(), rejected=(), granularity=1, max_granularity=3):
+    p = _pruner(job, threshold=threshold, max_granularity=max_granularity, verbose=False)
+    p._excluded, p._rejected, p.granularity = list(excluded), [list(r) for r in rejected], granularity
+    return p._plan(cka, set(range(cka.shape[0]))), p
+
+
+# _plan_46 / _54 / _55: with threshold="auto", when the clusters offer only excluded layers
+# (block 1 joined block 0's cluster, so the similar pair (1, 2) is missed), the most similar
+# remaining layer alone is tried: block 2; from block 1 on (block 0 has no predecessor), by
+# its similarity to its predecessor, down to the floor itself (0.9 is enough).
+def test_plan_auto_falls_back_to_the_most_similar_layer(job):
+    a = _matrix(4, {(0, 1): 0.992, (0, 2): 0.5, (0, 3): 0.995, (1, 2): 0.99, (1, 3): 0.5, (2, 3): 0.93})
+    assert _plan(job, a, excluded=[1])[0] == (0.99, [[0, 1], [2], [3]], [2])
+    b = _matrix(4, {(0, 1): 0.95, (0, 2): 0.5, (1, 2): 0.9, (2, 3): 0.85})
+    assert _plan(job, b, excluded=[1])[0] == (0.9, [[0, 1], [2], [3]], [2])
+
+
+# _plan_92 (+= 2) and _88 / _89: with a fixed threshold a rejected set means the next finer
+# step (k = 2: blocks 1 and 3 of the cluster 0..4, not k = 3's 1 and 4); a rejected single
+# block is excluded, and the stop then names it.
+def test_plan_fixed_threshold_after_rejections(job):
+    c = _matrix(5, {(i, j): 0.99 for i in range(5) for j in range(i + 1, 5)})
+    plan, p = _plan(job, c, threshold=0.98, rejected=[[1, 2, 3, 4]])
+    assert plan == (0.98, [[0, 1, 2, 3, 4]], [1, 3]) and p.granularity == 2
+    d = _matrix(4, {(1, 2): 0.99})
+    plan, p = _plan(job, d, threshold=0.98, rejected=[[2]])
+    assert plan == "nothing to remove: at threshold 0.9800 (adjacent CKA: 0.3000, 0.9900, 0.3000; excluded after " \
+                   "rollback: [2])" and p._excluded == [2]
+
+
+# _plan_68 / _70 / _74 / _76 / _78: the stop messages word for word, with no note when nothing
+# was excluded, for a fixed threshold and for "auto".
+def test_plan_stop_messages(job):
+    a = _matrix(4, {(0, 1): 0.992, (1, 2): 0.99, (2, 3): 0.93})
+    assert _plan(job, a, threshold=1.0)[0] == "nothing to remove: at threshold 1.0000 (adjacent CKA: 0.9920, " \
+                                             "0.9900, 0.9300)"
+    assert _plan(job, _matrix(4, {}))[0] == "nothing to remove: no removable layer left with adjacent CKA >= 0.9 " \
+                                            "(adjacent CKA: 0.3000, 0.3000, 0.3000)"
+
+
+# _plan_96 (< for <=): with "auto" a new set at the last allowed step is still tried whole.
+def test_plan_auto_at_max_granularity(job):
+    c = _matrix(5, {(i, j): 0.99 for i in range(5) for j in range(i + 1, 5)})
+    assert _plan(job, c, granularity=3)[0] == (0.99, [[0, 1, 2, 3, 4]], [1, 4])
+
+
+# _plan_99 / _101 / _107 / _109 / _113 / _114: with "auto", once a set is rejected the block of
+# it most similar to its predecessor is tried alone (block 1 in the first matrix, block 3 in the
+# second); if that single block was rejected too, it is excluded and planning goes on.
+def test_plan_auto_tries_the_best_single_block(job):
+    first = _matrix(4, {(0, 1): 0.999, (0, 2): 0.999, (0, 3): 0.999, (1, 2): 0.995, (1, 3): 0.999, (2, 3): 0.996})
+    assert _plan(job, first, rejected=[[1, 3]], granularity=2)[0] == (0.995, [[0, 1, 2, 3]], [1])
+    second = _matrix(5, {(0, 1): 0.996, (1, 2): 0.996, (2, 3): 0.999, (3, 4): 0.996, (0, 2): 0.997, (0, 3): 0.997,
+                         (0, 4): 0.997, (1, 3): 0.3, (1, 4): 0.9})
+    assert _plan(job, second, rejected=[[1, 3]], granularity=2)[0] == (0.995, [[0, 1, 2, 3, 4]], [3])
+    plan, p = _plan(job, first, rejected=[[1, 3], [1]], granularity=2)
+    assert p._excluded == [1] and plan[2] == [3]
+
+
+# __init___7 / _13: progress bars and the log are on by default.
+def test_progress_and_log_on_by_default(job):
+    p = MPruner(job[0], job[1], lambda m: 1.0, layers="blocks")
+    assert p.progress is True and p.verbose is True
+
+
+# _resolve_block_list_11 / _26: only a guessed (generic) container is pinned by its path; a
+# recognised architecture keeps its adapter, with layers="auto" or named.
+def test_recognised_architecture_is_not_pinned_by_path():
+    from _tiny_lms import tiny_lm
+
+    model = tiny_lm("llama")
+    for layers in ("auto", mpruner.find_blocks(model)[0].name):
+        p = MPruner(model, [], lambda m: 1.0, layers=layers, progress=False)
+        assert p._path is None and p.block_list == mpruner.find_blocks(model)[0].name
+
+
+# _resolve_block_list_38 / _39: for a model no adapter can guess, the error says no block list
+# was found ("none") and why the path does not work.
+def test_unknown_layers_on_an_ambiguous_model(job):
+    import torch.nn as nn
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Identity(), nn.Identity())
+            self.b = nn.Sequential(nn.Identity(), nn.Identity())
+
+    with pytest.raises(ValueError) as info:
+        MPruner(Two(), job[1], lambda m: 1.0, layers="nope", progress=False)
+    assert str(info.value) == "layers='nope' is not a block list of this model (available: none); path 'nope': Two " \
+                              "has no submodule 'nope'"
