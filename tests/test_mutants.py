@@ -193,6 +193,15 @@ def test_read_state_of_a_directory(tmp_path):
     assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is not a file; this checkpoint is damaged")
 
 
+# checkpoint.x_read_state__mutmut_17 / _19 (state.json read in the locale's encoding): a state
+# holding UTF-8 text (a stop reason naming a non-ASCII path, written by another tool) is read
+# whatever the locale. (_21, "UTF-8" for "utf-8", is equivalent: codec names ignore case.)
+def test_read_state_reads_utf8_under_any_locale(tmp_path, ascii_locale):
+    state = _state(tmp_path, stop_reason="stopped at /données")
+    (tmp_path / ckpt.STATE).write_bytes(json.dumps(state, ensure_ascii=False).encode("utf-8"))
+    assert ckpt.read_state(tmp_path)["stop_reason"] == "stopped at /données"
+
+
 # checkpoint.x_read_state__mutmut_11 / _12 (>= for >, the size error without the file): a
 # state of exactly MAX_STATE_BYTES is read (then refused for its content), one byte more is
 # refused for its size, naming the file.

@@ -6,9 +6,7 @@ format other tools and older mpruner versions read, so its keys, defaults and me
 pinned here rather than only round-tripped.
 """
 import json
-import locale
 import math
-import sys
 
 import pytest
 import torch
@@ -213,21 +211,6 @@ def test_load_invalid_json_message(tmp_path):
     assert text == (f"{tmp_path / 'bad.json'} is not valid JSON (ValueError: {str(want.value)[:100]}); was it "
                     "written by Analysis.save?")
     assert len(str(want.value)) > 100
-
-
-@pytest.fixture
-def ascii_locale():
-    """The C locale for this test: open() without an encoding then reads ASCII (as on a
-    machine whose locale is not UTF-8, e.g. Windows cp1252)."""
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode ignores the locale")
-    old = locale.setlocale(locale.LC_CTYPE)
-    try:
-        locale.setlocale(locale.LC_CTYPE, "C")
-    except locale.Error:
-        pytest.skip("no C locale")
-    yield
-    locale.setlocale(locale.LC_CTYPE, old)
 
 
 # load_9 / _11 (the file read in the locale's encoding): a file with UTF-8 layer names, as
