@@ -82,7 +82,8 @@ def readme_row(summary: dict) -> str:
     mods = sorted(summary["modules"].items(), key=lambda kv: kv[0].rsplit("/", 1)[1])
     before = "; ".join(phrase(k.rsplit("/", 1)[1], m["before_new_tests"]) + f" (at {m['before_new_tests']['commit']})"
                        for k, m in mods if m.get("before_new_tests"))
-    after = "; ".join(phrase(k.rsplit("/", 1)[1], m["run"], m) for k, m in mods if m.get("run"))
+    after = "; ".join(phrase(k.rsplit("/", 1)[1], m["run"], m) + (f" ({m['note']})" if m.get("note") else "")
+                      for k, m in mods if m.get("run"))
     return ("| mutation testing (`benchmarks/mutation_core.sh`, mutmut 3.8; each module's verdicts and survivors' "
             "diffs in `benchmarks/results/reliability/mutmut_<module>.txt`, every survivor's explanation in "
             "`mutmut_equivalent.json`, the counts in `mutmut_summary.json`, this row printed from it by "
@@ -92,7 +93,9 @@ def readme_row(summary: dict) -> str:
             "(`tests/test_mutants*.py`, each test naming the mutants it kills), each module's last run: " + after +
             ". The equivalent ones are explained one by one; their kinds: device arguments on this CPU-only machine, "
             "the other axis of a square matrix, keyword values that are the callee's default or equally false, "
-            "codec names spelled otherwise, flush, and guards for a block 0 that is never a candidate |")
+            "codec names spelled otherwise, flush, code only other ranks reach under torchrun, and guards for a "
+            "block 0 that is never a candidate; every timeout is a mutant that never stops (an endless planning "
+            "loop), caught by running past mutmut's limit |")
 
 
 def main():
