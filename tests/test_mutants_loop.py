@@ -4,10 +4,17 @@ Each test names the mutants it kills (mutmut's names without the module prefix;
 benchmarks/results/reliability/mutmut_loop.txt has their diffs). tests/test_mutants.py holds
 the earlier ones (options in the checkpoint, history entries, resume).
 """
+import json
+import time
+
 import pytest
+import torch
+import torch.nn as nn
 
 import mpruner
 import prune_job
+from mpruner.prune import loop
+from mpruner.prune.cluster import cluster_layers
 from mpruner.prune.loop import Iteration, MPruner, PruneResult
 
 pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
@@ -142,13 +149,9 @@ def test_run_log_line_for_line(job, capsys):
                                     (2, 2, [2, 4], False, 5, 3)]
     assert r.history[1].removed_names == ["blocks.2", "blocks.4", "blocks.7"]
     # step_111 / _113 / _118: each record keeps the layer names, clusters and metric it was decided on
-    from mpruner.prune.cluster import cluster_layers
-
     assert [h.layer_names for h in r.history] == [[f"blocks.{i}" for i in range(n)] for n in (8, 8, 5)]
     assert [h.metric for h in r.history] == [pytest.approx(v) for v in (0.96, 0.97, 0.95)]
     for h in r.history:
-        import torch
-
         assert h.clusters == cluster_layers(torch.tensor(h.cka), h.threshold) and len(h.clusters) >= 2
     assert (r.layers_before, r.layers_after, r.metric_before, r.metric_after) == (8, 5, 1.0, pytest.approx(0.97))
     assert r.params_after < r.params_before and r.stop_reason == "rejected up to max_granularity=3"
@@ -180,8 +183,6 @@ def test_resume_says_where(job, tmp_path, capsys):
 # shallow copy would cut the caller's blocks and overwrite its tensors. After a resume the
 # caller's model has every block, key and value it had.
 def test_resume_leaves_the_callers_model_whole(job, tmp_path):
-    import torch
-
     def finetune(model):  # changes every weight, so reloaded weights differ from the caller's
         with torch.no_grad():
             for p in model.parameters():
@@ -213,10 +214,6 @@ def test_auto_threshold_leaves_out_excluded_layers(job):
 # xǁMPrunerǁ_plan__mutmut_29 (cluster_method not passed on): the loop clusters with the method
 # it was given.
 def test_cluster_method_reaches_the_clusters(job):
-    import torch
-
-    from mpruner.prune.cluster import cluster_layers
-
     h = _pruner(job, cluster_method="adjacent", max_iterations=1, verbose=False).run().history[0]
     cka = torch.tensor(h.cka)
     assert h.clusters == cluster_layers(cka, h.threshold, "adjacent") != cluster_layers(cka, h.threshold, "anchor")
@@ -267,10 +264,6 @@ def test_log_lines_with_progress_bars(job, capsys):
 # fine-tuning time; step_74 (seed - iteration): attempt i fine-tunes from seed + i; step_13:
 # with nothing accepted the final metric is the original one.
 def test_stage_times_seeds_and_final_metric(job):
-    import time
-
-    import torch
-
     seeds = []
 
     def finetune(model):
@@ -295,14 +288,10 @@ def test_stage_times_seeds_and_final_metric(job):
 # xǁMPrunerǁstep__mutmut_47 / _49 (removable_layers asked without the block list's path): a
 # model with two block containers is pruned in the one named.
 def test_model_with_two_block_containers(job):
-    import torch.nn as nn
-
-    import prune_job as pj
-
     class Two(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inner = pj.Net()
+            self.inner = prune_job.Net()
             self.other = nn.Sequential(nn.Identity(), nn.Identity())
 
         def forward(self, x):
@@ -319,8 +308,6 @@ def test_model_with_two_block_containers(job):
 # names the model directory holding the model of that moment (a new one after an acceptance,
 # the same one after a rollback or the stop), and only that one is kept.
 def test_checkpoint_names_the_current_model(job, tmp_path):
-    import json
-
     seen = []
     d = tmp_path / "a" / "b"
 
@@ -364,8 +351,6 @@ def test_loop_copy_times_and_result_fields(job):
 
 # _resolve_block_list_8..10: an adapter that finds no block list is refused with the fix.
 def test_no_block_list_found(job, monkeypatch):
-    from mpruner.prune import loop
-
     monkeypatch.setattr(loop, "find_blocks", lambda model, path=None: [])
     with pytest.raises(ValueError) as info:
         _pruner(job, layers="auto")
@@ -383,8 +368,6 @@ def test_guessed_container_pruned_to_one_block(job):
 
 # --- xǁMPrunerǁ_plan on hand-made CKA matrices: each branch of the planning, exactly.
 def _matrix(size, pairs, rest=0.3):
-    import torch
-
     c = torch.full((size, size), rest, dtype=torch.float64)
     c.fill_diagonal_(1.0)
     for (i, j), v in pairs.items():
@@ -471,8 +454,6 @@ def test_recognised_architecture_is_not_pinned_by_path():
 # _resolve_block_list_38 / _39: for a model no adapter can guess, the error says no block list
 # was found ("none") and why the path does not work.
 def test_unknown_layers_on_an_ambiguous_model(job):
-    import torch.nn as nn
-
     class Two(nn.Module):
         def __init__(self):
             super().__init__()
