@@ -17,10 +17,11 @@ import argparse
 import collections
 import json
 import re
+import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "results" / "reliability"
-VERDICT = re.compile(r"^\s+(mpruner\.[\w.]+?\.(x\S+)): (killed|survived|no tests|timeout|not checked|\w[\w ]*)$")
+VERDICT = re.compile(r"^\s+(mpruner\.[\w.]+?\.(x\S+)): (\w[\w ]*)$")  # killed, survived, no tests, ...
 
 
 def verdicts(path: Path):
@@ -39,6 +40,11 @@ def verdicts(path: Path):
     return module, tests, out
 
 
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def summarise(before: bool = False) -> dict:
     target = HERE / "mutmut_summary.json"
     old = json.loads(target.read_text()) if target.exists() else {}
@@ -53,10 +59,9 @@ def summarise(before: bool = False) -> dict:
                "survived": counts["survived"], "no_tests": counts["no tests"], "timeout": counts["timeout"],
                "not_checked": counts["not checked"]}
         entry = dict(old.get("modules", {}).get(module, {}))
-        entry.pop("first_run", None), entry.pop("partial_run", None), entry.pop("after_new_tests", None)
         entry["tests"] = tests
-        if before:
-            entry["before_new_tests"] = run
+        if before:  # README names the commit of the run before the new tests
+            entry["before_new_tests"] = {**run, "commit": _commit()}
             modules[module] = entry
             continue
         explained = equivalent.get(module, {})
