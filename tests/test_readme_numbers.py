@@ -1,7 +1,6 @@
 """Numbers quoted in README.md come from the committed results files."""
 import json
 import pathlib
-import re
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Streaming CKA over minibatches: memory stays O(L^2 + L n^2) whatever the data size."""
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
