@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 import mpruner
-from mpruner.engine.inputs import gemm_precision
+from mpruner.engine.checks import gemm_precision
 from bench_analysis import machine_info  # one machine record for every benchmark script
 
 WORKLOADS = {

@@ -28,7 +28,8 @@ import torch
 
 import mpruner
 from mpruner import sparsity
-from mpruner.prune.demo import CONFIGS, TextScenario, VisionScenario, accuracy
+from mpruner.demos.classification import CONFIGS, TextScenario, VisionScenario
+from mpruner.evaluation import accuracy
 from mpruner.width import prune_width
 
 ROOT = Path(__file__).resolve().parent

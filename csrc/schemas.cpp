@@ -34,11 +34,10 @@ TORCH_LIBRARY(mpruner, m) {
   // The threads' Grams stay within max_gram_bytes (long sequences go in row blocks).
   m.def("_token_hsic_fused(Tensor[] hidden, Tensor positions, Tensor lengths, bool unbiased, "
         "int max_gram_bytes) -> Tensor");
-}
 
-// Cosine similarity and angular distance between hidden states, token by token: K tensors
-// (B, T, D) of one shape; rows (N,) selects tokens of the flattened (B, T) grid. Returns the
-// sums over those tokens of cos(h_a[t], h_b[t]) and of arccos(cos)/pi, each (K, K) float64.
-TORCH_LIBRARY_FRAGMENT(mpruner, m) {
+  // Cosine similarity and angular distance between hidden states, token by token: K tensors
+  // (B, T, D) of one shape; rows (N,) selects tokens of the flattened (B, T) grid. Returns the
+  // sums over those tokens of cos(h_a[t], h_b[t]) and of arccos(cos)/pi, each (K, K) float64.
   m.def("_cosine_sums(Tensor[] hidden, Tensor rows) -> (Tensor, Tensor)");
 }
+

@@ -7,7 +7,7 @@ a library, an error without the file's name, a hang) is a finding.
 
 ``mutate(seed, program)`` derives the mutated bytes from a byte string ``program``
 deterministically, so that hypothesis (``st.binary()``, in the tests) and atheris (raw
-fuzzer input, benchmarks/fuzz_readers.py) drive the same mutations. Add a reader with one
+fuzzer input, tools/fuzz_readers.py) drive the same mutations. Add a reader with one
 ``Target(...)`` entry in ``TARGETS``.
 """
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _texts_read(path: Path):
 
 
 def _labelled_read(path: Path):
-    from mpruner.prune.cli import _labelled_csv
+    from mpruner.cli.prune import _labelled_csv
 
     return _labelled_csv(str(path), "text", "label")
 

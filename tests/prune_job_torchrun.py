@@ -69,7 +69,7 @@ def main():
     p.add_argument("--timeout", type=float)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
-    from mpruner.prune.distributed import init_from_environment
+    from mpruner.distributed import init_from_environment
 
     init_from_environment(args.timeout)
     pruner, result = run(args.ckpt, args.kill_at, args.kill_rank, args.resume, args.hang_at)

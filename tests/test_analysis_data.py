@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from mpruner import data as D
+from mpruner.data import datasets
 
 
 def fashion_available():
     try:
-        D._find_fashion_files(D.FASHION_MNIST_DIRS, "t10k")
+        datasets._find_fashion_files(D.FASHION_MNIST_DIRS, "t10k")
         return True
     except FileNotFoundError:
         return False

@@ -242,7 +242,7 @@ def test_resume_without_checkpoint_warns_in_python(tmp_path):
 # ---------------------------------------------------------------- item: what the pruned model directory holds
 def test_report_saves_the_tokenizer_beside_the_model(tmp_path):
     import mpruner
-    from mpruner.prune.report import write_report
+    from mpruner.prune.outputs import write_report
 
     class Tokenizer:
         def save_pretrained(self, path):
@@ -265,7 +265,7 @@ def test_latency_in_human_units():
 
 
 def test_finetune_bar_draws_each_step_once(capsys):
-    from mpruner.prune.finetune import Finetuner
+    from mpruner.training import Finetuner
 
     model = torch.nn.Linear(4, 2)
     data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]

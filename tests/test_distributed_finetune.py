@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import mpruner
-from mpruner.prune.batch_split import split_batch
+from mpruner.training.batch_split import split_batch
 
 
 def net():
@@ -58,7 +58,7 @@ class TinyLM(nn.Module):
 def evaluations(distributed):
     """Accuracy over 5 batches (an odd count: the ranks' shares differ) and perplexity over
     7 windows, as the CLI's evaluation computes them."""
-    from mpruner.prune.demo import accuracy
+    from mpruner.evaluation import accuracy
 
     calls = []
     model, lm = net(), TinyLM()
@@ -72,7 +72,7 @@ def evaluations(distributed):
 
 def failing_evaluation(rank):
     """Rank 1's model raises in its forward: both ranks raise, neither waits for the other."""
-    from mpruner.prune.demo import accuracy
+    from mpruner.evaluation import accuracy
 
     class Broken(nn.Module):
         def forward(self, x):
@@ -99,7 +99,7 @@ def _worker(rank, world, port, out_dir):
             results.update({f"{mode}/{name}": train(name, fsdp=fsdp) for name in CASES})
         results["eval"] = evaluations(distributed="auto")
         results["eval_failure"] = failing_evaluation(rank)
-        from mpruner.prune.sharded import shard_copy
+        from mpruner.training.sharded import shard_copy
 
         plain = net()
         replica = shard_copy(plain, {})

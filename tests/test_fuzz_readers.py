@@ -1,7 +1,7 @@
 """Fuzzing every file reader (tests/fuzz_targets.py) with hypothesis-driven mutations of a
 valid seed file: each must load, or refuse with its documented error naming the file.
 
-A short seeded run here; benchmarks/fuzz_readers.py runs the same targets for minutes
+A short seeded run here; tools/fuzz_readers.py runs the same targets for minutes
 (atheris when installed) and README "Reliability" has its counts.
 """
 import shutil
@@ -62,7 +62,7 @@ def test_model_factory_specs_parse_or_refuse(spec, tmp_path_factory):
     """--model module:factory: a clear error naming the argument, never an import of anything else."""
     import sys
 
-    from mpruner.analysis.cli import is_factory, load_factory
+    from mpruner.cli.common import is_factory, load_factory
 
     if not is_factory(spec):
         return

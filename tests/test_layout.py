@@ -13,20 +13,34 @@ import mpruner
 
 PACKAGE_DIR = pathlib.Path(mpruner.__file__).parent
 
-# Which stage packages each stage may import (DESIGN.md §1: the data flow, forward only).
-# Top-level modules of mpruner (version, data, cli, ...) are listed by name too.
+# Which homes each home of mpruner may import: the data flow of docs/design.md, forward only.
+# A home is a package (mpruner/engine/) or a top-level module (mpruner/distributed.py).
+BASE = {"version", "stacklevel"}
 ALLOWED = {
-    "engine": {"stacklevel"},
-    "adapters": {"stacklevel"},
+    "version": set(),
+    "stacklevel": set(),
+    "moved": set(),            # old import paths, resolved by name at run time
+    "progress": set(),
+    "engine": BASE,
+    "adapters": BASE,
     "data": set(),
-    "analysis": {"engine", "adapters", "data", "version", "stacklevel"},
-    "surgery": {"adapters", "version", "stacklevel"},
-    "lm": {"engine", "adapters", "analysis", "surgery", "data", "version", "stacklevel"},
-    "prune": {"engine", "adapters", "analysis", "surgery", "lm", "data", "version", "sparsity", "width", "stacklevel"},
-    "bench": {"engine", "version", "stacklevel"},
-    "sparsity": {"adapters", "analysis", "version", "stacklevel"},
-    "width": {"adapters", "surgery", "version", "stacklevel"},
+    "distributed": set(),
+    "analysis": BASE | {"engine", "adapters", "data", "distributed", "moved"},
+    "surgery": BASE | {"adapters"},
+    "evaluation": BASE | {"adapters", "data", "distributed"},
+    "training": BASE | {"adapters"},
+    "sparsity": BASE | {"adapters", "analysis"},
+    "width": BASE | {"adapters", "surgery"},
+    "prune": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
+                     "distributed", "moved"},
+    "lm": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "data", "distributed"},
+    "bench": BASE | {"engine"},
+    "demos": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
+                     "distributed", "prune", "lm", "progress"},
+    "cli": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
+                   "distributed", "prune", "lm", "bench", "demos", "progress"},
 }
+MAX_LINES = 400  # a module longer than this does more than one job
 
 
 def module_names():
@@ -129,6 +143,21 @@ def test_cycle_finder_sees_a_lazy_circle(tmp_path):
     finally:
         MODULES = saved
     assert cycle is not None and set(cycle) == {"mpruner.a.x", "mpruner.b"}
+
+
+def test_every_home_is_in_the_table():
+    homes = {stage_of(m) for m in MODULES} - {None, "__main__"}
+    assert homes <= set(ALLOWED), f"add {sorted(homes - set(ALLOWED))} to ALLOWED (which homes each may import)"
+
+
+def test_the_table_itself_has_no_circle():
+    assert find_cycle({home: set(allowed) for home, allowed in ALLOWED.items()}) is None
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_is_too_long(module):
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[module]} has {lines} lines; split it by job (limit {MAX_LINES})"
 
 
 def test_stages_import_only_forward():

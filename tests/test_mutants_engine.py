@@ -28,7 +28,7 @@ def test_gram_is_the_full_matrix():
     x = _x(200, 7, 0)
     g = mpruner.gram(x)
     torch.testing.assert_close(g, R.gram(x), rtol=0, atol=1e-10)
-    assert torch.equal(g, g.T)
+    torch.testing.assert_close(g, g.T, rtol=0, atol=1e-12)  # symmetric (a BLAS need not make it bitwise so)
 
 
 # x_hsic__mutmut_25: mixed devices are refused naming both (the meta device stands in for a GPU).

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from mpruner.analysis.placement import execution_device
-from mpruner.prune.distributed import Ranks, lost_contact
+from mpruner.distributed import Ranks, lost_contact
 
 
 def test_one_process_passes_values_through():

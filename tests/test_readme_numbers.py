@@ -62,7 +62,7 @@ def test_reliability_counts_come_from_the_results():
 
 def test_mutation_counts_come_from_the_summary():
     # Each module's mutmut counts in the Reliability table are mutmut_summary.json's (written by
-    # benchmarks/mutation_summary.py from the verdict files): the run before the new tests, and
+    # tools/mutation_summary.py from the verdict files): the run before the new tests, and
     # the last run, with its survivors explained as equivalent or left unexplained.
     text = _reliability_rows()
     path = RESULTS / "reliability" / "mutmut_summary.json"
@@ -78,10 +78,10 @@ def test_mutation_counts_come_from_the_summary():
                   f"{run['survived']} survived ({len(m['equivalent'])} equivalent, {len(m['unexplained'])} "
                   f"unexplained)")
         assert phrase in text, phrase
-    # and the whole row is the one benchmarks/mutation_summary.py --readme prints
+    # and the whole row is the one tools/mutation_summary.py --readme prints
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mutation_summary", RESULTS.parent / "mutation_summary.py")
+    spec = importlib.util.spec_from_file_location("mutation_summary", RESULTS.parent.parent / "tools" / "mutation_summary.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.readme_row(json.loads(path.read_text())) in text

@@ -5,8 +5,12 @@ features per sample (a *view*), streams every batch into the CKA engine and retu
 :class:`Analysis` (the L x L matrix, layer names, plot, JSON save/load).
 """
 from .driver import analyze
-from .layers import LayerSelection, select_layers
+from .layers import LayerSelection, resolve_layers
+from ..moved import forward_names
 from .result import Analysis
 from .views import VIEWS
 
-__all__ = ["analyze", "Analysis", "VIEWS", "select_layers", "LayerSelection"]
+__all__ = ["analyze", "Analysis", "VIEWS", "resolve_layers", "LayerSelection"]
+
+# Renamed: the cluster members to remove are mpruner.redundant_members.
+__getattr__ = forward_names(__name__, {"select_layers": ("mpruner.analysis.layers", "resolve_layers")})

@@ -10,13 +10,14 @@ from typing import Dict, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..engine import inputs as I
+from ..engine import checks
 from ..adapters import BlockList
 from ..stacklevel import user_stacklevel
-from . import distributed as dist_analysis
+from ..distributed import resolve as resolve_shard
+from .reduction import reduce_sink
 from .capture import LayerCapture
-from .inputs import Forward, batch_context, call_model, check_data, to_device
-from .layers import LayerSelection, select_layers
+from .batches import Forward, batch_context, call_model, check_data, to_device
+from .layers import LayerSelection, resolve_layers
 from .placement import execution_device
 from .result import Analysis
 from .input_capture import InputCapture
@@ -86,7 +87,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
     Returns:
         :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
     """
-    I.check_choice(metric, METRICS, "metric")
+    checks.check_choice(metric, METRICS, "metric")
     if view is None:
         view = "mean" if metric == "cka" else "tokens"
     if block_inputs is None:
@@ -98,9 +99,9 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
         if other is not None:
             raise ValueError(f"other= (cross-model comparison) is computed with metric='cka'; got metric={metric!r}")
     _check_args(model, data, view, kernel, other, forward, max_batches)
-    shard = dist_analysis.resolve(distributed)
-    selection = select_layers(model, layers)
-    other_selection = select_layers(other, layers, argument="layers (for other)") if other is not None else None
+    shard = resolve_shard(distributed)
+    selection = resolve_layers(model, layers)
+    other_selection = resolve_layers(other, layers, argument="layers (for other)") if other is not None else None
     run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
@@ -155,9 +156,9 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
         failure = e
     if shard is not None:  # every rank joins, also one that failed (it re-raises its own error)
         seen_here = seen
-        seen = dist_analysis.reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
+        seen = reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
         if sim_sink is not None and sim_sink is not sink:  # CKA with block inputs: the cosines too
-            dist_analysis.reduce_sink(shard, sim_sink, (len(names), 0), seen_here)
+            reduce_sink(shard, sim_sink, (len(names), 0), seen_here)
     block_io = None
     if metric != "cka":
         cka, block_io, extra = sink.result(metric)
@@ -212,8 +213,8 @@ def _check_args(model, data, view, kernel, other, forward, max_batches) -> None:
     if other is model:
         raise ValueError("other is the model itself; pass a different model (e.g. a pruned copy), or leave other=None")
     check_data(data)
-    I.check_choice(view, VIEWS, "view")
-    I.check_choice(kernel, I.KERNELS, "kernel")
+    checks.check_choice(view, VIEWS, "view")
+    checks.check_choice(kernel, checks.KERNELS, "kernel")
     if view == "tokens" and kernel != "linear":
         raise ValueError("view='tokens' computes linear CKA per sequence; use kernel='linear' (or another view)")
     if forward is not None and not callable(forward):

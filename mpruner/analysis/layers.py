@@ -50,7 +50,7 @@ def _from_block_list(block_list: BlockList) -> LayerSelection:
     return LayerSelection(block_list.names, block_list.modules, block_list.name)
 
 
-def select_layers(model: nn.Module, layers: Union[str, Sequence[str], BlockList] = "auto",
+def resolve_layers(model: nn.Module, layers: Union[str, Sequence[str], BlockList] = "auto",
                   argument: str = "layers") -> LayerSelection:
     """Resolve the ``layers`` argument of ``analyze`` for ``model``.
 

@@ -77,7 +77,7 @@ class SimilaritySink:
         self.sequences += B if mask is None else int(mask.bool().any(1).sum())
         self.num_batches += 1
 
-    # torch.distributed (see mpruner.analysis.distributed): the float64 sums and the counts,
+    # torch.distributed (see mpruner.analysis.reduction): the float64 sums and the counts,
     # summed over ranks in one all-reduce; zeros are a valid "nothing seen".
     def _sums(self) -> List[torch.Tensor]:
         return [self.cos, self.ang] + ([self.io_cos, self.io_ang] if self.with_inputs else [])

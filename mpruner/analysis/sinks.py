@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..engine import inputs as I
+from ..engine import checks
 from ..engine import CKAAccumulator
 from ..engine import token_cka
 from ..engine.cka import NonFiniteError
@@ -38,7 +38,7 @@ class MatrixSink:
     def __init__(self, kernel: str, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
         self.names = list(names) + list(other_names)
         self.has_other = bool(other_names)
-        self.need = I.min_samples(unbiased)
+        self.need = checks.min_samples(unbiased)
         self.acc = CKAAccumulator(kernel=kernel, unbiased=unbiased, device=device, layer_names=self.names)
         self.skipped_batches = self.skipped_samples = 0
 
@@ -76,7 +76,7 @@ class TokenSink:
     def __init__(self, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
         self.names, self.L = list(names) + list(other_names), len(names)
         self.has_other = bool(other_names)
-        self.unbiased, self.need, self.device = unbiased, I.min_samples(unbiased), device
+        self.unbiased, self.need, self.device = unbiased, checks.min_samples(unbiased), device
         K = len(self.names)
         self.sum = torch.zeros(K, K, dtype=torch.float64, device=device)
         self.count = torch.zeros(K, K, dtype=torch.long, device=device)

@@ -266,7 +266,7 @@ def add_ratios(rows: List[Dict], wl: Workload):
 
 
 def one_line(row: Dict) -> str:
-    from .report import fmt_bytes, fmt_time
+    from .tables import fmt_bytes, fmt_time
 
     s = f"{row['method']:<28} {row['status']:<13}"
     if ok(row):

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import inputs as I
+from . import checks
 from .cka import NonFiniteError, check_finite, hsic_to_cka, layer_hsic, nonfinite_error
 from .exact import ExactLinearSums
 
@@ -56,15 +56,15 @@ class CKAAccumulator:
     def __init__(self, kernel: str = "linear", unbiased: bool = True, sigma: Optional[float] = None,
                  device=None, estimator: str = "minibatch", *, layer_names: Optional[Sequence[str]] = None,
                  nan_policy: str = "raise", precision: str = "highest", max_exact_bytes: int = 4 * 2**30):
-        I.check_choice(kernel, I.KERNELS, "kernel")
-        I.check_choice(estimator, ESTIMATORS, "estimator")
-        I.check_choice(nan_policy, I.NAN_POLICIES, "nan_policy")
-        I.check_choice(precision, I.PRECISIONS, "precision")
+        checks.check_choice(kernel, checks.KERNELS, "kernel")
+        checks.check_choice(estimator, ESTIMATORS, "estimator")
+        checks.check_choice(nan_policy, checks.NAN_POLICIES, "nan_policy")
+        checks.check_choice(precision, checks.PRECISIONS, "precision")
         if estimator == "exact" and kernel != "linear":
             raise ValueError("estimator='exact' works in feature space and supports only kernel='linear'; "
                              "use estimator='minibatch' for the RBF kernel")
         self.kernel, self.unbiased, self.estimator = kernel, bool(unbiased), estimator
-        self.sigma = I.check_sigma(sigma, kernel)
+        self.sigma = checks.check_sigma(sigma, kernel)
         self.device = None if device is None else torch.device(device)
         self.layer_names = None if layer_names is None else list(layer_names)
         self.nan_policy, self.precision, self.max_exact_bytes = nan_policy, precision, int(max_exact_bytes)
@@ -125,15 +125,15 @@ class CKAAccumulator:
         the counters learn of it when first read. ``batch`` is the index named in that error (default: the
         number of batches passed so far).
         """
-        feats = I.as_layer_list(features, "features")
-        oth = None if other is None else I.as_layer_list(other, "other")
+        feats = checks.as_layer_list(features, "features")
+        oth = None if other is None else checks.as_layer_list(other, "other")
         shape = (len(feats), 0 if oth is None else len(oth))
         if self._shape is not None and shape != self._shape:
             raise ValueError(f"this accumulator holds (L, M)={self._shape} layers but the batch has {shape}; "
                              "pass the same layers every batch (or reset())")
         # The exact estimator pools samples across batches, so one batch may be tiny.
         per_batch_unbiased = self.unbiased and self.estimator == "minibatch"
-        xs = I.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device,
+        xs = checks.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device,
                               device_fix=" (or pass CKAAccumulator(device=...) to move them)")
         names = self._names(shape)
         if self.device is None:
@@ -153,16 +153,16 @@ class CKAAccumulator:
 
     def _defer_checks(self, device: torch.device) -> bool:
         """Whether the NaN/Inf check waits for compute() (no host sync per batch)."""
-        return self.nan_policy == "raise" and I.device_path(device)
+        return self.nan_policy == "raise" and checks.device_path(device)
 
     def _update_minibatch(self, xs: List[torch.Tensor], names: List[str], index: int) -> bool:
         h, thr = layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision)
-        if self._defer_checks(h.device) and not I.compiling():
+        if self._defer_checks(h.device) and not checks.compiling():
             bad = ~torch.isfinite(torch.diagonal(h))
             if self._first_bad is None:
                 self._first_bad = torch.full(bad.shape, -1, dtype=torch.long, device=h.device)
             self._first_bad = torch.where(bad & (self._first_bad < 0), index, self._first_bad)
-        elif self.nan_policy == "skip" and I.device_path(h.device) and not I.compiling():
+        elif self.nan_policy == "skip" and checks.device_path(h.device) and not checks.compiling():
             # Masked accumulation: a batch with NaN/Inf anywhere adds zeros, and the device
             # counts it; the host learns of it when a counter or the result is read.
             skip = (~torch.isfinite(torch.diagonal(h))).any()

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..stacklevel import user_stacklevel
-from . import inputs as I
+from . import checks
 from .ops import ops
 
 # A layer whose self-HSIC is below (DEGENERATE_FACTOR * eps^2 * ||x||^2)^2 is
@@ -35,17 +35,17 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None,
         (n, n) or (b, n, n), float32 (float64 for float64 input). The linear Gram is of
         the feature-centered samples, which leaves every HSIC/CKA unchanged.
     """
-    I.check_choice(kernel, I.KERNELS, "kernel")
-    f = I.check_sigma(sigma, kernel)
+    checks.check_choice(kernel, checks.KERNELS, "kernel")
+    f = checks.check_sigma(sigma, kernel)
     if batched:
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             raise ValueError("with batched=True, x must be a tensor of shape (b, n, ...)")
-        xs = [I.as_samples(x[i], f"x[{i}]") for i in range(x.shape[0])]
+        xs = [checks.as_samples(x[i], f"x[{i}]") for i in range(x.shape[0])]
     else:
-        xs = [I.as_samples(x, "x")]
+        xs = [checks.as_samples(x, "x")]
     if kernel == "rbf" and xs[0].shape[0] < 2:
         raise ValueError(f"x has n={xs[0].shape[0]} samples; the RBF kernel needs n >= 2")
-    with I.gemm_precision(precision, xs[0].device):
+    with checks.gemm_precision(precision, xs[0].device):
         g = ops.grams(xs, kernel, f)  # the full Gram (the op's default), not only its upper triangle
     return g if batched else g[0]
 
@@ -58,9 +58,9 @@ def _check_gram(k, name, unbiased):
     if k.dim() < 2 or k.shape[-1] != k.shape[-2]:
         raise ValueError(f"{name} must be square in its last two dimensions (…, n, n), got shape {tuple(k.shape)}")
     n = k.shape[-1]
-    if n < I.min_samples(unbiased):
+    if n < checks.min_samples(unbiased):
         raise ValueError(f"{name} is {n}x{n}; the {'unbiased' if unbiased else 'biased'} estimator needs "
-                         f"n >= {I.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
+                         f"n >= {checks.min_samples(unbiased)}" + (" (or use unbiased=False)" if unbiased else ""))
     return k.detach()  # measurements, not differentiable: see inputs.as_samples (the ops compute halves in float32)
 
 
@@ -92,7 +92,7 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
 def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float,
                precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """All-pairs HSIC of checked (n, d) layers -> ((L, L) float64, per-layer degeneracy thresholds)."""
-    with I.gemm_precision(precision, xs[0].device):
+    with checks.gemm_precision(precision, xs[0].device):
         grams = ops.grams(xs, kernel, sigma, True)
     h = ops.hsic_matrix(grams, unbiased)
     n = xs[0].shape[0]
@@ -118,7 +118,7 @@ class NonFiniteError(ValueError):
 
 def check_finite(h: torch.Tensor) -> List[int]:
     """Indices of layers whose self-HSIC is NaN/Inf (their activations held NaN or Inf)."""
-    if I.compiling():
+    if checks.compiling():
         return []
     bad = (~torch.isfinite(torch.diagonal(h))).nonzero().flatten().tolist()
     return bad
@@ -138,7 +138,7 @@ def hsic_to_cka(h: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str])
     c = h / torch.sqrt(safe[:, None] * safe[None, :])
     nan = torch.full_like(c, float("nan"))
     c = torch.where(degenerate[:, None] | degenerate[None, :], nan, c)
-    if not I.compiling():
+    if not checks.compiling():
         idx = degenerate.nonzero().flatten().tolist()
         if idx:
             listed = ", ".join(names[i] for i in idx)
@@ -166,11 +166,11 @@ def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: 
 
 def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None):
     """cka_matrix, with ``labels`` naming the layers in errors and warnings (cka's x and y)."""
-    I.check_choice(kernel, I.KERNELS, "kernel")
-    f = I.check_sigma(sigma, kernel)
-    feats = I.as_layer_list(features, "features")
-    oth = None if other is None else I.as_layer_list(other, "other")
-    xs = I.prepare_layers(feats, unbiased, other=oth, labels=labels)
+    checks.check_choice(kernel, checks.KERNELS, "kernel")
+    f = checks.check_sigma(sigma, kernel)
+    feats = checks.as_layer_list(features, "features")
+    oth = None if other is None else checks.as_layer_list(other, "other")
+    xs = checks.prepare_layers(feats, unbiased, other=oth, labels=labels)
     names = list(labels) if labels is not None else \
         [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
     h, thr = layer_hsic(xs, kernel, unbiased, f, precision)

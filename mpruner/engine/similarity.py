@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import inputs as I
+from . import checks
 from .ops import ops
 
 SIMILARITY_VIEWS = ("tokens", "last_token")
@@ -36,7 +36,7 @@ def token_rows(mask: Optional[torch.Tensor], B: int, T: int, view: str = "tokens
     ``"last_token"``: each sequence's last real token (any padding side); sequences
     without a real token are left out.
     """
-    I.check_choice(view, SIMILARITY_VIEWS, "view")
+    checks.check_choice(view, SIMILARITY_VIEWS, "view")
     if mask is None:
         if view == "tokens":
             return torch.arange(B * T, device=device)
@@ -63,7 +63,7 @@ def cosine_sums(hidden: List[torch.Tensor], rows: torch.Tensor) -> Tuple[torch.T
 
     Returns two (K, K) float64 tensors; divide by ``len(rows)`` for the means.
     """
-    layers = I.as_layer_list(hidden, "hidden")
+    layers = checks.as_layer_list(hidden, "hidden")
     for i, t in enumerate(layers):
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or not t.is_floating_point():
             raise ValueError(f"hidden[{i}] must be a floating-point (B, T, D) tensor, got "
@@ -89,7 +89,7 @@ def token_cosine(hidden_states, attention_mask: Optional[torch.Tensor] = None,
     """
     if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 4:
         hidden_states = list(hidden_states.unbind(0))
-    layers = I.as_layer_list(hidden_states, "hidden_states")
+    layers = checks.as_layer_list(hidden_states, "hidden_states")
     B, T = layers[0].shape[:2]
     rows = token_rows(attention_mask, B, T, view, layers[0].device)
     if rows.numel() == 0:

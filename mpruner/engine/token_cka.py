@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from ..stacklevel import user_stacklevel
-from . import inputs as I
+from . import checks
 from .cka import NonFiniteError
 from .ops import ops
 
@@ -31,7 +31,7 @@ def _layer_list(hidden_states) -> List[torch.Tensor]:
                              f"{tuple(hidden_states.shape)}; or pass a list of L tensors (B, T, D)")
         layers = list(hidden_states.unbind(0))
     else:
-        layers = I.as_layer_list(hidden_states, "hidden_states")
+        layers = checks.as_layer_list(hidden_states, "hidden_states")
         for i, t in enumerate(layers):
             if not isinstance(t, torch.Tensor) or t.dim() != 3:
                 raise ValueError(f"hidden_states[{i}] must be a (B, T, D) tensor, got "
@@ -102,7 +102,7 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
     B, T = layers[0].shape[:2]
     device = layers[0].device
     lengths, order = _lengths(attention_mask, B, T, device)
-    need = I.min_samples(unbiased)
+    need = checks.min_samples(unbiased)
     lens = lengths.tolist()
     short = [b for b, n in enumerate(lens) if n < need]
     if short:
@@ -148,7 +148,7 @@ def _token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_by
             x = torch.where(valid, x, 0)
             mean = x.sum(1, keepdim=True) / n.to(work)[:, None, None]
             x = torch.where(valid, x - mean, 0)
-            with I.gemm_precision(precision, device):
+            with checks.gemm_precision(precision, device):
                 torch.bmm(x, x.transpose(1, 2), out=grams[l])
         out[sel] = ops.token_hsic(grams, n, unbiased)
     return out

@@ -1,10 +1,12 @@
-"""Language models: perplexity as the judge, LoRA healing, the LM demo pieces.
+"""Language models: what depth pruning of decoder LLMs needs, in one place.
 
-Depth pruning of decoder LLMs (LLaMA, Qwen2, Mistral, GPT-2) with the metrics their users
-know (cosine, angular distance, Block Influence: see ``mpruner.analyze(metric=...)``) beside CKA.
+Perplexity as the judge (:func:`mpruner.evaluation.perplexity`), token windows for
+calibration and healing (:func:`mpruner.data.lm_batches`), LoRA healing
+(:mod:`mpruner.training.lora`), and beside CKA the metrics LLM pruning uses (cosine,
+angular distance, Block Influence: ``mpruner.analyze(metric=...)``).
 """
-from .batches import lm_batches
-from .lora import merge_lora, wrap_lora
-from .perplexity import PerplexityResult, corpus_ids, perplexity
+from ..data.corpus import corpus_ids, lm_batches
+from ..evaluation.perplexity import PerplexityResult, perplexity
+from ..training.lora import merge_lora, wrap_lora
 
 __all__ = ["perplexity", "PerplexityResult", "corpus_ids", "lm_batches", "wrap_lora", "merge_lora"]

@@ -44,7 +44,7 @@ def cluster_layers(cka, threshold: float = 0.98, method: str = "anchor") -> List
     return clusters
 
 
-def select_layers(clusters: Sequence[Sequence[int]], granularity: int = 1) -> List[int]:
+def redundant_members(clusters: Sequence[Sequence[int]], granularity: int = 1) -> List[int]:
     """Indices to remove: ``cluster[1::granularity]`` of every cluster (its anchor stays).
 
     Granularity 1 keeps only each cluster's first layer; larger values keep more

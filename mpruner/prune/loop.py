@@ -16,8 +16,8 @@ from ..stacklevel import user_stacklevel
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from . import strategies
-from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, select_layers
-from .distributed import Ranks
+from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, redundant_members
+from ..distributed import Ranks
 
 TOLERANCE_MODES = ("absolute", "relative")
 AUTO_FLOOR = 0.9  # threshold="auto" never tries layers less similar than this to their predecessor
@@ -161,7 +161,7 @@ class MPruner:
         self.view, self.example_inputs, self.progress, self.verbose = view, example_inputs, progress, verbose
         self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see prune/distributed.py)
+        self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see mpruner/distributed.py)
         if self.checkpoint_dir is not None:
             ckpt.check_directory(self.checkpoint_dir)  # now, not after the first attempt
         self.block_list = self._resolve_block_list(model, layers)
@@ -359,7 +359,7 @@ class MPruner:
             threshold = auto_threshold(cka, floor=AUTO_FLOOR, exclude=excluded) if auto else float(self.threshold)
             clusters = cluster_layers(cka, threshold, self.cluster_method)
             k = min(self.granularity, self.max_granularity)
-            removed = [i for i in select_layers(clusters, k) if i not in excluded]
+            removed = [i for i in redundant_members(clusters, k) if i not in excluded]
             if not removed and auto:
                 # Anchored clusters can miss a similar pair further down (its anchor is
                 # excluded): try the most similar remaining layer alone.

@@ -22,7 +22,7 @@ from ..sparsity import count_nonzero, frozen_copy, refresh_masked_weights, wanda
 from ..surgery import load_pruned, model_stats, save_pruned
 from . import checkpoint as ckpt
 from .loop import MPruner, PruneResult
-from .shared import SharedCalibration
+from .shared_calibration import SharedCalibration
 
 STATE = "pipeline.json"
 

@@ -83,12 +83,12 @@ def cka_cluster_blocks(cka: torch.Tensor, n: int, candidates: Set[int], method: 
     """``n`` blocks chosen by MPruner's clusters: the highest CKA threshold whose clusters
     (granularity 1) offer at least ``n`` candidates, then the ``n`` most similar to their
     cluster's anchor. Lets CKA stand beside the token metrics at the same number of blocks."""
-    from .cluster import cluster_layers, select_layers
+    from .cluster import cluster_layers, redundant_members
 
     values = sorted({float(v) for v in cka.flatten().tolist() if v == v}, reverse=True)
     for tau in values:
         clusters = cluster_layers(cka, tau, method)
-        picked = [i for i in select_layers(clusters, 1) if i in candidates]
+        picked = [i for i in redundant_members(clusters, 1) if i in candidates]
         if len(picked) >= n:
             anchor = {i: c[0] for c in clusters for i in c}
             return sorted(sorted(picked, key=lambda i: (-float(cka[anchor[i], i]), -i))[:n])

@@ -6,7 +6,7 @@ folds the masks into the weights before saving; ``report`` counts zeros per laye
 """
 from .layers import target_layers
 from .masks import attach_masks, frozen_copy, has_masks, make_permanent, masks_from_zeros, refresh_masked_weights
-from .report import SparsityReport, count_nonzero, report
+from .summary import SparsityReport, count_nonzero, report
 from .semi_structured import to_semi_structured
 from .stats import InputNorms
 from .wanda import parse_pattern, wanda, wanda_masks

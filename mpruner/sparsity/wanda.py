@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import torch
 import torch.nn as nn
 
-from ..analysis.inputs import call_model, check_data, model_device, to_device
+from ..analysis.batches import call_model, check_data, model_device, to_device
 from .layers import as_rows, effective_weight, from_rows, in_features, target_layers
 from .masks import attach_masks, refresh_masked_weights
 from .stats import InputNorms

@@ -58,10 +58,10 @@ class Finetuner:
 
     The step runs on an ``accelerate.Accelerator``: one CPU or GPU, or, under torchrun /
     ``accelerate launch``, data-parallel (DDP) over all ranks. Every rank reads the same
-    batches and trains on its share of each (``mpruner.prune.batch_split``), so W ranks
+    batches and trains on its share of each (``mpruner.training.batch_split``), so W ranks
     with per-rank batch b take the step one process takes with batch W * b, and the model
     is the same on every rank afterwards (dropout masks aside). With ``fsdp=True`` the
-    same steps run fully sharded (torch FSDP2, ``mpruner.prune.sharded``): parameters,
+    same steps run fully sharded (torch FSDP2, ``mpruner.training.sharded``): parameters,
     gradients and optimizer state split over the ranks, on CPUs (gloo) or GPUs (NCCL).
 
     Args:
@@ -116,10 +116,10 @@ class Finetuner:
                              "gradients and optimizer state need no sharding; drop fsdp= (DDP) for LoRA healing")
         self.lora = None
         if lora is not None:
-            from ..lm.lora import _peft, check_lora_options
+            from .lora import check_lora_options, require_peft
 
             check_lora_options(lora)
-            _peft()  # a missing peft is reported now, not after the first removal
+            require_peft()  # a missing peft is reported now, not after the first removal
             self.lora = dict(lora)
 
     def _total_steps(self) -> Optional[int]:
@@ -134,7 +134,7 @@ class Finetuner:
         """Trains in place; returns the mean training loss of the last epoch."""
         if self.lora is None:
             return self._train(model)
-        from ..lm.lora import merge_lora, wrap_lora
+        from .lora import merge_lora, wrap_lora
 
         if self.seed is not None:
             torch.manual_seed(self.seed)  # the adapters' initialisation is seeded too

@@ -1,19 +1,10 @@
-"""mpruner bench: the CKA benchmark suite from the command line.
+"""The benchmark suite's run: every (workload, method) pair measured, then tables, goals, plots.
 
-Every row runs in its own subprocess on the same activations; times, ratios to mpruner,
-errors against a float64 reference of each row's estimator and peak memory go to --out.
-
-    mpruner bench --quick                           # a first look: small sizes, ~30 s of CPU time
-    mpruner bench                                   # CPU: dense, conv, tokens + N/L/d sweeps
-    mpruner bench --peers all --out benchmarks/results
-    mpruner bench --device cuda --workload gpu,tokens
-    mpruner bench --workload dense --peers none --repeats 3
-    mpruner bench --replot --out benchmarks/results # tables and plots again from the JSON
+``run(args)`` takes the options of ``mpruner bench`` (see ``mpruner bench --help``); ``replot``
+writes the tables and plots again from an earlier run's JSON files.
 """
-# (The docstring is the command's --help description: plain text, no reST markup.)
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -22,62 +13,6 @@ from typing import List, Optional
 GROUPS = {"headline": None, "sweeps": ["sweep-N", "sweep-L", "sweep-d"]}
 # cka-analyzer is left out: its all-samples N x N float64 centering costs hours per pair at N = 8192.
 SWEEP_METHODS = ["mpruner", "torch baseline", "gram floor", "pytorch-cka"]
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="benchmark mpruner's CKA against other CKA libraries and the hardware",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workload", default="all",
-                   help="comma list of dense, conv, tokens, gpu, dense-small, tokens-small, sweep-N, sweep-L, "
-                        "sweep-d, or the groups headline, sweeps, all (default: all = headline + sweeps)")
-    p.add_argument("--quick", action="store_true",
-                   help="a first look at small sizes (about 30 s of CPU time): the workloads dense-small and "
-                        "tokens-small, mpruner against the plain-PyTorch rows, the floor and pytorch-cka (the "
-                        "fastest peer, where installed), 3 repeats, one "
-                        "process per row, no waiting for a quiet machine; files tagged <device>-quick "
-                        "(default: off)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to compute (default: %(default)s)")
-    p.add_argument("--peers", default="installed",
-                   help="installed (default: those already installed), all (installs missing ones with "
-                        "pip --no-deps first), none, or a comma list of torch-cka, cka-pytorch, pytorch-cka, "
-                        "ckatorch, cka-analyzer")
-    p.add_argument("--out", default="mpruner-bench", help="directory for the JSON and PNG files (default: %(default)s)")
-    p.add_argument("--tag", default=None, help="file name prefix (default: cpu or gpu; with --quick cpu-quick/gpu-quick)")
-    p.add_argument("--methods", default=None,
-                   help="comma list: run only these rows, e.g. mpruner,pytorch-cka (default: every row that applies; "
-                        "an unknown name is refused with the list)")
-    p.add_argument("--sweep-methods", default=",".join(SWEEP_METHODS),
-                   help=f"methods in the scaling sweeps (default: {','.join(SWEEP_METHODS)})")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed repeats after a warm-up, the median is reported (the sweeps use at most 3) "
-                        "(default: %(default)s)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="seconds for the timed repeats of one row; slower methods are timed on a subset of "
-                        "batches / pairs / sequences and extrapolated (default 15)")
-    p.add_argument("--timeout", type=float, default=600, help="hard limit per subprocess, s (default: %(default)s)")
-    p.add_argument("--mem-cap", type=float, default=8,
-                   help="cap on the resident (host) memory of each subprocess, GiB (GPU memory is capped by the GPU) "
-                        "(default: %(default)s)")
-    p.add_argument("--quiet-wait", type=float, default=60,
-                   help="CPU: before each row wait up to this many seconds for the other processes' CPU use "
-                        "to drop below 25%% (a shared machine's noise); 0 to skip (default: %(default)s)")
-    p.add_argument("--retry-noisy", type=int, default=1,
-                   help="CPU: measure a row again (up to this many times) when other processes used more than "
-                        "25%% of the CPU while it ran, keeping the quieter measurement (default: %(default)s)")
-    p.add_argument("--processes", type=int, default=3,
-                   help="headline rows that take under 5 s: report the median over this many fresh processes "
-                        "(the sweeps use one) (default: %(default)s)")
-    p.add_argument("--no-profile", action="store_true",
-                   help="skip the torch.profiler breakdown of mpruner (default: profiled)")
-    p.add_argument("--work-dir", default=None,
-                   help="keep references and subprocess logs here (default: a temporary directory)")
-    p.add_argument("--replot", action="store_true",
-                   help="measure nothing: rebuild the tables, goals and plots from the JSON files in --out "
-                        "(default: off)")
-    p.add_argument("--quiet", action="store_true",
-                   help="print only the tables and goals, not a line per row while it runs (default: off)")
-    p.set_defaults(func=run)
-    return p
 
 
 def _workloads(arg: str, device_type: str) -> List[str]:
@@ -178,13 +113,13 @@ def replot(args, tag: str) -> int:
 
 
 def _finish(args, tag, results, sweeps, meta, t0):
-    from . import report
+    from . import tables
 
     machine = meta["machine"]
     dev_type = "cuda" if machine.get("gpu") else "cpu"
-    goals = report.evaluate_goals(results, dev_type)
+    goals = tables.evaluate_goals(results, dev_type)
     for res in results.values():
-        print(f"\n== {res['workload']['name']}: {res['workload']['description']}\n" + report.table(res))
+        print(f"\n== {res['workload']['name']}: {res['workload']['description']}\n" + tables.table(res))
     if results:
         summary = {k: meta[k] for k in ("machine", "config", "roofline") if k in meta}
         summary.update(goals=goals, elapsed_s=meta.get("elapsed_s") if t0 is None else time.perf_counter() - t0,
@@ -193,21 +128,21 @@ def _finish(args, tag, results, sweeps, meta, t0):
                 {k: row.get(k) for k in ("method", "estimator", "status", "time_s", "ratio_vs_mpruner", "max_err",
                                          "peak_mem_bytes", "roofline_fraction", "extrapolation")}
                 for row in r["rows"]]} for w, r in results.items()})
-        report.write_json(os.path.join(args.out, f"{tag}_summary.json"), summary)
+        tables.write_json(os.path.join(args.out, f"{tag}_summary.json"), summary)
         where = machine.get("gpu") or machine.get("cpu")
-        report.plot_headline(results, os.path.join(args.out, f"{tag}_headline.png"),
+        tables.plot_headline(results, os.path.join(args.out, f"{tag}_headline.png"),
                              f"CKA on {where} ({machine['torch_threads']} threads)")
         with open(os.path.join(args.out, f"{tag}_tables.md"), "w") as f:
-            f.write(report.markdown_report(results, goals, machine))
+            f.write(tables.markdown_report(results, goals, machine))
     if sweeps:
-        report.plot_scaling(sweeps, os.path.join(args.out, f"{tag}_scaling.png"),
+        tables.plot_scaling(sweeps, os.path.join(args.out, f"{tag}_scaling.png"),
                             f"scaling on {machine.get('gpu') or machine.get('cpu')}")
     if goals:
         print("\ngoals (measured, not asserted):")
         for g in goals:
             print(f"  {g['workload']:<7} vs {g.get('other', g['against']):<20} {g['verdict']}")
             if g.get("met") is False:
-                print(report.profile_text(results[g["workload"]].get("profile")))
+                print(tables.profile_text(results[g["workload"]].get("profile")))
 
 
 def run(args) -> int:
@@ -215,7 +150,7 @@ def run(args) -> int:
 
     import torch
 
-    from . import measure, report, runner
+    from . import measure, runner, tables
     from .workloads import WORKLOADS, sweep_workloads
 
     if args.quick:
@@ -278,19 +213,19 @@ def run(args) -> int:
     results = {}
     for w in headline:
         res = runner.run_workload(cfg, WORKLOADS[w], only, profile=not args.no_profile)
-        report.add_roofline(res, roof)
+        tables.add_roofline(res, roof)
         results[w] = res
-        report.write_json(os.path.join(args.out, f"{tag}_{w}.json"), {**meta, **res})
+        tables.write_json(os.path.join(args.out, f"{tag}_{w}.json"), {**meta, **res})
     sweep_results = {}
     for axis in sweeps:
         pts = []
         sweep_cfg = dataclasses.replace(cfg, repeats=min(cfg.repeats, 3), processes=1)
         for wl in sweep_workloads(dev_type, axis):
             res = runner.run_workload(sweep_cfg, wl, sweep_only if only is None else only)
-            report.add_roofline(res, roof)
+            tables.add_roofline(res, roof)
             pts.append(res)
         sweep_results[axis] = pts
-        report.write_json(os.path.join(args.out, f"{tag}_sweep_{axis}.json"), {**meta, "axis": axis, "points": pts})
+        tables.write_json(os.path.join(args.out, f"{tag}_sweep_{axis}.json"), {**meta, "axis": axis, "points": pts})
 
     _finish(args, tag, results, sweep_results, meta, t0)
     print(f"\nwrote {args.out}/{tag}_*.json, *.png in {time.perf_counter() - t0:.0f} s")

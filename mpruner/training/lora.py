@@ -15,7 +15,7 @@ _HELP = "LoRA healing needs the peft package: pip install 'mpruner[lm]' (or: pip
 LORA_KEYS = ("r", "alpha", "target_modules", "dropout", "bias", "modules_to_save")
 
 
-def _peft():
+def require_peft():
     try:
         import peft
     except ImportError as exc:
@@ -47,7 +47,7 @@ def wrap_lora(model: nn.Module, r: int = 8, alpha: Optional[float] = None,
     e.g. ``q_proj``/``v_proj`` for LLaMA; models peft does not know need it).
     Returns ``(peft_model, saved_requires_grad)`` for :func:`merge_lora`.
     """
-    peft = _peft()
+    peft = require_peft()
     options = check_lora_options(dict(r=r, alpha=alpha if alpha is not None else 2 * r,
                                       target_modules=target_modules, dropout=dropout, **extra))
     saved = {name: p.requires_grad for name, p in model.named_parameters()}

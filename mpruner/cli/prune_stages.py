@@ -20,7 +20,7 @@ def wants_stages(args) -> bool:
 
 
 def run_pipeline(args, model, calib, evaluate, finetune, layers=None) -> int:
-    from .pipeline import Pipeline, write_pipeline_report
+    from ..prune.pipeline import Pipeline, write_pipeline_report
 
     calib = list(calib)
     depth_kwargs = dict(layers=args.layers if layers is None else layers, threshold=args.threshold if args.threshold == "auto" else float(args.threshold),

@@ -12,7 +12,6 @@ so a second run goes straight to pruning.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -20,16 +19,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 import torch.nn as nn
 
 from .. import data
-from .cluster import adjacent_similarities, cluster_layers, select_layers
-from .finetune import Finetuner
-from .loop import MPruner
-from .report import write_report
+from ..evaluation import accuracy
+from ..prune import MPruner
+from ..prune.cluster import adjacent_similarities, cluster_layers, redundant_members
+from ..prune.outputs import write_report
+from ..training import Finetuner
 
 SCENARIOS = ("text", "vision")
 
@@ -76,43 +76,6 @@ def _fingerprint(scenario: str, cfg: DemoConfig) -> str:
     keys = ("train", "batch_size", "start_epochs", "start_lr", "size", "max_length")
     text = json.dumps({"scenario": scenario, "recipe": RECIPE, **{k: getattr(cfg, k) for k in keys}}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def accuracy(model: nn.Module, batches, distributed="auto") -> float:
-    """Top-1 accuracy over ``(inputs, labels)`` or HF dict batches with ``labels``.
-
-    ``distributed="auto"``: under a process group of W > 1 ranks (torchrun), rank r scores
-    batches r, r + W, ... and the correct/total counts are summed over the ranks, so every
-    rank returns the accuracy over all batches (the same number one process gets) for 1/W of
-    the forward passes. ``False``: every batch on every rank.
-    """
-    from ..analysis.distributed import resolve, sum_over_ranks
-
-    shard = resolve(distributed)
-    was = model.training
-    model.eval()
-    correct = total = 0
-    failure = None
-    try:
-        with torch.no_grad():
-            for b in (batches if shard is None else shard.take(batches)):
-                if isinstance(b, dict):
-                    labels = b["labels"]
-                    logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
-                else:
-                    logits, labels = model(b[0]), b[1]
-                    logits = getattr(logits, "logits", logits)
-                correct += (logits.argmax(-1) == labels).sum().item()
-                total += len(labels)
-    except Exception as e:  # noqa: BLE001 - joined below so the other ranks do not wait
-        if shard is None:
-            raise
-        failure = e
-    finally:
-        model.train(was)
-    if shard is not None:
-        correct, total = sum_over_ranks(shard, [correct, total], "evaluation", failure)
-    return correct / max(1, total)
 
 
 class _Scenario:
@@ -285,7 +248,7 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     _check_config(cfg)  # before the models and data load (tens of seconds)
     checkpoint = Path(out) / "checkpoint"
-    from .checkpoint import STATE, check_directory
+    from ..prune.checkpoint import STATE, check_directory
 
     check_directory(checkpoint)
     if resume and not (checkpoint / STATE).is_file():
@@ -296,7 +259,7 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
         print(line, flush=True)
 
     if not progress:
-        from ..analysis.cli import no_library_bars
+        from ..progress import no_library_bars
 
         no_library_bars()  # transformers' weight-loading bars too
     t0 = time.perf_counter()
@@ -318,7 +281,7 @@ def run_demo(scenario: str = "text", out: os.PathLike = "runs/demo", quick: bool
     if result.history:
         first = torch.tensor(result.history[0].cka)
         info["adjacent_cka_original"] = adjacent_similarities(first)
-        info["removed_at_0.98"] = select_layers(cluster_layers(first, 0.98), 1)
+        info["removed_at_0.98"] = redundant_members(cluster_layers(first, 0.98), 1)
     summary = write_report(result, out, extra=info, tokenizer=getattr(sc, "tokenizer", None))
     log("")
     log(result.summary())

@@ -1,6 +1,6 @@
 """Long fuzzing run of every file reader (tests/fuzz_targets.py), with atheris (libFuzzer).
 
-    python benchmarks/fuzz_readers.py --seconds 120 [--targets "Analysis.load,read_texts .csv"]
+    python tools/fuzz_readers.py --seconds 120 [--targets "Analysis.load,read_texts .csv"]
 
 Each target runs in its own process for ``--seconds`` under libFuzzer's limits: a case
 taking over 10 s is a hang, over 2 GiB of memory a huge allocation; any exception other
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil

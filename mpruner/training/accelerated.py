@@ -2,7 +2,7 @@
 
 accelerate decides from the launcher's environment (torchrun, ``accelerate launch``) whether
 training is one process or DDP (its FSDP and DeepSpeed modes are refused; sharded training is
-``mpruner.prune.sharded``); this module only picks the mixed precision and the device from the
+``mpruner.training.sharded``); this module only picks the mixed precision and the device from the
 Finetuner's defaults and undoes what ``prepare`` did to the model.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
-#   benchmarks/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
+#   tools/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
 #   env: MUTMUT_TESTS (test files; default: those of the first module, below), MUTMUT_CHILDREN
 #   (workers, 2), MUTMUT_SECONDS (time limit of the run, default none: the mutants not reached
 #   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue),

@@ -22,10 +22,11 @@ import torch
 
 from .. import data
 from ..analysis import analyze
-from ..lm import corpus_ids, lm_batches, perplexity
+from ..data import corpus_ids, lm_batches
+from ..evaluation import perplexity
+from ..prune import strategies
 from ..surgery import removable_layers, remove_layers
-from . import strategies
-from .finetune import Finetuner
+from ..training import Finetuner
 
 STRATEGIES = ("contiguous", "lowest-influence", "cka-clusters")  # most promising first: a cut run keeps it
 
@@ -57,15 +58,15 @@ def run_lm_demo(out: os.PathLike = "runs/demo-lm", quick: bool = False, progress
                 config: Optional[LMDemoConfig] = None, tolerance: Optional[float] = None,
                 log: Callable[[str], None] = print) -> Dict:
     """Runs the comparison and writes ``out/lm_summary.json`` and ``lm_summary.txt``; returns the summary."""
-    import transformers as T
+    import transformers
 
     cfg = config or (QUICK if quick else FULL)
     if tolerance is not None:
         cfg = replace(cfg, tolerance=tolerance)
     t0 = time.perf_counter()
     model_dir = data.smollm2(progress=progress)
-    tok = T.AutoTokenizer.from_pretrained(model_dir)
-    base = T.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     # Only as many training summaries as the windows need (about 2x their tokens; a summary is
     # ~100+ tokens), not the whole 9,633: tokenizing them all costs more than a quick run.
     need = (cfg.calib_windows + cfg.heal_steps * cfg.heal_batch) * cfg.seq_len

@@ -1,6 +1,6 @@
-"""mutmut_summary.json from the verdict files benchmarks/mutation_core.sh writes.
+"""mutmut_summary.json from the verdict files tools/mutation_core.sh writes.
 
-    python benchmarks/mutation_summary.py [--before]
+    python tools/mutation_summary.py [--before]
 
 Reads every ``benchmarks/results/reliability/mutmut_<module>.txt`` (one line per mutant:
 ``<name>: killed | survived | no tests | timeout | not checked``) and
@@ -20,7 +20,7 @@ import re
 import subprocess
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent / "results" / "reliability"
+HERE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "reliability"
 VERDICT = re.compile(r"^\s+(mpruner\.[\w.]+?\.(x\S+)): (\w[\w ]*)$")  # killed, survived, no tests, ...
 
 
@@ -69,8 +69,8 @@ def summarise(before: bool = False) -> dict:
         entry.update(run=run, equivalent={k: v for k, v in explained.items() if marks.get(k) == "survived"},
                      unexplained=left)
         modules[module] = entry
-    return {"tool": "mutmut 3.8.1 via benchmarks/mutation_core.sh (2 workers, one thread each, on the 2-core "
-                    "machine); counts by benchmarks/mutation_summary.py", "modules": modules}
+    return {"tool": "mutmut 3.8.1 via tools/mutation_core.sh (2 workers, one thread each, on the 2-core "
+                    "machine); counts by tools/mutation_summary.py", "modules": modules}
 
 
 def readme_row(summary: dict) -> str:
@@ -89,10 +89,10 @@ def readme_row(summary: dict) -> str:
                        for k, m in mods if m.get("before_new_tests"))
     after = "; ".join(phrase(k.rsplit("/", 1)[1], m["run"], m) + (f" ({m['note']})" if m.get("note") else "")
                       for k, m in mods if m.get("run"))
-    return ("| mutation testing (`benchmarks/mutation_core.sh`, mutmut 3.8; each module's verdicts and survivors' "
+    return ("| mutation testing (`tools/mutation_core.sh`, mutmut 3.8; each module's verdicts and survivors' "
             "diffs in `benchmarks/results/reliability/mutmut_<module>.txt`, every survivor's explanation in "
             "`mutmut_equivalent.json`, the counts in `mutmut_summary.json`, this row printed from it by "
-            "`benchmarks/mutation_summary.py --readme`) | every mutant mutmut makes of the core modules, each run "
+            "`tools/mutation_summary.py --readme`) | every mutant mutmut makes of the core modules, each run "
             "against its module's fast tests (the test files `mutation_core.sh` names for it), 2 workers of one "
             "thread on the 2-core machine | before the new tests: " + before + " | after the new tests "
             "(`tests/test_mutants*.py`, each test naming the mutants it kills), each module's last run: " + after +

@@ -29,11 +29,11 @@ def add_lm_options(p) -> None:
 
 def build_causal_lm(args):
     """(model, calib, evaluate, finetune, loop options) for a causal LM directory and a text file."""
-    import transformers as T
+    import transformers
 
-    from ..data import read_texts
-    from ..lm import corpus_ids, lm_batches, perplexity
-    from .finetune import Finetuner
+    from ..data import corpus_ids, lm_batches, read_texts
+    from ..evaluation import perplexity
+    from ..training import Finetuner
 
     if args.metric not in (None, "perplexity"):
         raise ValueError("--task causal-lm is judged by --metric perplexity")
@@ -43,8 +43,8 @@ def build_causal_lm(args):
         raise FileNotFoundError(f"--model {args.model!r} is not a Hugging Face model directory (no config.json)")
     if not 0 < args.heldout < 1:
         raise ValueError(f"--heldout must be a fraction in (0, 1), got {args.heldout}")
-    tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
-    model = T.AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+    tok = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     texts = read_texts(args.data)
     cut = len(texts) - max(1, int(round(args.heldout * len(texts))))
     if cut < 1:

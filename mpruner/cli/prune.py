@@ -1,4 +1,4 @@
-"""``mpruner prune`` and ``mpruner demo``."""
+"""``mpruner prune``: MPruner on a Hugging Face directory with CSV files, or on module:factory specs."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,10 @@ import csv
 import os
 import sys
 import textwrap
+
+from ..progress import no_library_bars
+from .common import (auto_layers, check_out_dir, check_resume, check_source, cli_message, is_factory, load_factory,
+                     positive_int, threshold_value, tolerance_value)
 
 PRUNE_EXAMPLES = """examples:
   mpruner prune --model ./my-bert-classifier --calib calib.txt --train train.csv --eval test.csv --out runs/bert
@@ -28,12 +32,10 @@ FLAGS = {"block_list": "--layers", "threshold": "--threshold", "tolerance": "--t
 
 
 def _loop_options(p):
-    from ..analysis.cli import positive_int
-
     g = p.add_argument_group("the MPruner loop")
-    g.add_argument("--threshold", default="0.98", type=_threshold,
+    g.add_argument("--threshold", default="0.98", type=threshold_value,
                    help="CKA threshold for clusters, in (0, 1], or 'auto' (default: %(default)s)")
-    g.add_argument("--tolerance", type=_tolerance, default=0.01,
+    g.add_argument("--tolerance", type=tolerance_value, default=0.01,
                    help="allowed metric drop against the original model's (default: %(default)s)")
     g.add_argument("--tolerance-mode", choices=("absolute", "relative"), default="absolute",
                    help="absolute: metric >= before - tolerance; relative: metric >= before * (1 - tolerance) "
@@ -54,32 +56,8 @@ def _loop_options(p):
                    help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
 
 
-def _threshold(value: str):
-    """argparse type of --threshold: 'auto' or a number in (0, 1]."""
-    if value == "auto":
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {value!r}") from None
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f"a CKA threshold is in (0, 1] (or 'auto'), got {number}")
-    return number
-
-
-def _tolerance(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
-
-
-def add_parsers(sub) -> None:
-    """Registers ``prune`` and ``demo`` on the ``mpruner`` command's subparsers."""
-    from ..analysis.cli import positive_int
+def add_parser(sub) -> None:
+    """Registers ``prune`` on the ``mpruner`` command's subparsers."""
     from ..analysis.views import VIEWS
 
     p = sub.add_parser("prune", help="prune a model: analyse, remove, fine-tune, accept or roll back",
@@ -116,66 +94,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="under torchrun: seconds a rank waits for the others before failing (default: %(default)s)")
     _loop_options(p)
-    from .pipeline_cli import add_stage_options
+    from .prune_stages import add_stage_options
 
     add_stage_options(p)
-    from .cli_lm import add_lm_options
+    from .prune_lm import add_lm_options
 
     add_lm_options(p)
     p.set_defaults(func=cmd_prune)
 
-    d = sub.add_parser("demo", help="MPruner end to end on a real pretrained model, offline",
-                       description=textwrap.fill(
-                           "Fine-tune a real pretrained model (cached for the next run), then prune it with "
-                           "MPruner, all offline; writes a report, heatmaps and the pruned model (with its "
-                           "tokenizer) into --out.", 90))
-    d.add_argument("--scenario", choices=("text", "vision", "lm"), default="text",
-                   help="text: all-MiniLM-L6-v2 on Rotten Tomatoes; vision: EfficientNet-Lite0 on Fashion-MNIST; "
-                        "lm: SmolLM2-135M on Wikipedia summaries, judged by perplexity (default: %(default)s)")
-    d.add_argument("--out", default=os.path.join("runs", "demo"), help="output directory (default: %(default)s)")
-    d.add_argument("--quick", action="store_true",
-                   help="a tiny smoke run (under a minute of CPU time; accuracies not meaningful) (default: off)")
-    d.add_argument("--resume", action="store_true",
-                   help="continue an interrupted demo from --out/checkpoint (refused when there is none) "
-                        "(default: start afresh)")
-    d.add_argument("--threshold", type=_threshold, help="CKA threshold in (0, 1], or 'auto' (default: auto)")
-    d.add_argument("--tolerance", type=_tolerance, help="allowed accuracy drop (default: 0.01)")
-    d.add_argument("--no-progress", action="store_true",
-                   help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
-    d.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    from ..analysis.cli import check_out_dir
-
-    try:
-        check_out_dir(args.out)
-        _check_resume(args)
-        if args.scenario == "lm":
-            from .demo_lm import run_lm_demo
-
-            run_lm_demo(args.out, quick=args.quick, progress=not args.no_progress, tolerance=args.tolerance)
-            return 0
-        run_demo(args.scenario, args.out, quick=args.quick, progress=not args.no_progress, resume=args.resume,
-                 threshold=args.threshold, tolerance=args.tolerance)
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        print(f"mpruner demo: error: {_flag_message(e)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _check_resume(args) -> None:
-    if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint", "state.json")):
-        raise ValueError(f"--resume: there is no checkpoint in {os.path.join(args.out, 'checkpoint')} to continue "
-                         f"from; run without --resume to start, or pass the --out of the interrupted run")
-
 
 def _check_args(args) -> None:
     """Everything ``mpruner prune`` can check before the model loads."""
-    from ..analysis.cli import check_out_dir, check_source, is_factory
-
     check_source(args.model, "--model", "model")
     for flag in ("calib", "train", "eval"):
         value = getattr(args, flag)
@@ -188,25 +117,22 @@ def _check_args(args) -> None:
         raise ValueError(f"--batch-size {args.batch_size}: the calibration batches need at least 4 samples each "
                          "(the unbiased HSIC); use --batch-size 4 or more")
     check_out_dir(args.out)
-    _check_resume(args)
+    check_resume(args)
 
 
 def _check_lm_args(args) -> None:
     """What ``mpruner prune --task causal-lm`` can check before the model loads."""
-    from ..analysis.cli import check_out_dir, check_source
-
     check_source(args.model, "--model", "model")
     if not args.data:
         raise ValueError("--task causal-lm needs --data (a text file, one document per line)")
     check_source(args.data, "--data", "file")
     check_out_dir(args.out)
-    _check_resume(args)
+    check_resume(args)
 
 
-def _flag_message(error: BaseException) -> str:
+def flag_message(error: BaseException) -> str:
     """A library message in the command line's words: option names become flags."""
-    from ..analysis.cli import cli_message
-    from .checkpoint import CheckpointMismatch
+    from ..prune.checkpoint import CheckpointMismatch
 
     if isinstance(error, CheckpointMismatch):
         changed = "; ".join(f"{FLAGS.get(k, k)} was {saved!r}, now {now!r}"
@@ -223,8 +149,7 @@ def _evaluate_from(spec: str):
 
     import torch.nn as nn
 
-    from ..analysis.cli import load_factory
-    from .demo import accuracy
+    from ..evaluation import accuracy
 
     obj = load_factory(spec, "--eval", call=False)
     if callable(obj) and not isinstance(obj, (nn.Module, type)):
@@ -275,10 +200,9 @@ def _labelled_csv(path, text_col, label_col, classes=None):
 def _build(args):
     import torch.nn as nn
 
-    from ..analysis.cli import is_factory, load_factory
     from ..data import read_texts, text_batches
-    from .demo import accuracy
-    from .finetune import Finetuner
+    from ..evaluation import accuracy
+    from ..training import Finetuner
 
     progress = not args.no_progress
     if is_factory(args.model):
@@ -294,10 +218,10 @@ def _build(args):
         eval_ds = _labelled_csv(args.eval, args.text_column, args.label_column,
                                 list(train_ds.classes) if train_ds else None)
         texts = read_texts(args.calib, args.text_column if args.calib.endswith((".csv", ".tsv")) else None)
-        import transformers as T
+        import transformers
 
-        tok = T.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
-        model = T.AutoModelForSequenceClassification.from_pretrained(args.model, local_files_only=True,
+        tok = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(args.model, local_files_only=True,
                                                                      trust_remote_code=False,
                                                                      num_labels=len(eval_ds.classes))
         calib = text_batches(texts, tok, args.batch_size, args.max_length)
@@ -310,9 +234,9 @@ def _build(args):
 
 
 def cmd_prune(args) -> int:
-    from .distributed import init_from_environment
-    from .loop import MPruner
-    from .report import write_report
+    from ..distributed import init_from_environment
+    from ..prune import MPruner
+    from ..prune.outputs import write_report
 
     init_from_environment(args.timeout)  # under torchrun; a no-op in one process
     try:
@@ -330,19 +254,16 @@ def cmd_prune(args) -> int:
                 raise ValueError("--fsdp shards the fine-tuning over the ranks of torchrun: launch with "
                                  "torchrun --nproc_per_node N -m mpruner prune ... (N >= 2), or drop --fsdp")
         if args.no_progress:
-            from ..analysis.cli import no_library_bars
-
             no_library_bars()
         print(f"mpruner prune: loading {args.model}", flush=True)
         options, tokenizer = {}, None
         if causal:
-            from .cli_lm import build_causal_lm
+            from .prune_lm import build_causal_lm
 
             model, calib, evaluate, finetune, options = build_causal_lm(args)
         else:
             model, calib, evaluate, finetune, tokenizer = _build(args)
-        from ..analysis.cli import auto_layers
-        from .pipeline_cli import run_pipeline, wants_stages
+        from .prune_stages import run_pipeline, wants_stages
 
         layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
         if wants_stages(args):
@@ -357,7 +278,7 @@ def cmd_prune(args) -> int:
             return 0
         summary = write_report(result, args.out, extra={"model_source": args.model}, tokenizer=tokenizer)
     except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
-        print(f"mpruner prune: error: {_flag_message(e)}", file=sys.stderr)
+        print(f"mpruner prune: error: {flag_message(e)}", file=sys.stderr)
         return 1
     print(result.summary())
     print(f"wrote {args.out}: summary.json, history.json, heatmaps, model/ ({summary['model_saved_with']})")

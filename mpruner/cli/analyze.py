@@ -14,10 +14,11 @@ and prints the CKA of each pair of adjacent layers.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
+
+from ..progress import no_library_bars
+from .common import auto_layers, check_out_dir, check_source, cli_message, is_factory, load_factory, positive_int
 
 EXAMPLES = """examples:
   mpruner analyze --model ./all-MiniLM-L6-v2 --data sentences.txt --out runs/minilm
@@ -26,9 +27,9 @@ EXAMPLES = """examples:
 """
 
 
-def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``analyze`` on the ``mpruner`` command's subparsers."""
-    from .views import VIEWS
+    from ..analysis.views import VIEWS
 
     p = subparsers.add_parser(
         "analyze", help="CKA between the layers of a model on calibration data (cka.json, cka.png)",
@@ -64,52 +65,6 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def check_out_dir(path: str, flag: str = "--out") -> None:
-    """Refuses an output directory that cannot be created, before anything slow runs."""
-    p = os.path.abspath(path)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise ValueError(f"{flag} {path!r} is an existing file, not a directory; pass a directory (it is created)")
-    parent = p
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{flag} {path!r} cannot be created: {parent!r} is a file")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path!r} cannot be created: {parent!r} is not writable")
-
-
-def check_source(spec: str, flag: str, kind: str) -> None:
-    """Checks that ``--flag spec`` names something that exists: a ``file.py`` of ``file.py:factory``,
-    a Hugging Face directory (``kind="model"``) or a data file (``kind="file"``). Cheap: no import, no load."""
-    if is_factory(spec):
-        module_name, _, attr = spec.rpartition(":")
-        if not module_name or not attr:
-            raise ValueError(f"{flag} {spec!r}: expected module:factory or path/to/file.py:factory")
-        if module_name.endswith(".py") and not os.path.isfile(module_name):
-            raise FileNotFoundError(f"{flag} {spec!r}: no file {module_name!r}")
-        return
-    if kind == "model":
-        if not os.path.isdir(spec):
-            raise FileNotFoundError(f"{flag} {spec!r} is neither a directory (a Hugging Face model) nor "
-                                    "module:factory")
-        if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise FileNotFoundError(f"{flag} {spec!r} has no config.json; pass a Hugging Face model directory "
-                                    "(save_pretrained) or module:factory")
-    elif not os.path.isfile(spec):
-        raise FileNotFoundError(f"{flag} {spec!r}: no such file (a text/CSV file, or module:factory)")
-
-
 def check_args(args) -> None:
     """Everything ``mpruner analyze`` can check before the model loads."""
     check_source(args.model, "--model", "model")
@@ -125,97 +80,14 @@ def check_args(args) -> None:
     check_out_dir(args.out)
 
 
-# Python argument spellings in library messages -> this command's flags.
-CLI_SPELLINGS = (("unbiased=False", "--biased"), ("pass column=<name> (--column on the command line)",
-                                                   "pass --column <name>"),
-                 ("max_batches", "--max-batches"))
-
-
-def cli_message(error: BaseException) -> str:
-    """A library error message in the command line's own words."""
-    text = str(error)
-    if text.startswith("layers="):  # "layers='x': no such block list" names the --layers value
-        text = "--layers " + text[len("layers="):]
-    for python, flag in CLI_SPELLINGS:
-        text = text.replace(python, flag)
-    return text
-
-
-def no_library_bars() -> None:
-    """--no-progress: also the bars transformers draws (weight loading, saving)."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
-
-
-def auto_layers(model, layers, say, command: str):
-    """``--layers auto`` on a model no adapter knows: name the container it falls back to
-    (its only nn.Sequential/nn.ModuleList of blocks) in a line of its own, and use it by name."""
-    if layers != "auto":
-        return layers
-    import warnings
-
-    from ..adapters import find_blocks
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # said below, in the command's words
-            lists = find_blocks(model)
-    except TypeError:
-        return layers  # the command's own call raises, listing the candidates
-    if lists and lists[0].adapter == "generic" and lists[0].name:
-        say(f"mpruner {command}: no adapter knows {type(model).__name__}; using its only nn.Sequential/"
-            f"nn.ModuleList of two or more blocks, {lists[0].name!r} ({len(lists[0])} blocks); "
-            f"--layers NAME picks another")
-        return lists[0].name
-    return layers
-
-
-def is_factory(spec: str) -> bool:
-    return ":" in spec and not os.path.exists(spec)
-
-
-def load_factory(spec: str, option: str, call: bool = True):
-    """``module:name`` or ``file.py:name`` -> the object, called if callable (and ``call``)."""
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{option} {spec!r}: expected module:factory or path/to/file.py:factory")
-    if module_name.endswith(".py"):
-        if not os.path.isfile(module_name):
-            raise FileNotFoundError(f"{option} {spec!r}: no file {module_name!r}")
-        unique = f"_mpruner_factory_{abs(hash(os.path.abspath(module_name)))}"
-        module_spec = importlib.util.spec_from_file_location(unique, module_name)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[unique] = module
-        module_spec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the user
-        module = importlib.import_module(module_name)
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise AttributeError(f"{option} {spec!r}: {module_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj() if call and callable(obj) and not _is_module(obj) else obj
-
-
-def _is_module(obj) -> bool:
-    import torch.nn as nn
-
-    return isinstance(obj, nn.Module)
-
-
 def _hf_model(directory: str):
     check_source(directory, "--model", "model")
     try:
-        import transformers as T
+        import transformers
     except ImportError:
         raise ModuleNotFoundError("a Hugging Face model directory needs transformers: "
                                   "pip install transformers") from None
-    model = T.AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    model = transformers.AutoModel.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     return model, directory
 
 
@@ -247,9 +119,9 @@ def build(args):
         if tokenizer_dir is None:
             raise ValueError("a text/CSV --data file needs a Hugging Face model directory (for its tokenizer); "
                              "with --model module:factory pass --data module:factory too")
-        import transformers as T
+        import transformers
 
-        tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, trust_remote_code=False)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True, trust_remote_code=False)
         data = text_batches(texts, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     return model, data, forward
 
@@ -281,7 +153,7 @@ def _stem(analysis) -> str:
 
 def cmd_analyze(args) -> int:
     """Entry point of ``mpruner analyze``."""
-    from .driver import analyze
+    from ..analysis import analyze
 
     layers = args.layers
     if "," in layers:

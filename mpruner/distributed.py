@@ -1,4 +1,15 @@
-"""The MPruner loop under torchrun: every rank runs it, rank 0 decides and writes.
+"""Ranks under torchrun: which batches are this rank's, sums over the ranks, the loop's decisions.
+
+Every stage that runs under torchrun takes its collectives from here (only
+``torch.distributed``'s; nothing here opens a connection itself):
+
+- :class:`Shard` / :func:`resolve`: rank r of W takes batches r, r + W, r + 2W, ... of the same
+  iterable (no padding duplicates, unlike ``DistributedSampler``), so the union over ranks is
+  exactly the single-process stream (``analyze``, ``accuracy``, ``perplexity``).
+- :func:`flagged_sum` / :func:`sum_over_ranks`: float64 sums over the ranks in one all-reduce,
+  with a failure flag: a rank whose share raised still joins, so the others raise instead of
+  waiting for it.
+- :class:`Ranks`: the MPruner loop's view: every rank runs it, rank 0 decides and writes.
 
 - The analysis is sharded over the ranks and all-reduced (``analyze(distributed="auto")``);
   fine-tuning is data-parallel on accelerate (:class:`mpruner.Finetuner`).
@@ -12,16 +23,16 @@
   connection drops, at the latest after the process group's timeout (torch's default
   30 minutes for gloo, 10 for NCCL; ``mpruner prune --timeout``), with an error that names
   the intact last checkpoint. torchrun then stops the remaining ranks.
-
-Only ``torch.distributed`` collectives are used; nothing here opens a connection itself.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import math
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Iterable, List, Optional
 
 import torch
 
@@ -111,7 +122,6 @@ class Ranks:
     @contextlib.contextmanager
     def guard(self, checkpoint_dir):
         """Turn a failed collective (a rank died, or did not answer in time) into a clear error."""
-        import torch.distributed as dist
 
         try:
             yield
@@ -124,3 +134,95 @@ class Ranks:
             raise RuntimeError(f"mpruner: rank {self.rank} of {self.world} lost another rank (it died, or did not "
                                f"answer within the process group's timeout): {str(e).splitlines()[0]}; "
                                f"{where}") from e
+
+
+# ---------------------------------------------------------------- shards of a batch stream
+DISTRIBUTED_CHOICES = ("auto", True, False)
+
+
+@dataclass
+class Shard:
+    """This process's place in the process group: rank r of world W."""
+
+    rank: int
+    world: int
+    group: object = None
+
+    def take(self, batches: Iterable) -> Iterable:
+        """Batches r, r + W, r + 2W, ... of ``batches``."""
+        return itertools.islice(batches, self.rank, None, self.world)
+
+    def count(self, total: Optional[int]) -> Optional[int]:
+        """How many of ``total`` batches this rank takes."""
+        return None if total is None else max(0, math.ceil((total - self.rank) / self.world))
+
+    @property
+    def device(self) -> torch.device:
+        """Where collectives run: the current CUDA device for NCCL, the CPU otherwise."""
+        import torch.distributed as dist
+
+        if dist.get_backend(self.group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def resolve(distributed) -> Optional[Shard]:
+    """The shard to analyse for ``analyze(distributed=...)``; None means every batch here.
+
+    ``"auto"``: shard when a process group of more than one rank is initialised.
+    ``True``: shard, and fail clearly when no process group is initialised. ``False``: never.
+    """
+    if distributed not in DISTRIBUTED_CHOICES or not isinstance(distributed, (str, bool)):
+        raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
+    if distributed is False:
+        return None
+    import torch.distributed as dist
+
+    ready = dist.is_available() and dist.is_initialized()
+    if not ready:
+        if distributed is True:
+            raise RuntimeError("analyze(distributed=True) needs an initialised torch.distributed process group: "
+                               "launch with torchrun and call torch.distributed.init_process_group() first, or "
+                               "pass distributed='auto' (shard only when a group exists) or False")
+        return None
+    world = dist.get_world_size()
+    if distributed == "auto" and world == 1:
+        return None
+    return Shard(dist.get_rank(), world)
+
+
+def _all_reduce(shard: Shard, flat: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    flat = flat.to(shard.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=shard.group)
+    return flat.cpu()
+
+
+def flagged_sum(shard: Shard, values: torch.Tensor, failure: Optional[BaseException], failed_message: str
+                 ) -> torch.Tensor:
+    """The float64 ``values`` summed over all ranks, with a failure flag in the same all-reduce.
+
+    Every rank calls it, also one whose share raised (``failure``, with zeros as its values):
+    that rank re-raises its own error; the others raise a RuntimeError (``failed_message``,
+    formatted with ``failed`` and ``world``) instead of waiting for it.
+    """
+    flat = _all_reduce(shard, torch.cat([torch.tensor([float(failure is not None)], dtype=torch.float64), values]))
+    if failure is not None:
+        raise failure
+    failed = int(flat[0].item())
+    if failed:
+        raise RuntimeError(failed_message.format(failed=failed, world=shard.world))
+    return flat[1:]
+
+
+def sum_over_ranks(shard: Shard, values: List[float], what: str,
+                   failure: Optional[BaseException] = None) -> List[float]:
+    """Float64 sums of ``values`` over all ranks in one all-reduce (evaluation metrics' sums).
+
+    As in :func:`flagged_sum`, a rank whose share raised (``failure``) still joins with a
+    failure flag and re-raises its own error, so the other ranks raise instead of waiting.
+    """
+    flat = torch.tensor([0.0 if failure else float(v) for v in values], dtype=torch.float64)
+    return flagged_sum(shard, flat, failure, what + " failed on {failed} of {world} ranks (their error is in "
+                        "their own output)").tolist()

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..analysis.inputs import call_model
+from ..analysis.batches import call_model
 from ..sparsity import InputNorms, target_layers
 
 
