@@ -105,6 +105,21 @@ class Ranks:
         dist.broadcast_object_list(box, src=0, device=_collective_device())
         return box[0]
 
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Every rank takes rank 0's parameters and buffers (in place), so that what each rank
+        initialised on its own (a new head, dropout-free copies of random weights) is the same."""
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        device = _collective_device()
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                box = tensor.detach().to(device)
+                dist.broadcast(box, src=0)
+                if box is not tensor:
+                    tensor.copy_(box)
+
     def metric(self, value: float) -> float:
         """The ranks' mean metric (exactly ``value`` when every rank has the same)."""
         if not self.active:

@@ -41,6 +41,21 @@ OLD_MODULES: Dict[str, Tuple[str, ...]] = {
     "mpruner.sparsity.report": ("mpruner.sparsity.summary",),
 }
 
+# Names that changed along with their module: (old module, old name) -> (module, new name).
+OLD_NAMES: Dict[Tuple[str, str], Tuple[str, str]] = {
+    ("mpruner.analysis.cli", "add_analyze_parser"): ("mpruner.cli.analyze", "add_parser"),
+    ("mpruner.prune.cli", "add_parsers"): ("mpruner.moved", "add_prune_and_demo_parsers"),
+    ("mpruner.prune.cli", "cmd_demo"): ("mpruner.cli.demo", "cmd_demo"),
+}
+
+
+def add_prune_and_demo_parsers(sub) -> None:
+    """``mpruner.prune.cli.add_parsers`` of 0.1: registers ``prune`` and ``demo``."""
+    from .cli import demo, prune
+
+    prune.add_parser(sub)
+    demo.add_parser(sub)
+
 
 def _warn(old: str, new: str, stacklevel: int) -> None:
     warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}", DeprecationWarning,
@@ -57,6 +72,9 @@ class _ForwardingModule(types.ModuleType):
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
+        renamed = OLD_NAMES.get((self.__name__, attr))
+        if renamed is not None:
+            return getattr(importlib.import_module(renamed[0]), renamed[1])
         for target in self._targets:
             module = importlib.import_module(target)
             if hasattr(module, attr):
@@ -71,9 +89,7 @@ class _OldModuleLoader(importlib.abc.Loader):
 
     def create_module(self, spec):
         _warn(spec.name, " / ".join(self.targets), stacklevel=6)
-        if len(self.targets) == 1:
-            return importlib.import_module(self.targets[0])  # the very module: isinstance, patching work as before
-        return _ForwardingModule(spec.name, self.targets)
+        return _ForwardingModule(spec.name, self.targets)  # every name is the new module's very object
 
     def exec_module(self, module) -> None:
         """Nothing to run: the module is the new one (or forwards to it)."""

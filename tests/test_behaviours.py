@@ -220,7 +220,7 @@ def test_cluster_and_select_defaults_and_threshold_range():
         with pytest.raises(ValueError, match="threshold"):
             mpruner.cluster_layers(m, bad)
     clusters = [[0, 1, 2, 3], [4, 5]]
-    assert mpruner.select_layers(clusters) == mpruner.select_layers(clusters, 1) == [1, 2, 3, 5]
+    assert mpruner.redundant_members(clusters) == mpruner.redundant_members(clusters, 1) == [1, 2, 3, 5]
 
 
 def test_auto_threshold_without_candidates_is_one():

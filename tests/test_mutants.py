@@ -432,7 +432,7 @@ def test_loop_options_recorded_in_the_checkpoint():
     assert p._options() == base
     p = mpruner.MPruner(model, calib, lambda m: 1.0, layers="blocks", progress=False, higher_is_better=False,
                         select="contiguous", n=1, tolerance_mode="relative", max_granularity=2, seed=3,
-                        cluster_method=[m for m in mpruner.prune.loop.METHODS if m != "anchor"][0])
+                        cluster_method=[m for m in mpruner.prune.cluster.METHODS if m != "anchor"][0])
     assert p._options() == {**base, "view": "tokens", "tolerance_mode": "relative", "max_granularity": 2, "seed": 3,
                             "cluster_method": p.cluster_method, "higher_is_better": False,
                             "select": "contiguous", "n": 1}

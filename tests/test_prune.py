@@ -39,13 +39,13 @@ def test_cluster_anchor_vs_adjacent():
     assert mpruner.cluster_layers(nan, 0.98)[0] == [0]
 
 
-def test_select_layers_granularity():
+def test_redundant_members_granularity():
     clusters = [[0, 1, 2, 3, 4], [5], [6, 7]]
-    assert mpruner.select_layers(clusters, 1) == [1, 2, 3, 4, 7]
-    assert mpruner.select_layers(clusters, 2) == [1, 3, 7]
-    assert mpruner.select_layers(clusters, 3) == [1, 4, 7]
+    assert mpruner.redundant_members(clusters, 1) == [1, 2, 3, 4, 7]
+    assert mpruner.redundant_members(clusters, 2) == [1, 3, 7]
+    assert mpruner.redundant_members(clusters, 3) == [1, 4, 7]
     with pytest.raises(ValueError, match="granularity"):
-        mpruner.select_layers(clusters, 0)
+        mpruner.redundant_members(clusters, 0)
 
 
 def test_cluster_errors_and_auto_threshold():

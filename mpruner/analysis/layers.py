@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..adapters import BlockList, find_blocks
 from ..adapters.generic import did_you_mean
+from ..moved import forward_names
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,7 @@ def _from_names(model: nn.Module, layers: Sequence, argument: str) -> LayerSelec
                              "each layer must appear once")
         seen.add(id(module))
     return LayerSelection(tuple(names), tuple(modules), "custom")
+
+
+# Renamed in 0.2 (a second public select_layers lived in mpruner.prune.cluster).
+__getattr__ = forward_names(__name__, {"select_layers": ("mpruner.analysis.layers", "resolve_layers")})

@@ -11,6 +11,9 @@ import sys
 from typing import List, Optional
 
 from . import analyze, bench, demo, info, prune
+from .info import cmd_info
+
+__all__ = ["main", "build_parser", "cmd_info"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from ..progress import no_library_bars
+from ..prune.options import TOLERANCE_MODES, flags as option_flags, option
 from .common import (auto_layers, check_out_dir, check_resume, check_source, cli_message, is_factory, load_factory,
                      positive_int, threshold_value, tolerance_value)
 
@@ -23,27 +24,20 @@ either the metric function itself, evaluate(model) -> float (higher is better), 
 factory returning that function or labelled batches (then the metric is accuracy).
 """
 
-# Python option names (MPruner, checkpoints) -> the flags that set them.
-FLAGS = {"block_list": "--layers", "threshold": "--threshold", "tolerance": "--tolerance",
-         "tolerance_mode": "--tolerance-mode", "max_granularity": "--max-granularity", "view": "--view",
-         "cluster_method": "(cluster_method)", "seed": "(seed)", "checkpoint_dir": "--out",
-         "max_iterations": "--max-iterations", "select": "--select", "n": "--n",
-         "higher_is_better": "(--metric)"}
+# How the command line parses the loop's options; each flag, default and help text is
+# PruneOptions' own (mpruner/prune/options.py lists the options once).
+LOOP_OPTIONS = {"threshold": dict(type=threshold_value), "tolerance": dict(type=tolerance_value),
+                "tolerance_mode": dict(choices=TOLERANCE_MODES), "max_granularity": dict(type=positive_int),
+                "max_iterations": dict(type=positive_int), "seed": dict(type=int)}
 
 
 def _loop_options(p):
     g = p.add_argument_group("the MPruner loop")
-    g.add_argument("--threshold", default="0.98", type=threshold_value,
-                   help="CKA threshold for clusters, in (0, 1], or 'auto' (default: %(default)s)")
-    g.add_argument("--tolerance", type=tolerance_value, default=0.01,
-                   help="allowed metric drop against the original model's (default: %(default)s)")
-    g.add_argument("--tolerance-mode", choices=("absolute", "relative"), default="absolute",
-                   help="absolute: metric >= before - tolerance; relative: metric >= before * (1 - tolerance) "
-                        "(default: %(default)s)")
-    g.add_argument("--max-granularity", type=positive_int, default=3,
-                   help="largest step k (removes cluster[1::k]) tried after rollbacks (default: %(default)s)")
-    g.add_argument("--max-iterations", type=positive_int, default=10,
-                   help="most attempts, each a removal + fine-tune + evaluation (default: %(default)s)")
+    for name, parse in LOOP_OPTIONS.items():
+        field = option(name)
+        g.add_argument(field.metadata["flag"], default=field.default, **parse,
+                       help=field.metadata["doc"] + ("; also seeds a new classification head and recovery fine-tuning"
+                                                     if name == "seed" else "") + " (default: %(default)s)")
     g.add_argument("--epochs", type=positive_int, default=1,
                    help="recovery fine-tuning epochs per attempt (default: %(default)s)")
     g.add_argument("--lr", type=float, default=5e-5, help="recovery fine-tuning learning rate (default: %(default)s)")
@@ -78,7 +72,7 @@ def add_parser(sub) -> None:
                         "itself, or a zero-argument factory of that function or of labelled batches")
     p.add_argument("--text-column", default="text", help="CSV column with the text (default: %(default)s)")
     p.add_argument("--label-column", default="label", help="CSV column with the label (default: %(default)s)")
-    p.add_argument("--layers", default="auto",
+    p.add_argument("--layers", default=option("layers").default,
                    help="'auto', a block-list name or attribute path (default: %(default)s: the detected block "
                         "list, or the model's only nn.Sequential/nn.ModuleList)")
     p.add_argument("--view", choices=VIEWS,
@@ -135,7 +129,7 @@ def flag_message(error: BaseException) -> str:
     from ..prune.checkpoint import CheckpointMismatch
 
     if isinstance(error, CheckpointMismatch):
-        changed = "; ".join(f"{FLAGS.get(k, k)} was {saved!r}, now {now!r}"
+        changed = "; ".join(f"{option_flags().get(k, k)} was {saved!r}, now {now!r}"
                             for k, (saved, now) in error.differences.items())
         return (f"--resume: the checkpoint in {error.directory} was made with other options ({changed}); "
                 "rerun with the checkpoint's options, or use another --out to start afresh")
@@ -229,12 +223,15 @@ def _build(args):
         evald = text_batches(eval_ds, tok, args.batch_size, args.max_length, with_labels=True)
         evaluate = lambda m: accuracy(m, evald)  # noqa: E731
     finetune = None if train is None else Finetuner(train, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps,
-                                                    progress=progress, fsdp=True if args.fsdp else None)
+                                                    progress=progress, fsdp=True if args.fsdp else None,
+                                                    seed=args.seed)
     return model, calib, evaluate, finetune, (None if is_factory(args.model) else tok)
 
 
 def cmd_prune(args) -> int:
-    from ..distributed import init_from_environment
+    import torch
+
+    from ..distributed import Ranks, init_from_environment
     from ..prune import MPruner
     from ..prune.outputs import write_report
 
@@ -257,12 +254,14 @@ def cmd_prune(args) -> int:
             no_library_bars()
         print(f"mpruner prune: loading {args.model}", flush=True)
         options, tokenizer = {}, None
+        torch.manual_seed(args.seed)  # what the model initialises afresh (a new classification head) is seeded
         if causal:
             from .prune_lm import build_causal_lm
 
             model, calib, evaluate, finetune, options = build_causal_lm(args)
         else:
             model, calib, evaluate, finetune, tokenizer = _build(args)
+        Ranks.current().sync_weights(model)  # under torchrun every rank starts from rank 0's weights
         from .prune_stages import run_pipeline, wants_stages
 
         layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
@@ -271,7 +270,7 @@ def cmd_prune(args) -> int:
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers, **options,
                          threshold=args.threshold, tolerance=args.tolerance,
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
-                         max_iterations=args.max_iterations, view=args.view,
+                         max_iterations=args.max_iterations, view=args.view, seed=args.seed,
                          checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
         result = pruner.run(resume=args.resume)
         if not pruner.ranks.is_main:  # rank 0 writes the report

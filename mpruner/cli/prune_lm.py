@@ -68,7 +68,7 @@ def build_causal_lm(args):
             raise ValueError("--fsdp shards full fine-tuning; LoRA healing trains only small adapters: "
                              "pass --lora-r 0 with --fsdp, or drop --fsdp")
         finetune = Finetuner(windows, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, progress=progress,
-                             lora=lora, fsdp=True if getattr(args, "fsdp", False) else None)
+                             lora=lora, fsdp=True if getattr(args, "fsdp", False) else None, seed=args.seed)
     options = dict(higher_is_better=False, select=args.select)
     if args.select != "cluster":
         options.update(n=args.n, target_layers=args.target_layers)

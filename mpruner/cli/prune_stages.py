@@ -28,7 +28,8 @@ def run_pipeline(args, model, calib, evaluate, finetune, layers=None) -> int:
     pipe = Pipeline(model, calib, evaluate, finetune=finetune, depth=not args.no_depth, width=args.width,
                     sparsity=args.sparsity, pattern=args.pattern, tolerance=args.tolerance,
                     tolerance_mode=args.tolerance_mode, checkpoint_dir=os.path.join(args.out, "checkpoint"),
-                    example_inputs=calib[0], progress=not args.no_progress, depth_kwargs=depth_kwargs)
+                    example_inputs=calib[0], progress=not args.no_progress, depth_kwargs=depth_kwargs,
+                    seed=args.seed)
     result = pipe.run(resume=args.resume)
     summary = write_pipeline_report(result, args.out, extra={"model_source": args.model})
     print(result.summary())

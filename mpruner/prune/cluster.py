@@ -6,6 +6,8 @@ from typing import List, Sequence
 
 import torch
 
+from ..moved import forward_names
+
 METHODS = ("anchor", "adjacent")
 
 
@@ -76,3 +78,7 @@ def auto_threshold(cka, floor: float = 0.9, step: float = 0.005, exclude=()) -> 
     if not sims:
         return 1.0
     return max(floor, math.floor(max(sims) / step) * step)
+
+
+# Renamed in 0.2 (a second public select_layers lived in mpruner.analysis.layers).
+__getattr__ = forward_names(__name__, {"select_layers": ("mpruner.prune.cluster", "redundant_members")})

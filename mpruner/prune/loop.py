@@ -2,87 +2,26 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 
 from ..adapters import find_blocks
+from ..distributed import Ranks
 from ..stacklevel import user_stacklevel
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from . import strategies
-from .cluster import METHODS, adjacent_similarities, auto_threshold, cluster_layers, redundant_members
-from ..distributed import Ranks
-
-TOLERANCE_MODES = ("absolute", "relative")
+from .cluster import adjacent_similarities, auto_threshold, cluster_layers, redundant_members
+from .options import PruneOptions, signature
+from .records import Iteration, PruneResult
 AUTO_FLOOR = 0.9  # threshold="auto" never tries layers less similar than this to their predecessor
-
-
-@dataclass
-class Iteration:
-    """One attempt of the loop (one entry of ``PruneResult.history``)."""
-    iteration: int
-    granularity: int
-    threshold: float
-    layer_names: List[str]
-    cka: List[List[float]]
-    clusters: List[List[int]]
-    removed: List[int]            # indices into the block list of the model this attempt started from
-    removed_names: List[str]
-    layers_before: int
-    layers_after: int
-    metric: Optional[float]
-    accepted: bool
-    seconds: Dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class PruneResult:
-    model: nn.Module
-    history: List[Iteration]
-    metric_before: float
-    metric_after: float
-    layers_before: int
-    layers_after: int
-    params_before: int
-    params_after: int
-    tolerance: float
-    tolerance_mode: str
-    stop_reason: str
-    seconds: Dict[str, float]
-    stats_before: Optional[dict] = None
-    stats_after: Optional[dict] = None
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "model"}
-        d["history"] = [asdict(h) for h in self.history]
-        return d
-
-    def summary(self) -> str:
-        """A table of the attempts and the before/after totals."""
-        lines = [f"{'iter':>4} {'k':>2} {'thresh':>7} {'removed':<24} {'layers':>9} {'metric':>9}  result"]
-        for h in self.history:
-            metric = "-" if h.metric is None else f"{h.metric:.4f}"
-            removed = ",".join(str(i) for i in h.removed) or "-"
-            lines.append(f"{h.iteration:>4} {h.granularity:>2} {h.threshold:>7.4f} {removed:<24} "
-                         f"{h.layers_before:>3} -> {h.layers_after:<3} {metric:>9}  "
-                         f"{'accepted' if h.accepted else 'rolled back'}")
-        pct = 100.0 * (1 - self.params_after / max(1, self.params_before))
-        lines += [
-            "",
-            f"layers   {self.layers_before} -> {self.layers_after}",
-            f"params   {self.params_before:,} -> {self.params_after:,} (-{pct:.1f}%)",
-            f"metric   {self.metric_before:.4f} -> {self.metric_after:.4f} "
-            f"(tolerance {self.tolerance} {self.tolerance_mode})",
-            f"stopped  {self.stop_reason}",
-            "time     " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
-        ]
-        return "\n".join(lines)
 
 
 def _params(model: nn.Module) -> int:
@@ -126,75 +65,38 @@ class MPruner:
     """
 
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
-                 finetune: Optional[Callable[[nn.Module], None]] = None, layers: str = "auto",
-                 threshold: Union[float, str] = 0.98, tolerance: float = 0.01, max_granularity: int = 3,
-                 max_iterations: int = 10, view: Optional[str] = None, checkpoint_dir=None, example_inputs=None,
-                 progress: bool = True, *, tolerance_mode: str = "absolute", cluster_method: str = "anchor",
-                 analyze_kwargs: Optional[dict] = None, seed: int = 0, verbose: bool = True,
-                 higher_is_better: bool = True, select: str = "cluster", n: Optional[int] = None,
-                 target_layers: Optional[int] = None):
+                 finetune: Optional[Callable[[nn.Module], None]] = None, *args, **options):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
             raise TypeError("evaluate must be a callable evaluate(model) -> float (higher is better)")
         if finetune is not None and not callable(finetune):
             raise TypeError("finetune must be a callable finetune(model) -> None, a mpruner.Finetuner, or None")
-        if threshold != "auto" and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-            raise ValueError(f"threshold must be in (0, 1] or 'auto', got {threshold!r}")
-        if not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-        if not isinstance(higher_is_better, bool):
-            raise TypeError(f"higher_is_better must be True or False, got {higher_is_better!r}")
-        if tolerance_mode not in TOLERANCE_MODES:
-            raise ValueError(f"tolerance_mode must be one of {TOLERANCE_MODES}, got {tolerance_mode!r}")
-        if cluster_method not in METHODS:
-            raise ValueError(f"cluster_method must be one of {METHODS}, got {cluster_method!r}")
-        for name, v in (("max_granularity", max_granularity), ("max_iterations", max_iterations)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        view = self._check_select(select, n, target_layers, view)
+        self.options = opts = PruneOptions.from_call(args, options)  # every option checked here
         self.original = model
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune
-        self.threshold, self.tolerance, self.tolerance_mode = threshold, float(tolerance), tolerance_mode
-        self.higher_is_better = higher_is_better
-        self.max_granularity, self.max_iterations = max_granularity, max_iterations
-        self.view, self.example_inputs, self.progress, self.verbose = view, example_inputs, progress, verbose
-        self.cluster_method, self.analyze_kwargs, self.seed = cluster_method, dict(analyze_kwargs or {}), seed
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.threshold, self.tolerance, self.tolerance_mode = opts.threshold, opts.tolerance, opts.tolerance_mode
+        self.higher_is_better = opts.higher_is_better
+        self.max_granularity, self.max_iterations = opts.max_granularity, opts.max_iterations
+        self.view, self.example_inputs, self.progress, self.verbose = (opts.view, opts.example_inputs, opts.progress,
+                                                                        opts.verbose)
+        self.cluster_method, self.analyze_kwargs, self.seed = opts.cluster_method, dict(opts.analyze_kwargs or {}), \
+            opts.seed
+        self.select, self.n, self.target_layers = opts.select, opts.n, opts.target_layers
+        self.checkpoint_dir = None if opts.checkpoint_dir is None else Path(opts.checkpoint_dir)
         self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see mpruner/distributed.py)
         if self.checkpoint_dir is not None:
             ckpt.check_directory(self.checkpoint_dir)  # now, not after the first attempt
-        self.block_list = self._resolve_block_list(model, layers)
+        self.block_list = self._resolve_block_list(model, opts.layers)
         self._reset()
-        if target_layers is not None:
-            if not 1 <= target_layers < self.layers_before:
+        if self.target_layers is not None:
+            if not 1 <= self.target_layers < self.layers_before:
                 raise ValueError(f"target_layers must be in [1, {self.layers_before - 1}] (the model has "
-                                 f"{self.layers_before} blocks), got {target_layers}")
-            self.n = self.layers_before - target_layers
-        elif n is not None and n >= self.layers_before:
-            raise ValueError(f"n={n} would remove every block (the model has {self.layers_before}); pass a smaller n")
-
-    def _check_select(self, select, n, target_layers, view) -> str:
-        """Validates the selection arguments; returns the view to analyse with."""
-        if select not in strategies.SELECTIONS:
-            raise ValueError(f"select must be one of {strategies.SELECTIONS}, got {select!r}")
-        self.select, self.n, self.target_layers = select, n, target_layers
-        if select == "cluster":
-            if n is not None or target_layers is not None:
-                raise ValueError("n / target_layers apply to select='lowest-influence' or 'contiguous'; "
-                                 "select='cluster' removes what the CKA clusters give")
-            return "mean" if view is None else view
-        if (n is None) == (target_layers is None):
-            raise ValueError(f"select={select!r} needs n (blocks to remove) or target_layers (depth to reach), "
-                             "exactly one of them")
-        for name, v in (("n", n), ("target_layers", target_layers)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        view = "tokens" if view is None else view
-        if view not in ("tokens", "last_token"):
-            raise ValueError(f"select={select!r} compares block inputs and outputs token by token: view must be "
-                             f"'tokens' or 'last_token', got {view!r}")
-        return view
+                                 f"{self.layers_before} blocks), got {self.target_layers}")
+            self.n = self.layers_before - self.target_layers
+        elif self.n is not None and self.n >= self.layers_before:
+            raise ValueError(f"n={self.n} would remove every block (the model has {self.layers_before}); pass a "
+                             "smaller n")
 
     # ------------------------------------------------------------------ setup
     def _resolve_block_list(self, model, layers) -> str:
@@ -246,12 +148,8 @@ class MPruner:
         return next(len(bl) for bl in self._block_lists(model) if bl.name == self.block_list)
 
     def _options(self) -> dict:
-        return {"block_list": self.block_list, "threshold": self.threshold, "tolerance": self.tolerance,
-                "tolerance_mode": self.tolerance_mode, "max_granularity": self.max_granularity,
-                "max_iterations": self.max_iterations,
-                "view": self.view, "cluster_method": self.cluster_method, "seed": self.seed,
-                **({} if self.higher_is_better else {"higher_is_better": False}),
-                **({} if self.select == "cluster" else {"select": self.select, "n": self.n})}
+        """The options a checkpoint records and a resumed run must match."""
+        return self.options.checkpointed(self.block_list, self.n)
 
     def _log(self, msg: str):
         if not self.verbose or not self.ranks.is_main:
@@ -292,6 +190,7 @@ class MPruner:
         if self.done:
             return None
         if self.metric_before is None:
+            self.ranks.sync_weights(self.model)  # one starting point on every rank (the loop's own copy)
             self.metric_before = self.ranks.metric(float(self._timed("evaluate", self.evaluate, self.model)))
             self.metric_current = self.metric_before
             self._log(f"mpruner: original metric {self.metric_before:.4f}")
@@ -484,3 +383,12 @@ class MPruner:
         self.history = [self._iteration(h, i) for i, h in enumerate(state["history"])]
         self._log(f"mpruner: resumed at attempt {self.iteration} (k={self.granularity}, "
                   f"{self._num_layers(self.model)} layers)")
+
+
+# The constructor's signature as help(), IDEs and the API reference show it: every option of
+# PruneOptions with its default (the options are listed once, there).
+MPruner.__init__.__signature__ = signature(inspect.Signature([
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+    for name, default in (("self", inspect.Parameter.empty), ("model", inspect.Parameter.empty),
+                          ("calib_data", inspect.Parameter.empty), ("evaluate", inspect.Parameter.empty),
+                          ("finetune", None))]))

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..sparsity import count_nonzero, frozen_copy, refresh_masked_weights, wanda
 from ..surgery import load_pruned, model_stats, save_pruned
+from ..surgery.stats import format_count
 from . import checkpoint as ckpt
 from .loop import MPruner, PruneResult
 from .shared_calibration import SharedCalibration
@@ -54,12 +55,12 @@ class PipelineResult:
                 "stages": [asdict(s) for s in self.stages]}
 
     def summary(self) -> str:
-        lines = [f"{'stage':<10} {'result':<11} {'params':>12} {'non-zero':>12} {'MACs':>14} {'latency':>9} "
+        lines = [f"{'stage':<10} {'result':<11} {'params':>12} {'non-zero':>12} {'MACs':>8} {'latency':>9} "
                  f"{'metric':>8}"]
         for s in self.stages:
             lat = "-" if s.latency_ms is None or math.isnan(s.latency_ms) else f"{s.latency_ms:.2f}ms"
             lines.append(f"{s.name:<10} {'accepted' if s.accepted else 'rolled back':<11} {s.params:>12,} "
-                         f"{s.nonzero:>12,} {s.macs if s.macs is not None else '-':>14} {lat:>9} "
+                         f"{s.nonzero:>12,} {'-' if s.macs is None else format_count(s.macs):>8} {lat:>9} "
                          f"{'-' if s.metric is None else format(s.metric, '.4f'):>8}")
         return "\n".join(lines)
 

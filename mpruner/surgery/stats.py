@@ -26,8 +26,8 @@ class ModelStats:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"params {_si(self.params)}, MACs {_si(self.macs)}, latency {format_ms(self.latency_ms)}, "
-                f"weights {_si(self.weight_bytes)}B")
+        return (f"params {format_count(self.params)}, MACs {format_count(self.macs)}, latency {format_ms(self.latency_ms)}, "
+                f"weights {format_count(self.weight_bytes)}B")
 
 
 def format_ms(ms: float) -> str:
@@ -43,7 +43,8 @@ def format_ms(ms: float) -> str:
     return f"{ms / 60e3:.3g} min"
 
 
-def _si(value: float) -> str:
+def format_count(value: float) -> str:
+    """A count as a person reads it: ``5.44G``, ``22.7M``, ``850k``, ``12``."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.3g}{unit}"
