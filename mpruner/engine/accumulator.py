@@ -6,10 +6,13 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import checks
-from .cka import NonFiniteError, check_finite, hsic_to_cka, layer_hsic, nonfinite_error
-from .exact import ExactLinearSums
+from .cka import hsic_to_cka
+from .exact import ExactSums
+from .minibatch import MinibatchSums
 
-ESTIMATORS = ("minibatch", "exact")
+# The estimators are sibling classes with one interface; the accumulator picks one at reset().
+ESTIMATOR_CLASSES = {"minibatch": MinibatchSums, "exact": ExactSums}
+ESTIMATORS = tuple(ESTIMATOR_CLASSES)
 
 
 class _SettledCounter:
@@ -73,14 +76,9 @@ class CKAAccumulator:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forgets all batches (keeps the options)."""
-        self._sums: Optional[torch.Tensor] = None       # (K, K) float64 HSIC sums, K = L + M
-        self._thresholds: Optional[torch.Tensor] = None  # (K,) degeneracy thresholds, summed like the HSIC
-        self._exact: Optional[ExactLinearSums] = None
-        self._first_bad: Optional[torch.Tensor] = None  # (K,) first batch with NaN/Inf per layer, -1: none
+        self._est = ESTIMATOR_CLASSES[self.estimator](self.kernel, self.unbiased, self.sigma, self.precision,
+                                                      self.nan_policy, self.max_exact_bytes)
         self._shape: Optional[tuple] = None             # (L, M)
-        # nan_policy="skip" on the device path: batches are counted when added and their HSIC
-        # masked on the device; (skipped batches, their samples) wait here until first read.
-        self._pending_skips: Optional[torch.Tensor] = None
         self._num_batches = 0
         self._num_samples = 0
         self._num_skipped = 0
@@ -92,15 +90,15 @@ class CKAAccumulator:
 
     def _settle(self) -> None:
         """Moves the device's count of masked (skipped) batches into the counters."""
-        if self._pending_skips is None:
+        skipped, samples = self._est.take_device_skips()
+        if not skipped:
             return
-        skipped, samples = (int(v) for v in self._pending_skips.tolist())
-        self._pending_skips = None
         self._num_batches -= skipped
         self._num_samples -= samples
         self._num_skipped += skipped
         if self._num_batches == 0:  # every batch was skipped: nothing accumulated
-            self._sums = self._thresholds = None
+            self._est = ESTIMATOR_CLASSES[self.estimator](self.kernel, self.unbiased, self.sigma, self.precision,
+                                                          self.nan_policy, self.max_exact_bytes)
             self._shape = None
 
     @property
@@ -109,9 +107,7 @@ class CKAAccumulator:
         self._settle()
         if self._shape is None:
             raise RuntimeError("no batch accumulated yet: call update(features) first")
-        if self.estimator == "exact":
-            return self._exact.hsic(self.unbiased)
-        return self._sums
+        return self._est.hsic()
 
     # ------------------------------------------------------------------ updates
     def update(self, features: Sequence[torch.Tensor], other: Optional[Sequence[torch.Tensor]] = None, *,
@@ -131,8 +127,8 @@ class CKAAccumulator:
         if self._shape is not None and shape != self._shape:
             raise ValueError(f"this accumulator holds (L, M)={self._shape} layers but the batch has {shape}; "
                              "pass the same layers every batch (or reset())")
-        # The exact estimator pools samples across batches, so one batch may be tiny.
-        per_batch_unbiased = self.unbiased and self.estimator == "minibatch"
+        # An estimator that pools samples across batches takes a tiny batch too.
+        per_batch_unbiased = self.unbiased and not self._est.pools_samples
         xs = checks.prepare_layers(feats, per_batch_unbiased, other=oth, device=self.device,
                               device_fix=" (or pass CKAAccumulator(device=...) to move them)")
         names = self._names(shape)
@@ -140,73 +136,12 @@ class CKAAccumulator:
             self.device = xs[0].device
         n = xs[0].shape[0]
         index = self.num_batches + self.num_skipped if batch is None else int(batch)
-        if self.estimator == "exact":
-            ok = self._update_exact(xs, names, index)
-        else:
-            ok = self._update_minibatch(xs, names, index)
-        if not ok:
+        if not self._est.update(xs, names, index):
             self._num_skipped += 1
             return
         self._shape = shape
         self._num_batches += 1
         self._num_samples += n
-
-    def _defer_checks(self, device: torch.device) -> bool:
-        """Whether the NaN/Inf check waits for compute() (no host sync per batch)."""
-        return self.nan_policy == "raise" and checks.device_path(device)
-
-    def _update_minibatch(self, xs: List[torch.Tensor], names: List[str], index: int) -> bool:
-        h, thr = layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision)
-        if self._defer_checks(h.device) and not checks.compiling():
-            bad = ~torch.isfinite(torch.diagonal(h))
-            if self._first_bad is None:
-                self._first_bad = torch.full(bad.shape, -1, dtype=torch.long, device=h.device)
-            self._first_bad = torch.where(bad & (self._first_bad < 0), index, self._first_bad)
-        elif self.nan_policy == "skip" and checks.device_path(h.device) and not checks.compiling():
-            # Masked accumulation: a batch with NaN/Inf anywhere adds zeros, and the device
-            # counts it; the host learns of it when a counter or the result is read.
-            skip = (~torch.isfinite(torch.diagonal(h))).any()
-            zero = torch.zeros((), dtype=h.dtype, device=h.device)
-            h, thr = torch.where(skip, zero, h), torch.where(skip, zero, thr)
-            counts = torch.stack([skip, skip]).to(torch.long) * torch.tensor([1, xs[0].shape[0]], device=h.device)
-            self._pending_skips = counts if self._pending_skips is None else self._pending_skips + counts
-        else:
-            bad = check_finite(h)
-            if bad:
-                if self.nan_policy == "skip":
-                    return False
-                raise nonfinite_error(bad, names, f" (batch {index})", index)
-        if self._sums is None:
-            self._sums, self._thresholds = h.clone(), thr.clone()
-        else:
-            self._sums += h
-            self._thresholds += thr
-        return True
-
-    def _raise_deferred(self, names: List[str]) -> None:
-        """Raises for the NaN/Inf batches recorded on the device (one read, at compute())."""
-        if self._first_bad is None:
-            return
-        first = self._first_bad.tolist()
-        bad = [i for i, b in enumerate(first) if b >= 0]
-        if bad:
-            index = min(first[i] for i in bad)
-            bad = [i for i in bad if first[i] == index]
-            raise nonfinite_error(bad, names, f" (batch {index})", index)
-
-    def _update_exact(self, xs: List[torch.Tensor], names: List[str], index: int) -> bool:
-        finite = [bool(torch.isfinite(x).all()) for x in xs]
-        if not all(finite):
-            if self.nan_policy == "skip":
-                return False
-            bad = [i for i, f in enumerate(finite) if not f]
-            raise NonFiniteError(f"NaN or Inf in the activations of {', '.join(names[i] for i in bad)} "
-                                 f"(batch {index}); fix the model/inputs or pass nan_policy='skip'",
-                                 [names[i] for i in bad], index)
-        if self._exact is None:
-            self._exact = ExactLinearSums([x.shape[1] for x in xs], xs[0].device, self.max_exact_bytes)
-        self._exact.update(xs)
-        return True
 
     def _names(self, shape) -> List[str]:
         L, M = shape
@@ -225,14 +160,8 @@ class CKAAccumulator:
                                + (f" ({self.num_skipped} batches were skipped for NaN/Inf)" if self.num_skipped else ""))
         L, M = self._shape
         names = self._names(self._shape)
-        if self.estimator == "exact":
-            if self.unbiased and self.num_samples < 4:
-                raise ValueError(f"the exact unbiased estimator needs >= 4 samples in all, got {self.num_samples}")
-            h = self._exact.hsic(self.unbiased)
-            thr = self._exact.thresholds()
-        else:
-            self._raise_deferred(names)
-            h, thr = self._sums, self._thresholds
+        self._est.raise_deferred(names)
+        h, thr = self._est.result(self.num_samples)
         c = hsic_to_cka(h, thr, names)
         return c if M == 0 else c[:L, L:]
 
@@ -255,7 +184,7 @@ class CKAAccumulator:
         other._settle()
         for acc in (self, other):
             if acc._shape is not None:
-                acc._raise_deferred(acc._names(acc._shape))
+                acc._est.raise_deferred(acc._names(acc._shape))
         if other._shape is None:
             self.num_skipped += other.num_skipped
             return self
@@ -264,11 +193,7 @@ class CKAAccumulator:
             self.load_state_dict(other.state_dict())
             self.num_skipped += skipped
             return self
-        if self.estimator == "exact":
-            self._exact.merge(other._exact)
-        else:
-            self._sums += other._sums.to(self._sums.device)
-            self._thresholds += other._thresholds.to(self._thresholds.device)
+        self._est.merge(other._est)
         self.num_batches += other.num_batches
         self.num_samples += other.num_samples
         self.num_skipped += other.num_skipped
@@ -284,17 +209,13 @@ class CKAAccumulator:
         self._settle()
         if self._shape is None:
             raise RuntimeError("all_reduce needs at least one update() on every rank")
-        self._raise_deferred(self._names(self._shape))
-        if self.estimator == "exact":
-            self._exact.prepare_all_reduce(group)  # one common shift on every rank
-        tensors = self._exact.tensors() if self.estimator == "exact" else [self._sums, self._thresholds]
+        self._est.raise_deferred(self._names(self._shape))
+        self._est.all_reduce(group)
         counts = torch.tensor([self.num_batches, self.num_samples, self.num_skipped], dtype=torch.float64,
-                              device=tensors[0].device)
-        for t in tensors + [counts]:
-            dist.all_reduce(t, group=group)
+                              device=self._est.device)
+        dist.all_reduce(counts, group=group)
         self.num_batches, self.num_samples, self.num_skipped = (int(v) for v in counts.tolist())
-        if self.estimator == "exact":
-            self._exact.n = self.num_samples
+        self._est.total_samples(self.num_samples)
         return self
 
     def state_dict(self) -> Dict:
@@ -304,12 +225,8 @@ class CKAAccumulator:
                  "shape": None if self._shape is None else list(self._shape), "num_batches": self.num_batches,
                  "num_samples": self.num_samples, "num_skipped": self.num_skipped}
         if self._shape is not None:
-            self._raise_deferred(self._names(self._shape))
-            if self.estimator == "exact":
-                state["exact"] = self._exact.state_dict()
-            else:
-                state["hsic"] = self._sums.clone()
-                state["thresholds"] = self._thresholds.clone()
+            self._est.raise_deferred(self._names(self._shape))
+            state.update(self._est.state_dict())
         return state
 
     def load_state_dict(self, state: Dict) -> None:
@@ -324,14 +241,9 @@ class CKAAccumulator:
         if state["shape"] is None:
             return
         self._shape = tuple(state["shape"])
-        dev = self.device
-        if self.estimator == "exact":
-            self._exact = ExactLinearSums.from_state_dict(state["exact"], dev, self.max_exact_bytes)
-        else:
-            self._sums = state["hsic"].to(dev or state["hsic"].device, torch.float64).clone()
-            self._thresholds = state["thresholds"].to(self._sums.device, torch.float64).clone()
+        self._est.load_state_dict(state, self.device, self.max_exact_bytes)
         if self.device is None:
-            self.device = (self._sums if self._sums is not None else self._exact.xx).device
+            self.device = self._est.device
 
     def __repr__(self) -> str:
         return (f"CKAAccumulator(kernel={self.kernel!r}, unbiased={self.unbiased}, estimator={self.estimator!r}, "

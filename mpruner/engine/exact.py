@@ -13,11 +13,11 @@ which merging and all-reduce need.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cka import DEGENERATE_FACTOR
+from .cka import DEGENERATE_FACTOR, NonFiniteError
 
 
 def _gib(b: int) -> str:
@@ -153,3 +153,67 @@ class ExactLinearSums:
         obj.shift = None if state["shift"] is None else state["shift"].to(device, torch.float64).clone()
         obj.n = int(state["n"])
         return obj
+
+
+class ExactSums:
+    """The exact estimator of ``CKAAccumulator`` (linear kernel): feature-space sums over all
+    samples, so the result is CKA over the whole data set at once. Offers the methods of its
+    sibling :class:`mpruner.engine.minibatch.MinibatchSums`."""
+
+    pools_samples = True  # the samples of all batches form one estimate: a batch may be tiny
+
+    def __init__(self, kernel: str, unbiased: bool, sigma: float, precision: str, nan_policy: str, max_bytes: int):
+        self.unbiased, self.nan_policy, self.max_bytes = unbiased, nan_policy, max_bytes
+        self.sums: Optional[ExactLinearSums] = None  # made at the first batch, which fixes the widths
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        return None if self.sums is None else self.sums.xx.device
+
+    def update(self, xs: List[torch.Tensor], names: Sequence[str], index: int) -> bool:
+        """Adds one batch; False when it holds NaN/Inf and ``nan_policy="skip"``."""
+        finite = [bool(torch.isfinite(x).all()) for x in xs]
+        if not all(finite):
+            if self.nan_policy == "skip":
+                return False
+            bad = [i for i, f in enumerate(finite) if not f]
+            raise NonFiniteError(f"NaN or Inf in the activations of {', '.join(names[i] for i in bad)} "
+                                 f"(batch {index}); fix the model/inputs or pass nan_policy='skip'",
+                                 [names[i] for i in bad], index)
+        if self.sums is None:
+            self.sums = ExactLinearSums([x.shape[1] for x in xs], xs[0].device, self.max_bytes)
+        self.sums.update(xs)
+        return True
+
+    def take_device_skips(self) -> Tuple[int, int]:
+        return 0, 0  # every check is on the host
+
+    def raise_deferred(self, names: Sequence[str]) -> None:
+        """Nothing is deferred: NaN/Inf raise in ``update``."""
+
+    def hsic(self) -> torch.Tensor:
+        return self.sums.hsic(self.unbiased)
+
+    def result(self, num_samples: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.unbiased and num_samples < 4:
+            raise ValueError(f"the exact unbiased estimator needs >= 4 samples in all, got {num_samples}")
+        return self.sums.hsic(self.unbiased), self.sums.thresholds()
+
+    def merge(self, other: "ExactSums") -> None:
+        self.sums.merge(other.sums)
+
+    def all_reduce(self, group=None) -> None:
+        import torch.distributed as dist
+
+        self.sums.prepare_all_reduce(group)  # one common shift on every rank
+        for t in self.sums.tensors():
+            dist.all_reduce(t, group=group)
+
+    def total_samples(self, n: int) -> None:
+        self.sums.n = n
+
+    def state_dict(self) -> Dict:
+        return {"exact": self.sums.state_dict()}
+
+    def load_state_dict(self, state: Dict, device, max_bytes: int) -> None:
+        self.sums = ExactLinearSums.from_state_dict(state["exact"], device, max_bytes)
