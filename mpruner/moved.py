@@ -51,10 +51,8 @@ OLD_NAMES: Dict[Tuple[str, str], Tuple[str, str]] = {
 
 def add_prune_and_demo_parsers(sub) -> None:
     """``mpruner.prune.cli.add_parsers`` of 0.1: registers ``prune`` and ``demo``."""
-    from .cli import demo, prune
-
-    prune.add_parser(sub)
-    demo.add_parser(sub)
+    for command in ("mpruner.cli.prune", "mpruner.cli.demo"):  # by name: this module sits below the CLI
+        importlib.import_module(command).add_parser(sub)
 
 
 def _warn(old: str, new: str, stacklevel: int) -> None:

@@ -138,13 +138,13 @@ class CountingSink:
     def __init__(self):
         self.sums, self.n = torch.arange(6, dtype=torch.float64).reshape(2, 3), 4
 
-    def distributed_state(self, shape):
+    def distributed_state(self):
         return [self.sums]
 
     def distributed_counts(self):
         return [self.n]
 
-    def distributed_load(self, shape, tensors, counts):
+    def distributed_load(self, tensors, counts):
         self.sums, (self.n,) = tensors[0], counts
 
 
@@ -154,9 +154,9 @@ def test_other_sinks_join_through_three_methods(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
         sink = CountingSink()
-        assert reduce_sink(Shard(0, 1), sink, (2, 0), seen=3) == 3
+        assert reduce_sink(Shard(0, 1), sink, seen=3) == 3
         assert sink.n == 4 and torch.equal(sink.sums, torch.arange(6, dtype=torch.float64).reshape(2, 3))
         with pytest.raises(TypeError, match="object cannot be summed over processes: give it distributed_state"):
-            reduce_sink(Shard(0, 1), object(), (2, 0), seen=3)
+            reduce_sink(Shard(0, 1), object(), seen=3)
     finally:
         dist.destroy_process_group()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import warnings
 from typing import Dict, Iterable, Optional, Sequence, Union
 
 import torch
@@ -12,7 +11,6 @@ import torch.nn as nn
 
 from ..engine import checks
 from ..adapters import BlockList
-from ..stacklevel import user_stacklevel
 from ..distributed import resolve as resolve_shard
 from .reduction import reduce_sink
 from .capture import LayerCapture
@@ -21,7 +19,7 @@ from .layers import LayerSelection, resolve_layers
 from .placement import execution_device
 from .result import Analysis
 from .input_capture import InputCapture
-from .similarity_sinks import SimilaritySink
+from .similarity_sinks import SimilaritySink, WithBlockIO
 from .sinks import MatrixSink, TokenSink
 from .views import VIEWS, apply_view
 
@@ -105,19 +103,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
     run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
-    sim_sink = SimilaritySink(view if metric != "cka" else "tokens", names, bool(block_inputs), cka_device) \
-        if metric != "cka" or block_inputs else None
-    if metric != "cka":
-        sink = sim_sink
-        view_fn = functools.partial(apply_view, "tokens")
-    else:
-        if view == "tokens":
-            sink = TokenSink(unbiased, names, other_names, cka_device)
-        else:
-            sink = MatrixSink(kernel, unbiased, names, other_names, cka_device)
-        view_fn = functools.partial(apply_view, view)
-        if sim_sink is not None:  # CKA features and the raw token states from one hook
-            view_fn = functools.partial(_both_views, view)
+    sink, view_fn = choose_sink(metric, view, kernel, unbiased, bool(block_inputs), names, other_names, cka_device)
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
@@ -140,47 +126,46 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
                 seen += 1
                 feats, ctx = _run(model, capture, batch, run_device, forward, index, in_capture)
                 ins = in_capture.collect() if block_inputs else None
-                if metric != "cka":
-                    sink.update(feats, ins, ctx)
-                    continue
-                if sim_sink is not None:
-                    feats, raw = [f for f, _ in feats], [r for _, r in feats]
-                    sim_sink.update(raw, ins, ctx)
                 other_feats = None
                 if other is not None:
                     other_feats, _ = _run(other, other_capture, batch, execution_device(other), forward, index)
-                sink.update(feats, other_feats, ctx)
+                sink.update(feats, ins, other_feats, ctx)
     except Exception as e:
         if shard is None:
             raise
         failure = e
     if shard is not None:  # every rank joins, also one that failed (it re-raises its own error)
-        seen_here = seen
-        seen = reduce_sink(shard, sink, (len(names), len(other_names)), seen, failure)
-        if sim_sink is not None and sim_sink is not sink:  # CKA with block inputs: the cosines too
-            reduce_sink(shard, sim_sink, (len(names), 0), seen_here)
-    block_io = None
-    if metric != "cka":
-        cka, block_io, extra = sink.result(metric)
-        num_samples = extra["num_tokens"] if view == "tokens" else extra["sequences"]
-    else:
-        cka, num_samples, extra = sink.result()
-        if sim_sink is not None:
-            _, block_io, _ = sim_sink.result("cosine")
-    if shard is not None:
-        extra = dict(extra, world_size=shard.world)
+        seen = reduce_sink(shard, sink, seen, failure)
+    result = sink.result()
+    extra = result.extra if shard is None else dict(result.extra, world_size=shard.world)
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
     if metric != "cka" or block_inputs:
         options.update(metric=metric, block_inputs=bool(block_inputs))
-    if sink.skipped_batches and metric == "cka":
-        unit = "sequences" if view == "tokens" else "samples"
-        warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
-                      f"{'unbiased' if unbiased else 'biased'} estimator (it needs >= {sink.need} "
-                      f"{'tokens per sequence' if view == 'tokens' else 'samples per batch'}); "
-                      "see Analysis.num_skipped", RuntimeWarning, stacklevel=user_stacklevel())
-    return Analysis(cka, names, num_samples, options, other_names if other is not None else None,
-                    metric=metric, block_io=block_io)
+    return Analysis(result.matrix, names, result.num_samples, options, other_names if other is not None else None,
+                    metric=metric, block_io=result.block_io)
+
+
+def choose_sink(metric: str, view: str, kernel: str, unbiased: bool, block_inputs: bool, names, other_names,
+                device):
+    """The sink for this analysis and the view its hooks apply, chosen once:
+
+    - ``metric="cosine"/"angular"``: token cosines (:class:`SimilaritySink`) on the token states;
+    - ``metric="cka"``: per-sequence CKA (``view="tokens"``, :class:`TokenSink`) or minibatch
+      CKA (:class:`MatrixSink`); with ``block_inputs`` also the token cosines of each block's
+      input against its output, from the same hooks (:class:`WithBlockIO`).
+    """
+    if metric != "cka":
+        return (SimilaritySink(metric, view, names, block_inputs, device),
+                functools.partial(apply_view, "tokens"))
+    if view == "tokens":
+        sink = TokenSink(unbiased, names, other_names, device)
+    else:
+        sink = MatrixSink(kernel, unbiased, names, other_names, device)
+    if not block_inputs:
+        return sink, functools.partial(apply_view, view)
+    similarity = SimilaritySink("cosine", "tokens", names, True, device)
+    return WithBlockIO(sink, similarity), functools.partial(_both_views, view)
 
 
 def _both_views(view: str, x, ctx, name: str):

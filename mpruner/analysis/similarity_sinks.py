@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..engine.similarity import cosine_sums, token_rows
+from .sinks import SinkResult
 from .views import BatchContext
 
 
@@ -22,8 +23,9 @@ def _key(t: torch.Tensor):
 class SimilaritySink:
     """Mean cosine / angular distance over real tokens (``view="tokens"``) or last tokens."""
 
-    def __init__(self, view: str, names: Sequence[str], with_inputs: bool, device):
-        self.view, self.names, self.with_inputs, self.device = view, list(names), with_inputs, device
+    def __init__(self, metric: str, view: str, names: Sequence[str], with_inputs: bool, device):
+        self.metric, self.view, self.names, self.with_inputs, self.device = metric, view, list(names), with_inputs, \
+            device
         L = len(self.names)
         zeros = lambda: torch.zeros(L, L, dtype=torch.float64, device=device)  # noqa: E731
         self.cos, self.ang = zeros(), zeros()
@@ -33,7 +35,7 @@ class SimilaritySink:
         self.need = 1
 
     def update(self, outputs: List[Tuple[torch.Tensor, Optional[torch.Tensor]]],
-               inputs: Optional[List[Tuple[torch.Tensor, Optional[torch.Tensor]]]], ctx: BatchContext) -> None:
+               inputs: Optional[List[Tuple[torch.Tensor, Optional[torch.Tensor]]]], other, ctx: BatchContext) -> None:
         xs = [x for x, _ in outputs]
         for name, x in zip(self.names, xs):
             if x.shape != xs[0].shape:
@@ -82,13 +84,13 @@ class SimilaritySink:
     def _sums(self) -> List[torch.Tensor]:
         return [self.cos, self.ang] + ([self.io_cos, self.io_ang] if self.with_inputs else [])
 
-    def distributed_state(self, shape) -> List[torch.Tensor]:
+    def distributed_state(self) -> List[torch.Tensor]:
         return [torch.cat([t.flatten().double().cpu() for t in self._sums()])]
 
     def distributed_counts(self) -> List[int]:
         return [self.num_batches, self.tokens, self.sequences, self.skipped_batches, self.skipped_samples]
 
-    def distributed_load(self, shape, tensors: List[torch.Tensor], counts: List[int]) -> None:
+    def distributed_load(self, tensors: List[torch.Tensor], counts: List[int]) -> None:
         L = len(self.names)
         parts = [p.reshape(L, L).to(self.device) for p in tensors[0].split(L * L)]
         self.cos, self.ang = parts[0], parts[1]
@@ -96,14 +98,46 @@ class SimilaritySink:
             self.io_cos, self.io_ang = parts[2], parts[3]
         self.num_batches, self.tokens, self.sequences, self.skipped_batches, self.skipped_samples = counts
 
-    def result(self, metric: str):
+    def result(self) -> SinkResult:
         if self.num_batches == 0:
             raise ValueError("no batch had a real token (attention_mask all zero?); nothing to compare"
                              if self.skipped_batches else "data yielded no batches; pass at least one batch")
         n = float(self.tokens)
-        matrix = (self.cos if metric == "cosine" else self.ang) / n
+        matrix = (self.cos if self.metric == "cosine" else self.ang) / n
         io = None
         if self.with_inputs:
             io = {"cosine": (self.io_cos / n).cpu(), "angular": (self.io_ang / n).cpu()}
         extra = {"estimator": "per-token", "num_tokens": self.tokens, "sequences": self.sequences}
-        return matrix.cpu(), io, extra
+        return SinkResult(matrix.cpu(), self.tokens if self.view == "tokens" else self.sequences, extra, io)
+
+
+class WithBlockIO:
+    """CKA together with the token cosines of each block's input against its output, from one
+    pass: each hooked output arrives as (CKA features of the view, (token states, mask))."""
+
+    def __init__(self, cka, similarity: SimilaritySink):
+        self.cka, self.similarity = cka, similarity
+
+    def __getattr__(self, name):  # counters, names and skips are the CKA sink's
+        return getattr(self.__dict__["cka"], name)
+
+    def update(self, outputs, inputs, other, ctx: BatchContext) -> None:
+        features, states = [f for f, _ in outputs], [s for _, s in outputs]
+        self.similarity.update(states, inputs, None, ctx)
+        self.cka.update(features, None, other, ctx)
+
+    def result(self) -> SinkResult:
+        result = self.cka.result()
+        result.block_io = self.similarity.result().block_io
+        return result
+
+    def distributed_state(self) -> List[torch.Tensor]:
+        return self.cka.distributed_state() + self.similarity.distributed_state()
+
+    def distributed_counts(self) -> List[int]:
+        return self.cka.distributed_counts() + self.similarity.distributed_counts()
+
+    def distributed_load(self, tensors: List[torch.Tensor], counts: List[int]) -> None:
+        k, c = len(self.cka.distributed_state()), len(self.cka.distributed_counts())
+        self.cka.distributed_load(tensors[:k], counts[:c])
+        self.similarity.distributed_load(tensors[k:], counts[c:])

@@ -1,12 +1,17 @@
-"""Where captured batches go: the minibatch CKA accumulator, or per-sequence token CKA.
+"""Where captured batches go for CKA: the minibatch accumulator, or per-sequence token CKA.
 
-Both keep only fixed-size sums (L x L float64 and counters); nothing grows with the
-number of batches.
+``analyze`` picks one sink per call (:func:`mpruner.analysis.driver.choose_sink`); every
+sink takes ``update(outputs, inputs, other, ctx)`` for each batch and gives a
+:class:`SinkResult` at the end, and offers its float64 sums to the all-reduce under
+torchrun (``distributed_state`` / ``distributed_counts`` / ``distributed_load``: zeros of the
+same sizes are a valid "nothing seen"). Sinks keep only fixed-size sums (L x L float64 and
+counters); nothing grows with the number of batches.
 """
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -16,6 +21,16 @@ from ..engine import token_cka
 from ..engine.cka import NonFiniteError
 from ..stacklevel import user_stacklevel
 from .views import BatchContext
+
+
+@dataclass
+class SinkResult:
+    """What a sink hands back to ``analyze``."""
+
+    matrix: torch.Tensor                # (L, L) or (L, M) float64 on the CPU
+    num_samples: int                    # samples (sequences for per-sequence CKA, tokens for token metrics)
+    extra: Dict                         # options to record (estimator, token counts, ...)
+    block_io: Optional[Dict[str, torch.Tensor]] = None  # block INPUT vs OUTPUT cosines/angles, when captured
 
 
 def _nonfinite_error(bad: Sequence[str], batch) -> ValueError:
@@ -35,14 +50,18 @@ def _rows(xs: Sequence[torch.Tensor], names: Sequence[str], ctx: BatchContext) -
 class MatrixSink:
     """Minibatch CKA (Nguyen et al. 2021) through ``CKAAccumulator``."""
 
+    unit = "samples per batch"
+
     def __init__(self, kernel: str, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
         self.names = list(names) + list(other_names)
         self.has_other = bool(other_names)
-        self.need = checks.min_samples(unbiased)
+        self.shape = (len(names), len(other_names))
+        self.unbiased, self.need = unbiased, checks.min_samples(unbiased)
         self.acc = CKAAccumulator(kernel=kernel, unbiased=unbiased, device=device, layer_names=self.names)
         self.skipped_batches = self.skipped_samples = 0
 
-    def update(self, feats: List[torch.Tensor], other: Optional[List[torch.Tensor]], ctx: BatchContext) -> None:
+    def update(self, feats: List[torch.Tensor], inputs, other: Optional[List[torch.Tensor]],
+               ctx: BatchContext) -> None:
         xs = feats + (other or [])
         n = _rows(xs, self.names, ctx)
         if n < self.need:  # too small for the estimator: skipped and counted (see analyze)
@@ -60,22 +79,47 @@ class MatrixSink:
     def num_batches(self) -> int:
         return self.acc.num_batches
 
-    def result(self) -> Tuple[torch.Tensor, int, dict]:
+    def result(self) -> SinkResult:
         if self.acc.num_batches == 0:
             raise ValueError(_no_batches(self.skipped_batches, self.need, "samples"))
         try:
             c = self.acc.compute()
         except NonFiniteError as e:
             raise _nonfinite_error(e.layers, e.batch) from None
-        return c.cpu(), self.acc.num_samples, {"estimator": "minibatch"}
+        _warn_skipped(self, "samples")
+        return SinkResult(c.cpu(), self.acc.num_samples, {"estimator": "minibatch"})
+
+    # torch.distributed: the accumulator's float64 sums and thresholds, and the counters.
+    def distributed_state(self) -> List[torch.Tensor]:
+        K = len(self.names)
+        if not self.acc.num_batches:  # this rank's share was empty or all skipped: it adds nothing
+            return [torch.zeros(K * K + K, dtype=torch.float64)]
+        state = self.acc.state_dict()
+        return [torch.cat([state["hsic"].flatten().double().cpu(), state["thresholds"].double().cpu()])]
+
+    def distributed_counts(self) -> List[int]:
+        acc = self.acc
+        return [acc.num_batches, acc.num_samples, acc.num_skipped, self.skipped_batches, self.skipped_samples]
+
+    def distributed_load(self, tensors: List[torch.Tensor], counts: List[int]) -> None:
+        acc, K, flat = self.acc, len(self.names), tensors[0]
+        num_batches, num_samples, num_skipped, self.skipped_batches, self.skipped_samples = counts
+        state = {"kernel": acc.kernel, "unbiased": acc.unbiased, "sigma": acc.sigma, "estimator": acc.estimator,
+                 "shape": list(self.shape) if num_batches else None, "num_batches": num_batches,
+                 "num_samples": num_samples, "num_skipped": num_skipped,
+                 "hsic": flat[:K * K].reshape(K, K), "thresholds": flat[K * K:]}
+        acc.load_state_dict(state)
 
 
 class TokenSink:
     """Per-sequence linear CKA (tokens as samples) averaged over all sequences."""
 
+    unit = "tokens per sequence"
+
     def __init__(self, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
         self.names, self.L = list(names) + list(other_names), len(names)
         self.has_other = bool(other_names)
+        self.shape = (len(names), len(other_names))
         self.unbiased, self.need, self.device = unbiased, checks.min_samples(unbiased), device
         K = len(self.names)
         self.sum = torch.zeros(K, K, dtype=torch.float64, device=device)
@@ -84,7 +128,7 @@ class TokenSink:
         self.skipped_batches = self.skipped_samples = 0
         self.constant = 0  # sequences on which some layer was constant
 
-    def update(self, feats, other, ctx: BatchContext) -> None:
+    def update(self, feats, inputs, other, ctx: BatchContext) -> None:
         pairs = feats + (other or [])
         xs = [x for x, _ in pairs]
         _rows(xs, self.names, ctx)
@@ -123,7 +167,7 @@ class TokenSink:
         self.sequences += kept
         self.tokens += int(lengths[keep].sum())
 
-    def result(self) -> Tuple[torch.Tensor, int, dict]:
+    def result(self) -> SinkResult:
         if self.num_batches == 0:
             raise ValueError(_no_batches(self.skipped_batches, self.need, "tokens in any sequence"))
         c = self.sum / self.count.clamp_min(1)
@@ -136,7 +180,31 @@ class TokenSink:
             c = c[:self.L, self.L:]
         else:
             c = c[:self.L, :self.L]
-        return c, self.sequences, {"estimator": "per-sequence", "num_tokens": self.tokens}
+        _warn_skipped(self, "sequences")
+        return SinkResult(c, self.sequences, {"estimator": "per-sequence", "num_tokens": self.tokens})
+
+    # torch.distributed: the per-pair sums and counts of sequences, and the counters.
+    def distributed_state(self) -> List[torch.Tensor]:
+        return [torch.cat([self.sum.flatten().double().cpu(), self.count.flatten().double().cpu()])]
+
+    def distributed_counts(self) -> List[int]:
+        return [self.num_batches, self.sequences, self.tokens, self.skipped_batches, self.skipped_samples,
+                self.constant]
+
+    def distributed_load(self, tensors: List[torch.Tensor], counts: List[int]) -> None:
+        K, flat = len(self.names), tensors[0]
+        self.sum = flat[:K * K].reshape(K, K).to(self.sum.device)
+        self.count = flat[K * K:].round().long().reshape(K, K).to(self.count.device)
+        (self.num_batches, self.sequences, self.tokens, self.skipped_batches, self.skipped_samples,
+         self.constant) = counts
+
+
+def _warn_skipped(sink, unit: str) -> None:
+    """One warning for the batches too small for the estimator (they were skipped and counted)."""
+    if sink.skipped_batches:
+        warnings.warn(f"skipped {sink.skipped_batches} batch(es) / {sink.skipped_samples} {unit} too small for the "
+                      f"{'unbiased' if sink.unbiased else 'biased'} estimator (it needs >= {sink.need} "
+                      f"{sink.unit}); see Analysis.num_skipped", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _no_batches(skipped: int, need: int, what: str) -> str:
