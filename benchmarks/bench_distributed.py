@@ -48,9 +48,9 @@ def _cpu_counters():
 
 def _timed_reduce(times):
     """Wraps the analysis all-reduce to record its seconds (including the wait for the slower rank)."""
-    from mpruner.analysis import distributed as D
+    from mpruner import distributed as ranks
 
-    original = D._all_reduce
+    original = ranks._all_reduce
 
     def timed(shard, flat):
         t = time.perf_counter()
@@ -58,7 +58,7 @@ def _timed_reduce(times):
         times.append(time.perf_counter() - t)
         return out
 
-    D._all_reduce = timed
+    ranks._all_reduce = timed
     return original
 
 

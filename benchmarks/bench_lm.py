@@ -32,17 +32,17 @@ GOALS = {"cosine": 0.10, "angular": 0.10, "perplexity": 0.05}
 
 
 def load_model():
-    import transformers as T
+    import transformers
 
     try:
         path = mpruner.data.smollm2(progress=False)
-        return T.AutoModelForCausalLM.from_pretrained(path).eval(), "SmolLM2-135M-Instruct"
+        return transformers.AutoModelForCausalLM.from_pretrained(path).eval(), "SmolLM2-135M-Instruct"
     except (ImportError, FileNotFoundError):
-        config = T.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        config = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                                num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048,
                                tie_word_embeddings=True)
         torch.manual_seed(0)
-        return T.LlamaForCausalLM(config).eval(), "LLaMA 30x576 (SmolLM2-135M config, random weights)"
+        return transformers.LlamaForCausalLM(config).eval(), "LLaMA 30x576 (SmolLM2-135M config, random weights)"
 
 
 def main(argv=None):

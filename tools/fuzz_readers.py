@@ -28,18 +28,18 @@ OUT = ROOT / "benchmarks" / "results" / "reliability"
 
 
 def worker(name: str, seconds: int, engine: str) -> None:
-    import fuzz_targets as F
+    import fuzz_targets
 
-    target = F.TARGETS[name]
+    target = fuzz_targets.TARGETS[name]
     base = Path(tempfile.mkdtemp(prefix="mpruner-fuzz-"))
     work, backup = base / "work", base / "backup"
-    path, seed = F.prepared(target, work)
+    path, seed = fuzz_targets.prepared(target, work)
     shutil.copytree(work, backup)
     counts = {"loaded": 0, "refused": 0}
 
     def one(data: bytes):
-        F.restore(work, backup)
-        counts[F.run_one(target, path, seed, data)] += 1
+        fuzz_targets.restore(work, backup)
+        counts[fuzz_targets.run_one(target, path, seed, data)] += 1
 
     if engine == "atheris":
         import atheris
@@ -58,7 +58,7 @@ def worker(name: str, seconds: int, engine: str) -> None:
 
 
 def main():
-    import fuzz_targets as F
+    import fuzz_targets
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=int, default=120, help="per target (%(default)s)")
@@ -74,7 +74,7 @@ def main():
     engine = args.engine or engine
     if args.worker:
         return worker(args.worker, args.seconds, engine)
-    names = [n.strip() for n in args.targets.split(",")] if args.targets else list(F.TARGETS)
+    names = [n.strip() for n in args.targets.split(",")] if args.targets else list(fuzz_targets.TARGETS)
     rows = []
     for name in names:
         t = time.time()
@@ -96,7 +96,7 @@ def main():
     path = OUT / "fuzz_long.json"
     if args.targets and path.exists():  # a rerun of some targets (e.g. after a fix) replaces their rows
         kept = [r for r in json.loads(path.read_text())["rows"] if r["target"] not in names]
-        order = list(F.TARGETS)
+        order = list(fuzz_targets.TARGETS)
         rows = sorted(kept + rows, key=lambda r: order.index(r["target"]) if r["target"] in order else 99)
     with open(path, "w") as f:
         json.dump({"seconds_per_target": args.seconds, "engine": engine, "rows": rows}, f, indent=1)
