@@ -61,11 +61,26 @@ def _warn(old: str, new: str, stacklevel: int) -> None:
 
 
 class _ForwardingModule(types.ModuleType):
-    """Stands under an old module path; every attribute comes from the new module(s)."""
+    """Stands under an old module path; every attribute comes from the new module(s).
+
+    Importing it makes it an attribute of its parent package, which replaces a function of the
+    same name there (``mpruner.lm.perplexity`` was both a module and its function): calling the
+    module calls that function, so the package still works as before.
+    """
 
     def __init__(self, name: str, targets: Tuple[str, ...]):
         super().__init__(name, f"Moved: see {', '.join(targets)}.")
         self._targets = targets
+        parent, _, child = name.rpartition(".")
+        shadowed = getattr(sys.modules.get(parent), child, None)
+        if isinstance(shadowed, _ForwardingModule):  # imported before: it holds the function
+            shadowed = shadowed._shadowed
+        self._shadowed = None if isinstance(shadowed, types.ModuleType) else shadowed
+
+    def __call__(self, *args, **kwargs):
+        if self._shadowed is None:
+            raise TypeError(f"module {self.__name__!r} is not callable")
+        return self._shadowed(*args, **kwargs)
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):

@@ -88,7 +88,7 @@ def _sync_worker(rank, world, init_file, out):
 def test_sync_weights_gives_every_rank_rank_0s_parameters_and_buffers(tmp_path):
     mp.start_processes(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert any(not torch.equal(r0["before"][k], r1["before"][k]) for k in r0["before"])  # they did differ
     for key, value in r0["before"].items():
         assert torch.equal(r0["after"][key], value) and torch.equal(r1["after"][key], value), key

@@ -105,6 +105,25 @@ def test_moved_module_imports_under_its_old_path(old):
     assert all(getattr(module, n) is getattr(new, n) for n in shared)  # the very objects, not copies
 
 
+@pytest.mark.parametrize("package, name", [("mpruner.lm", "perplexity"), ("mpruner.sparsity", "report")])
+def test_a_moved_module_named_like_its_packages_function_leaves_the_function_working(package, name):
+    import torch.nn as nn
+
+    module = importlib.import_module(package)
+    function = getattr(module, name)
+    sys.modules.pop(f"{package}.{name}", None)
+    with pytest.warns(DeprecationWarning):
+        importlib.import_module(f"{package}.{name}")  # the import system sets it on the package
+    try:
+        if name == "report":
+            assert getattr(module, name)(nn.Linear(3, 2)).total_params == 8  # still the function's answer
+        else:
+            with pytest.raises(TypeError, match="data must be"):
+                getattr(module, name)(nn.Linear(3, 2), data=3.5)
+    finally:
+        setattr(module, name, function)
+
+
 def test_an_unknown_name_is_still_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         mpruner.nothing_here
