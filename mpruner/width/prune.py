@@ -12,6 +12,7 @@ from ..surgery.record import append_width_step
 from ..surgery.reshape import changed_shapes, module_shapes
 from ..surgery.stats import run_forward
 from . import hf
+from .hidden import prune_hidden_bert, prune_hidden_gpt2, prune_hidden_llama
 
 # Importance names accepted besides Torch-Pruning's own class names and instances.
 IMPORTANCES = {"magnitude": ("MagnitudeImportance", {"p": 2}), "l2": ("MagnitudeImportance", {"p": 2}),
@@ -204,7 +205,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         ignored += [m for m in work.modules() if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in roots]
         _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
         if prune_hidden:
-            hf.prune_hidden_bert(work, ratio)
+            prune_hidden_bert(work, ratio)
     elif family in ("gpt2", "llama"):
         # Torch-Pruning cannot trace GPT-2's fused c_attn split and takes minutes on LLaMA's rotary/GQA
         # graph: each MLP (hidden in, hidden out) is pruned on its own by the same BasePruner, LLaMA's
@@ -213,7 +214,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         for mlp in hf.mlps(work, family):
             _prune_mlp(tp, mlp, hidden, imp, ratio, round_to, [m for m in ignored if m in set(mlp.modules())])
         if prune_hidden and family == "gpt2":
-            hf.prune_hidden_gpt2(work, ratio)
+            prune_hidden_gpt2(work, ratio)
         if heads:
             for attn, _, _, _ in hf.attention_modules(work, family):
                 head_dim = attn.head_dim
@@ -222,7 +223,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         if prune_hidden and family == "llama":
             attn = hf.attention_modules(work, family)
             head_dim = head_dim or (attn[0][0].head_dim if attn else None)
-            hf.prune_hidden_llama(tp, work, ratio, round_to)
+            prune_hidden_llama(tp, work, ratio, round_to)
     else:
         ignored += _classifier_layers(work, example_inputs)
         _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
