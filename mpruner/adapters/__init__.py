@@ -13,7 +13,10 @@ from .generic import GenericAdapter
 from .hf_decoders import GPT2Adapter, LlamaAdapter
 from .hf_encoders import BertAdapter, DistilBertAdapter, ViTAdapter
 from .t5 import T5Adapter
-from .registry import ADAPTERS, SUPPORTED_HF_MODEL_TYPES, detect_adapter, find_blocks, resolve_adapter
+from .registry import (ADAPTERS, SUPPORTED_HF_MODEL_TYPES, adapter_for_model_type, detect_adapter, family_traits,
+                       find_blocks, resolve_adapter, width_model_types)
+from .traits import AttentionLayout, FamilyTraits, WidthLayout
 
-__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "Adapter", "BlockList", "GenericAdapter", "detect_adapter",
-           "find_blocks", "resolve_adapter"] + [a.__name__ for a in ADAPTERS]
+__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "Adapter", "AttentionLayout", "BlockList", "FamilyTraits",
+           "GenericAdapter", "WidthLayout", "adapter_for_model_type", "detect_adapter", "family_traits", "find_blocks",
+           "resolve_adapter", "width_model_types"] + [a.__name__ for a in ADAPTERS]

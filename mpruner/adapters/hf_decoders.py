@@ -6,6 +6,7 @@ from typing import Sequence
 from .blocks import BlockList
 from .base import Plan, kept_indices
 from .hf_common import HFAdapter
+from .traits import AttentionLayout, WidthLayout
 
 
 class LlamaAdapter(HFAdapter):
@@ -15,6 +16,12 @@ class LlamaAdapter(HFAdapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2")
     container_suffixes = ("layers",)
+    expects_bos = True
+    # The config carries head_dim, so heads shrink on their own and still reload. Each MLP is
+    # pruned on its own: tracing the rotary/GQA graph of the whole model takes minutes.
+    width_layout = WidthLayout(mlp_roots=(".mlp.gate_proj",), mlp_width_field="intermediate_size",
+                               hidden_routine="prune_hidden_llama", mlp_module=".mlp", mlp_marker="gate_proj",
+                               mlp_output="down_proj", attention=AttentionLayout(".self_attn"), heads_shrink=True)
 
     def after_removal(self, plan: Plan, lists: Sequence[BlockList]) -> None:
         super().after_removal(plan, lists)
@@ -32,6 +39,11 @@ class GPT2Adapter(HFAdapter):
     name = "gpt2"
     model_types = ("gpt2",)
     container_suffixes = ("h",)
+    # GPT-2 never saw a BOS per document. Its fused c_attn output is split in the forward, which
+    # Torch-Pruning cannot trace: each MLP is pruned on its own. n_embd / n_head is the head size,
+    # so heads go only with hidden channels.
+    width_layout = WidthLayout(mlp_roots=(".mlp.c_fc",), mlp_width_field="n_inner", hidden_routine="prune_hidden_gpt2",
+                               mlp_module=".mlp", mlp_marker="c_fc", mlp_output="c_proj")
 
     def check(self, plan: Plan, lists: Sequence[BlockList]) -> None:
         # With scale_attn_by_inverse_layer_idx, GPT2Attention fixes its scale
