@@ -1,5 +1,11 @@
-"""Hugging Face families for width pruning: which layers are pruning roots, and the config and
-attention-module attributes to repair afterwards so that plain ``from_pretrained`` reloads."""
+"""Width pruning of Hugging Face models by their family's layout: which layers are pruning roots,
+and the config and attention-module attributes to repair afterwards so that plain
+``from_pretrained`` reloads.
+
+What differs between families (module names, config fields, whether heads may shrink) is not
+written here: each family's adapter declares it as a :class:`~mpruner.adapters.WidthLayout`,
+looked up with :func:`mpruner.adapters.family_traits`.
+"""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
@@ -7,66 +13,56 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-FAMILIES = {"bert": "bert", "roberta": "bert", "llama": "llama", "qwen2": "llama", "mistral": "llama",
-            "gpt2": "gpt2"}
+from ..adapters import AttentionLayout, WidthLayout, family_traits, width_model_types
 
 
-def family_of(model: nn.Module) -> Optional[str]:
+def layout_of(model: nn.Module) -> Optional[WidthLayout]:
+    """The width layout of a Hugging Face model's family; None for a model without
+    ``config.model_type``. Raises ValueError for a family whose adapter declares none."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         return None
-    if model_type not in FAMILIES:
-        raise ValueError(f"prune_width knows the Hugging Face families {sorted(FAMILIES)}; model_type "
+    traits = family_traits(model)
+    if traits is None or traits.width is None:
+        raise ValueError(f"prune_width knows the Hugging Face families {sorted(width_model_types())}; model_type "
                          f"{model_type!r} is not one of them (for other models pass a non-HF nn.Module)")
-    return FAMILIES[model_type]
-
-
-def heads_reloadable(family: str) -> bool:
-    """Whether a config can describe fewer heads of the same size. LLaMA-style configs carry
-    ``head_dim``; BERT and GPT-2 derive the head size from hidden_size / num_heads and
-    transformers >= 5 dropped ``config.pruned_heads``, so their heads cannot shrink and still
-    reload with plain ``from_pretrained``."""
-    if family == "llama":
-        return True
-    from transformers import PreTrainedModel
-
-    return hasattr(PreTrainedModel, "prune_heads")
+    return traits.width
 
 
 def _named(model, suffixes) -> List[Tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if any(n.endswith(s) for s in suffixes)]
 
 
-def mlp_roots(model: nn.Module, family: str) -> List[nn.Module]:
+def mlp_roots(model: nn.Module, layout: WidthLayout) -> List[nn.Module]:
     """The up-projections whose output channels are the MLP width (their group holds the rest)."""
-    suffix = {"bert": (".intermediate.dense",), "llama": (".mlp.gate_proj",), "gpt2": (".mlp.c_fc",)}[family]
-    return [m for _, m in _named(model, suffix)]
+    return [m for _, m in _named(model, layout.mlp_roots)]
 
 
-def attention_modules(model: nn.Module, family: str):
-    """``(attention module, q, k, v)`` per layer (LLaMA family)."""
-    if family != "llama":
+def attention_modules(model: nn.Module, layout: WidthLayout):
+    """``(attention module, q, k, v)`` per layer, for a layout with separate projections."""
+    a = layout.attention
+    if a is None:
         return []
-    return [(m, m.q_proj, m.k_proj, m.v_proj) for n, m in model.named_modules() if n.endswith(".self_attn")]
+    return [(m, getattr(m, a.q), getattr(m, a.k), getattr(m, a.v)) for n, m in model.named_modules()
+            if n.endswith(a.module_suffix)]
 
 
-def mlps(model: nn.Module, family: str) -> List[nn.Module]:
-    """The MLP module of every layer (hidden in, hidden out), for GPT-2 and the LLaMA family."""
-    return [m for n, m in model.named_modules() if n.endswith(".mlp") and hasattr(m, "c_fc" if family == "gpt2"
-                                                                                    else "gate_proj")]
+def mlps(model: nn.Module, layout: WidthLayout) -> List[nn.Module]:
+    """The MLP module of every layer (hidden in, hidden out), for a layout pruned MLP by MLP."""
+    return [m for n, m in model.named_modules() if n.endswith(layout.mlp_module) and hasattr(m, layout.mlp_marker)]
 
 
-def mlp_output(mlp: nn.Module) -> nn.Module:
-    return mlp.c_proj if hasattr(mlp, "c_proj") else mlp.down_proj
+def mlp_output(mlp: nn.Module, layout: WidthLayout) -> nn.Module:
+    return getattr(mlp, layout.mlp_output)
 
 
-def prune_heads(tp, attn: nn.Module, ratio: float, hidden: int) -> None:
+def prune_heads(tp, attn: nn.Module, names: AttentionLayout, ratio: float, hidden: int) -> None:
     """Removes whole key/value head groups (a KV head and the query heads that share it; one head
     each without GQA), the lowest L2 norm of their q/k/v rows and o columns, with Torch-Pruning's
     prune functions. The same count goes in every layer: round(ratio * KV heads), at least one stays,
     moved to the nearest count whose query heads divide hidden_size (transformers' configs insist)."""
-    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+    q, k, v, o = (getattr(attn, name) for name in (names.q, names.k, names.v, names.o))
     hd = attn.head_dim
     heads, kv = q.out_features // hd, k.out_features // hd
     per = heads // kv
@@ -129,20 +125,18 @@ def _uniform(values: List[int], what: str) -> int:
     return values[0]
 
 
-def repair(model: nn.Module, family: str, head_dim: Optional[int], prune_hidden: bool) -> Dict[str, int]:
+def repair(model: nn.Module, layout: WidthLayout, head_dim: Optional[int], prune_hidden: bool) -> Dict[str, int]:
     """Writes the new sizes into the config and the attention modules; returns what changed."""
     config = model.config
     changed = {}
-    roots = mlp_roots(model, family)
+    roots = mlp_roots(model, layout)
     width = _uniform([m.out_features if isinstance(m, nn.Linear) else m.weight.shape[1] for m in roots],
                      "MLP widths")
-    if family == "gpt2":
-        changed["n_inner"] = config.n_inner = width
-    else:
-        changed["intermediate_size"] = config.intermediate_size = width
-    if family == "llama":
+    setattr(config, layout.mlp_width_field, width)
+    changed[layout.mlp_width_field] = width
+    if layout.attention is not None:
         heads, kv = [], []
-        for attn, q, k, _ in attention_modules(model, family):
+        for attn, q, k, _ in attention_modules(model, layout):
             head_dim = head_dim or attn.head_dim
             h, g = q.out_features // head_dim, k.out_features // head_dim
             attn.num_key_value_groups = h // g

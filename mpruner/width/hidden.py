@@ -1,7 +1,13 @@
-"""Hidden-size (residual stream) pruning of Hugging Face models, one routine per family."""
+"""Hidden-size (residual stream) pruning of Hugging Face models, one routine per family.
+
+A family's adapter names its routine in ``WidthLayout.hidden_routine``; ``prune_width`` calls
+``HIDDEN_ROUTINES[name](tp, model, ratio, round_to)``. Where the config derives the head size
+from hidden_size / num_heads (BERT, GPT-2) the routine removes whole heads with the hidden
+channels, so it neither needs Torch-Pruning's functions (``tp``) nor honours ``round_to``.
+"""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -97,7 +103,7 @@ def _head_counts(hidden: int, heads: int, ratio: float) -> Tuple[int, int, int]:
     return hd, keep, keep * hd
 
 
-def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
+def prune_hidden_bert(tp, model: nn.Module, ratio: float, round_to: Optional[int] = None) -> Tuple[int, int]:
     """Removes ``round(ratio * heads)`` attention heads from every BERT/RoBERTa layer together
     with the matching share of the hidden size, so that ``hidden_size / num_attention_heads``
     (the head size these configs derive) stays the same and plain ``from_pretrained`` rebuilds
@@ -172,7 +178,7 @@ def prune_hidden_bert(model: nn.Module, ratio: float) -> Tuple[int, int]:
     return new_hidden, keep_heads
 
 
-def prune_hidden_gpt2(model: nn.Module, ratio: float) -> Tuple[int, int]:
+def prune_hidden_gpt2(tp, model: nn.Module, ratio: float, round_to: Optional[int] = None) -> Tuple[int, int]:
     """GPT-2's version of :func:`prune_hidden_bert`: ``round(ratio * heads)`` heads per layer and
     the same share of the residual stream, so ``n_embd / n_head`` stays. ``Conv1D`` weights are
     (in, out); the fused ``c_attn`` output is [q | k | v], each split by heads. Returns the new
@@ -236,3 +242,8 @@ def prune_hidden_gpt2(model: nn.Module, ratio: float) -> Tuple[int, int]:
     model.transformer.embed_dim = new_hidden
     config.n_embd, config.n_head = new_hidden, keep_heads
     return new_hidden, keep_heads
+
+
+# The routines a WidthLayout may name, by their function names.
+HIDDEN_ROUTINES: Dict[str, Callable] = {f.__name__: f for f in (prune_hidden_llama, prune_hidden_bert,
+                                                                 prune_hidden_gpt2)}
