@@ -10,16 +10,20 @@ import torch.nn as nn
 from ..stacklevel import user_stacklevel
 from .base import Adapter, is_block_container, join
 from .cnn import EfficientNetLiteAdapter, HFResNetAdapter, TorchvisionResNetAdapter
+from .gemma import GemmaAdapter
 from .generic import GenericAdapter
 from .hf_common import HFAdapter, hf_model_type
 from .hf_decoders import GPT2Adapter, LlamaAdapter
 from .hf_encoders import BertAdapter, DistilBertAdapter, ViTAdapter
+from .mixtral import MixtralAdapter
+from .phi3 import Phi3Adapter
+from .qwen3 import Qwen3Adapter
 from .t5 import T5Adapter
 from .traits import FamilyTraits
 
 # Tried in order; the first whose `matches` accepts the model wins.
-ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapter, T5Adapter,
-            HFResNetAdapter, TorchvisionResNetAdapter, EfficientNetLiteAdapter)
+ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, MixtralAdapter, GemmaAdapter, Qwen3Adapter,
+            Phi3Adapter, GPT2Adapter, T5Adapter, HFResNetAdapter, TorchvisionResNetAdapter, EfficientNetLiteAdapter)
 
 SUPPORTED_HF_MODEL_TYPES = tuple(t for a in ADAPTERS for t in getattr(a, "model_types", ()))
 
@@ -157,7 +161,8 @@ def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = No
     Args:
         model: the network. Recognised architectures: Hugging Face BERT,
             RoBERTa, DistilBERT, T5 (encoder and decoder stacks), LLaMA,
-            Mistral, Qwen2, GPT-2, ViT and ResNet; torchvision-style ResNet;
+            Mistral, Qwen2, Qwen3, Mixtral, Gemma, Gemma 2, Phi-3, GPT-2, ViT and
+            ResNet (``SUPPORTED_HF_MODEL_TYPES``); torchvision-style ResNet;
             EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``; any
             other model with exactly one ``nn.Sequential``/``nn.ModuleList`` of
             two or more blocks (used with a ``UserWarning`` naming it).
