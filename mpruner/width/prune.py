@@ -144,7 +144,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
 
     Args:
         model: a Hugging Face model of a family whose adapter declares a width layout
-            (``mpruner.adapters.width_model_types()``: BERT/RoBERTa, LLaMA/Qwen2/Mistral,
+            (``mpruner.adapters.width_model_types()``: BERT/RoBERTa, LLaMA/Qwen2/Mistral/Qwen3,
             GPT-2), or a CNN (EfficientNet-Lite, ResNet, ...). Untouched unless ``inplace=True``;
             on any error it is left as it was.
         example_inputs: one batch for Torch-Pruning's tracing (a dict is passed as keyword
@@ -159,7 +159,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         round_to: keep channel counts multiples of this (Torch-Pruning's ``round_to``).
         inplace: prune ``model`` itself (its object is updated only once everything succeeded).
         prune_heads: ``"auto"``: whole attention heads (the same number in every layer) where
-            the config can express it (LLaMA/Qwen2/Mistral: ``head_dim``); BERT/RoBERTa/GPT-2
+            the config can express it (LLaMA/Qwen2/Mistral/Qwen3: ``head_dim``); BERT/RoBERTa/GPT-2
             configs derive the head size from the hidden size, and transformers >= 5 has no
             ``pruned_heads``, so there only MLP channels are pruned. ``True`` insists (error where
             impossible), ``False`` prunes MLP channels only.
