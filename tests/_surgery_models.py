@@ -128,6 +128,19 @@ def hf_case(kind: str):
         # Sliding-window layers from index 2 on: layer_types is ["full", "full", "sliding", "sliding"].
         return T.Qwen2ForCausalLM, T.Qwen2Config(**decoder, use_sliding_window=True, sliding_window=4,
                                                  max_window_layers=2), text
+    if kind == "qwen3":  # Qwen2's sliding-window layout, per-head q/k norms
+        return T.Qwen3ForCausalLM, T.Qwen3Config(**decoder, head_dim=16, use_sliding_window=True, sliding_window=4,
+                                                 max_window_layers=2), text
+    if kind == "mixtral":  # sparse mixture of 4 experts, 2 per token
+        return T.MixtralForCausalLM, T.MixtralConfig(**decoder, num_local_experts=4, num_experts_per_tok=2), text
+    if kind == "gemma":
+        return T.GemmaForCausalLM, T.GemmaConfig(**decoder, head_dim=16), text
+    if kind == "gemma2":  # layer_types alternates sliding and full attention: [sliding, full, sliding, full]
+        return T.Gemma2ForCausalLM, T.Gemma2Config(**decoder, head_dim=16, query_pre_attn_scalar=16,
+                                                   sliding_window=4), text
+    if kind == "phi3":  # fused qkv_proj and gate_up_proj
+        return T.Phi3ForCausalLM, T.Phi3Config(**decoder, max_position_embeddings=64,
+                                               original_max_position_embeddings=64), text
     if kind == "gpt2":
         config = T.GPT2Config(n_embd=32, n_head=2, n_layer=4, n_positions=64, vocab_size=VOCAB,
                               bos_token_id=1, eos_token_id=2, pad_token_id=0)

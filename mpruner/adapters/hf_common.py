@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from .blocks import BlockList
 from .base import Adapter, Plan, kept_indices
+from .traits import WidthLayout
 
 # Config fields that hold one entry per layer and must lose the removed ones.
 # `layer_types` drives attention masks and the KV-cache layout in recent
@@ -111,10 +112,22 @@ def remap_per_layer_config(config, kept: Sequence[int]) -> None:
 
 
 class HFAdapter(Adapter):
-    """A Hugging Face model with one ModuleList of layers and a layer count in its config."""
+    """A Hugging Face model with one ModuleList of layers and a layer count in its config.
+
+    Class attributes (the family's entry in the one registry of architectures):
+        model_types: the ``config.model_type`` values this adapter handles; each appears in
+            exactly one adapter.
+        container_suffixes: qualified-name suffixes of the block container.
+        expects_bos: the family was trained with a BOS token at the start of every document,
+            so ``perplexity`` prepends one to every window by default.
+        width_layout: how ``prune_width`` prunes the family (:class:`~.traits.WidthLayout`);
+            ``None``: width pruning does not handle it.
+    """
 
     model_types: ClassVar[Tuple[str, ...]] = ()
     container_suffixes: ClassVar[Tuple[str, ...]] = ()
+    expects_bos: ClassVar[bool] = False
+    width_layout: ClassVar[Optional[WidthLayout]] = None
 
     @classmethod
     def matches(cls, model) -> bool:

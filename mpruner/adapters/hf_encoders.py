@@ -6,6 +6,7 @@ from typing import Sequence
 from .blocks import BlockList
 from .base import Plan
 from .hf_common import HFAdapter
+from .traits import WidthLayout
 
 
 class BertAdapter(HFAdapter):
@@ -18,6 +19,10 @@ class BertAdapter(HFAdapter):
     name = "bert"
     model_types = ("bert", "roberta")
     container_suffixes = ("encoder.layer",)
+    # A plain Linear graph: Torch-Pruning traces the whole model. The config derives the head
+    # size from hidden_size / num_attention_heads, so heads go only with hidden channels.
+    width_layout = WidthLayout(mlp_roots=(".intermediate.dense",), mlp_width_field="intermediate_size",
+                               hidden_routine="prune_hidden_bert", trace_whole_model=True)
 
 
 class DistilBertAdapter(HFAdapter):

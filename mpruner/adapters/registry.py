@@ -1,28 +1,79 @@
-"""The lookup that picks an adapter for a model, and ``find_blocks``."""
+"""The one registry of architectures: the lookup that picks an adapter for a model, ``find_blocks``,
+and the family traits other stages read (:func:`family_traits`)."""
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch.nn as nn
 
 from ..stacklevel import user_stacklevel
 from .base import Adapter, is_block_container, join
 from .cnn import EfficientNetLiteAdapter, HFResNetAdapter, TorchvisionResNetAdapter
+from .gemma import GemmaAdapter
 from .generic import GenericAdapter
-from .hf_common import hf_model_type
+from .hf_common import HFAdapter, hf_model_type
 from .hf_decoders import GPT2Adapter, LlamaAdapter
 from .hf_encoders import BertAdapter, DistilBertAdapter, ViTAdapter
+from .mixtral import MixtralAdapter
+from .phi3 import Phi3Adapter
+from .qwen3 import Qwen3Adapter
 from .t5 import T5Adapter
+from .traits import FamilyTraits
 
 # Tried in order; the first whose `matches` accepts the model wins.
-ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapter, T5Adapter,
-            HFResNetAdapter, TorchvisionResNetAdapter, EfficientNetLiteAdapter)
+ADAPTERS = (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, MixtralAdapter, GemmaAdapter, Qwen3Adapter,
+            Phi3Adapter, GPT2Adapter, T5Adapter, HFResNetAdapter, TorchvisionResNetAdapter, EfficientNetLiteAdapter)
 
 SUPPORTED_HF_MODEL_TYPES = tuple(t for a in ADAPTERS for t in getattr(a, "model_types", ()))
 
-__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "block_containers", "detect_adapter", "resolve_adapter",
-           "find_blocks"]
+__all__ = ["ADAPTERS", "SUPPORTED_HF_MODEL_TYPES", "adapter_for_model_type", "block_containers", "detect_adapter",
+           "family_traits", "find_blocks", "resolve_adapter", "width_model_types"]
+
+
+def _by_model_type() -> Dict[str, Type[HFAdapter]]:
+    table: Dict[str, Type[HFAdapter]] = {}
+    for adapter_class in ADAPTERS:
+        for model_type in getattr(adapter_class, "model_types", ()):
+            # First registration wins, as in detect_adapter; the registry tests insist on one.
+            table.setdefault(model_type, adapter_class)
+    return table
+
+
+_BY_MODEL_TYPE = _by_model_type()
+
+
+def _model_type(model_or_type) -> Optional[str]:
+    if isinstance(model_or_type, str):
+        return model_or_type
+    # Duck-typed on config.model_type (not hf_model_type): a wrapper module that carries a
+    # Hugging Face config is judged by its family too.
+    model_type = getattr(getattr(model_or_type, "config", None), "model_type", None)
+    return model_type if isinstance(model_type, str) else None
+
+
+def adapter_for_model_type(model_type: str) -> Optional[Type[HFAdapter]]:
+    """The adapter class registered for a Hugging Face ``model_type``, else None."""
+    return _BY_MODEL_TYPE.get(model_type)
+
+
+def family_traits(model_or_type) -> Optional[FamilyTraits]:
+    """What the registry knows of a model's Hugging Face family (by ``config.model_type``), or of a
+    ``model_type`` string: its adapter, whether it expects a BOS token, its width layout.
+
+    None for a model without a ``config.model_type`` or of a family no adapter registers.
+    """
+    model_type = _model_type(model_or_type)
+    adapter_class = None if model_type is None else adapter_for_model_type(model_type)
+    if adapter_class is None:
+        return None
+    return FamilyTraits(model_type=model_type, family=adapter_class.name, expects_bos=adapter_class.expects_bos,
+                        width=adapter_class.width_layout, adapter=adapter_class)
+
+
+def width_model_types() -> Tuple[str, ...]:
+    """The ``model_type`` values whose adapter declares a width layout, in registry order."""
+    return tuple(t for t, a in _BY_MODEL_TYPE.items() if a.width_layout is not None)
 
 
 def block_containers(model: nn.Module) -> List[Tuple[str, int]]:
@@ -110,7 +161,8 @@ def find_blocks(model: nn.Module, path: Optional[Union[str, Sequence[str]]] = No
     Args:
         model: the network. Recognised architectures: Hugging Face BERT,
             RoBERTa, DistilBERT, T5 (encoder and decoder stacks), LLaMA,
-            Mistral, Qwen2, GPT-2, ViT and ResNet; torchvision-style ResNet;
+            Mistral, Qwen2, Qwen3, Mixtral, Gemma, Gemma 2, Phi-3, GPT-2, ViT and
+            ResNet (``SUPPORTED_HF_MODEL_TYPES``); torchvision-style ResNet;
             EfficientNet-Lite; a bare ``nn.Sequential``/``nn.ModuleList``; any
             other model with exactly one ``nn.Sequential``/``nn.ModuleList`` of
             two or more blocks (used with a ``UserWarning`` naming it).

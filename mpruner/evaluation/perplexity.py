@@ -15,12 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapters import family_traits
 from ..data.corpus import corpus_ids
 
 MAX_DEFAULT_SEQ_LEN = 2048
-# Families trained with a BOS token at the start of every document: a window without one
-# is out of distribution for them (GPT-2 and most others never saw a BOS).
-BOS_FAMILIES = ("llama", "qwen2", "mistral", "mixtral", "gemma", "gemma2", "qwen3", "phi3")
 
 
 @dataclass
@@ -140,8 +138,11 @@ def _bos_choice(model, tokenizer, add_bos) -> Optional[int]:
     """The BOS id to prepend, or None."""
     tok_bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
     if add_bos is None:
-        family = getattr(getattr(model, "config", None), "model_type", "")
-        return tok_bos if tok_bos is not None and family in BOS_FAMILIES else None
+        # Families trained with a BOS token at the start of every document (their adapter's
+        # expects_bos): a window without one is out of distribution for them. GPT-2 and most
+        # others never saw a BOS.
+        traits = family_traits(model)
+        return tok_bos if tok_bos is not None and traits is not None and traits.expects_bos else None
     if not add_bos:
         return None
     bos = tok_bos if tok_bos is not None else getattr(getattr(model, "config", None), "bos_token_id", None)

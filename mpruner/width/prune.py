@@ -12,6 +12,7 @@ from ..surgery.record import append_width_step
 from ..surgery.reshape import changed_shapes, module_shapes
 from ..surgery.stats import run_forward
 from . import hf
+from .hidden import HIDDEN_ROUTINES
 
 # Importance names accepted besides Torch-Pruning's own class names and instances.
 IMPORTANCES = {"magnitude": ("MagnitudeImportance", {"p": 2}), "l2": ("MagnitudeImportance", {"p": 2}),
@@ -96,13 +97,13 @@ def _base_prune(tp, model, example_inputs, imp, ratio, round_to, ignored):
         raise _explain(tp, model, "prune", error) from error
 
 
-def _prune_mlp(tp, mlp, hidden, imp, ratio, round_to, ignored):
+def _prune_mlp(tp, mlp, layout, hidden, imp, ratio, round_to, ignored):
     """Prunes the intermediate channels of one MLP module (its output projection is kept)."""
     swapped = hf.conv1d_to_linear(mlp)
     linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
     first = linears[0]
     example = torch.randn(1, 4, hidden, device=first.weight.device, dtype=first.weight.dtype)
-    output = hf.mlp_output(mlp)
+    output = hf.mlp_output(mlp, layout)
     _base_prune(tp, mlp, example, imp, ratio, round_to, [output] + list(ignored))
     hf.linear_to_conv1d(mlp, swapped)
 
@@ -142,9 +143,10 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     """Structured width pruning with Torch-Pruning's ``BasePruner`` (local ranking, one step).
 
     Args:
-        model: a Hugging Face BERT/RoBERTa, LLaMA/Qwen2/Mistral or GPT-2 model, or a CNN
-            (EfficientNet-Lite, ResNet, ...). Untouched unless ``inplace=True``; on any error
-            it is left as it was.
+        model: a Hugging Face model of a family whose adapter declares a width layout
+            (``mpruner.adapters.width_model_types()``: BERT/RoBERTa, LLaMA/Qwen2/Mistral/Qwen3,
+            GPT-2), or a CNN (EfficientNet-Lite, ResNet, ...). Untouched unless ``inplace=True``;
+            on any error it is left as it was.
         example_inputs: one batch for Torch-Pruning's tracing (a dict is passed as keyword
             arguments, a tuple positionally, a tensor as the argument).
         ratio: fraction of the channels removed in every prunable group: MLP intermediate
@@ -157,7 +159,7 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
         round_to: keep channel counts multiples of this (Torch-Pruning's ``round_to``).
         inplace: prune ``model`` itself (its object is updated only once everything succeeded).
         prune_heads: ``"auto"``: whole attention heads (the same number in every layer) where
-            the config can express it (LLaMA/Qwen2/Mistral: ``head_dim``); BERT/RoBERTa/GPT-2
+            the config can express it (LLaMA/Qwen2/Mistral/Qwen3: ``head_dim``); BERT/RoBERTa/GPT-2
             configs derive the head size from the hidden size, and transformers >= 5 has no
             ``pruned_heads``, so there only MLP channels are pruned. ``True`` insists (error where
             impossible), ``False`` prunes MLP channels only.
@@ -178,15 +180,15 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     ignored = _check(model, ratio, ignored_layers, round_to, prune_heads)
     tp = _torch_pruning()
     imp = _importance(tp, importance)
-    family = hf.family_of(model)
-    if prune_hidden and family in ("bert", "gpt2") and prune_heads is False:
-        raise ValueError("prune_hidden=True on BERT/RoBERTa/GPT-2 removes heads with the hidden channels (the config "
-                         "derives the head size from hidden_size / num_heads, so both shrink together): drop "
-                         "prune_heads=False")
+    layout = hf.layout_of(model)  # the family's WidthLayout, declared by its adapter; None: not Hugging Face
+    if prune_hidden and layout is not None and layout.hidden_takes_heads and prune_heads is False:
+        raise ValueError(f"prune_hidden=True on a {model.config.model_type} model removes heads with the hidden "
+                         "channels (the config derives the head size from hidden_size / num_heads, so both shrink "
+                         "together): drop prune_heads=False")
     heads = False
-    if family is not None:
-        can = family == "llama" and hf.heads_reloadable(family)
-        if prune_heads is True and not can and not (family in ("bert", "gpt2") and prune_hidden):
+    if layout is not None:
+        can = layout.heads_shrink and layout.attention is not None
+        if prune_heads is True and not can and not (layout.hidden_takes_heads and prune_hidden):
             raise ValueError(f"prune_heads=True: a {model.config.model_type} config derives the head size from "
                              "hidden_size / num_heads (and this transformers has no pruned_heads), so a model with "
                              "fewer heads would not reload with from_pretrained unless the hidden size shrinks with "
@@ -199,35 +201,31 @@ def prune_width(model: nn.Module, example_inputs, ratio: float = 0.25, importanc
     ignored = [table[index[id(m)]] for m in ignored if id(m) in index]
     before = module_shapes(work)
     head_dim = None
-    if family == "bert":
-        roots = {id(m) for m in hf.mlp_roots(work, family)}
-        ignored += [m for m in work.modules() if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in roots]
-        _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
-        if prune_hidden:
-            hf.prune_hidden_bert(work, ratio)
-    elif family in ("gpt2", "llama"):
-        # Torch-Pruning cannot trace GPT-2's fused c_attn split and takes minutes on LLaMA's rotary/GQA
-        # graph: each MLP (hidden in, hidden out) is pruned on its own by the same BasePruner, LLaMA's
-        # heads are cut with Torch-Pruning's prune functions, and the hidden size (prune_hidden) last.
-        hidden = work.config.hidden_size
-        for mlp in hf.mlps(work, family):
-            _prune_mlp(tp, mlp, hidden, imp, ratio, round_to, [m for m in ignored if m in set(mlp.modules())])
-        if prune_hidden and family == "gpt2":
-            hf.prune_hidden_gpt2(work, ratio)
-        if heads:
-            for attn, _, _, _ in hf.attention_modules(work, family):
-                head_dim = attn.head_dim
-                hf.prune_heads(tp, attn, ratio, hidden)
-            head_dim = head_dim or getattr(work.config, "head_dim", None)
-        if prune_hidden and family == "llama":
-            attn = hf.attention_modules(work, family)
-            head_dim = head_dim or (attn[0][0].head_dim if attn else None)
-            hf.prune_hidden_llama(tp, work, ratio, round_to)
-    else:
+    if layout is None:
         ignored += _classifier_layers(work, example_inputs)
         _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
-    if family is not None:
-        hf.repair(work, family, head_dim, prune_hidden)
+    elif layout.trace_whole_model:
+        roots = {id(m) for m in hf.mlp_roots(work, layout)}
+        ignored += [m for m in work.modules() if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in roots]
+        _base_prune(tp, work, example_inputs, imp, ratio, round_to, ignored)
+    else:
+        # Each MLP (hidden in, hidden out) is pruned on its own by the same BasePruner, the heads are
+        # cut with Torch-Pruning's prune functions, and the hidden size (prune_hidden) last.
+        hidden = work.config.hidden_size
+        for mlp in hf.mlps(work, layout):
+            _prune_mlp(tp, mlp, layout, hidden, imp, ratio, round_to,
+                       [m for m in ignored if m in set(mlp.modules())])
+        attention = hf.attention_modules(work, layout)
+        if heads:
+            for attn, _, _, _ in attention:
+                head_dim = attn.head_dim
+                hf.prune_heads(tp, attn, layout.attention, ratio, hidden)
+            head_dim = head_dim or getattr(work.config, "head_dim", None)
+        head_dim = head_dim or (attention[0][0].head_dim if attention else None)
+    if layout is not None and prune_hidden:
+        HIDDEN_ROUTINES[layout.hidden_routine](tp, work, ratio, round_to)
+    if layout is not None:
+        hf.repair(work, layout, head_dim, prune_hidden)
     try:
         with torch.no_grad():
             was = work.training
