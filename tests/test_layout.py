@@ -32,7 +32,7 @@ ALLOWED = {
     "sparsity": BASE | {"adapters", "analysis"},
     "width": BASE | {"adapters", "surgery"},
     "prune": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
-                     "distributed", "moved"},
+                     "distributed", "moved", "lm"},
     "lm": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "data", "distributed"},
     "bench": BASE | {"engine"},
     "demos": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",

@@ -15,3 +15,5 @@ class GemmaAdapter(LlamaStyleAdapter):
     name = "gemma"
     model_types = ("gemma", "gemma2")
     expects_bos = True
+    # No residual_projection: Gemma 2 passes the MLP output through a post-feed-forward norm
+    # before the residual add, so a linear map cannot be folded into down_proj.

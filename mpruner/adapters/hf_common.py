@@ -122,12 +122,23 @@ class HFAdapter(Adapter):
             so ``perplexity`` prepends one to every window by default.
         width_layout: how ``prune_width`` prunes the family (:class:`~.traits.WidthLayout`);
             ``None``: width pruning does not handle it.
+        causal_lm: a decoder-only language model: its blocks read and write one residual
+            stream, which carries a few massive dimensions, so ``analyze`` normalizes each token
+            vector there by default; ``mpruner prune --task causal-lm`` and the loss-driven
+            block choices (``mpruner.lm``) accept it.
+        residual_projection: the path, inside one block, of the linear layer whose output is the
+            MLP's whole contribution to the residual stream (LLaMA ``"mlp.down_proj"``, GPT-2
+            ``"mlp.c_proj"``); ``mpruner.lm.linear_replacement`` folds its fitted map there.
+            ``None`` where the MLP output passes through anything else before the residual add
+            (a norm, experts), so no single matrix can take the map.
     """
 
     model_types: ClassVar[Tuple[str, ...]] = ()
     container_suffixes: ClassVar[Tuple[str, ...]] = ()
     expects_bos: ClassVar[bool] = False
     width_layout: ClassVar[Optional[WidthLayout]] = None
+    causal_lm: ClassVar[bool] = False
+    residual_projection: ClassVar[Optional[str]] = None
 
     @classmethod
     def matches(cls, model) -> bool:

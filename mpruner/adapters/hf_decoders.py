@@ -19,6 +19,7 @@ class LlamaStyleAdapter(HFAdapter):
     """
 
     container_suffixes = ("layers",)
+    causal_lm = True
 
     def after_removal(self, plan: Plan, lists: Sequence[BlockList]) -> None:
         super().after_removal(plan, lists)
@@ -44,6 +45,7 @@ class LlamaAdapter(LlamaStyleAdapter):
     model_types = ("llama", "mistral", "qwen2")
     expects_bos = True
     width_layout = LLAMA_WIDTH
+    residual_projection = "mlp.down_proj"
 
 
 class GPT2Adapter(HFAdapter):
@@ -52,6 +54,8 @@ class GPT2Adapter(HFAdapter):
     name = "gpt2"
     model_types = ("gpt2",)
     container_suffixes = ("h",)
+    causal_lm = True
+    residual_projection = "mlp.c_proj"  # a Conv1D: y = x W + b
     # GPT-2 never saw a BOS per document. Its fused c_attn output is split in the forward, which
     # Torch-Pruning cannot trace: each MLP is pruned on its own. n_embd / n_head is the head size,
     # so heads go only with hidden channels.

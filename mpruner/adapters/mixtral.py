@@ -12,3 +12,4 @@ class MixtralAdapter(LlamaStyleAdapter):
     name = "mixtral"
     model_types = ("mixtral",)
     expects_bos = True
+    # No residual_projection: the MLP output is a router-weighted sum of experts' projections.

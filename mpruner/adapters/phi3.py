@@ -14,3 +14,4 @@ class Phi3Adapter(LlamaStyleAdapter):
     name = "phi3"
     model_types = ("phi3",)
     expects_bos = True
+    residual_projection = "mlp.down_proj"  # the MLP's output reaches the residual add unchanged

@@ -15,3 +15,4 @@ class Qwen3Adapter(LlamaStyleAdapter):
     model_types = ("qwen3",)
     expects_bos = True
     width_layout = LLAMA_WIDTH
+    residual_projection = "mlp.down_proj"

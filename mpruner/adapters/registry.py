@@ -68,7 +68,8 @@ def family_traits(model_or_type) -> Optional[FamilyTraits]:
     if adapter_class is None:
         return None
     return FamilyTraits(model_type=model_type, family=adapter_class.name, expects_bos=adapter_class.expects_bos,
-                        width=adapter_class.width_layout, adapter=adapter_class)
+                        width=adapter_class.width_layout, adapter=adapter_class, causal_lm=adapter_class.causal_lm,
+                        residual_projection=adapter_class.residual_projection)
 
 
 def width_model_types() -> Tuple[str, ...]:

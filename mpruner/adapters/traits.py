@@ -99,6 +99,8 @@ class FamilyTraits:
         expects_bos: see the module docstring.
         width: see :class:`WidthLayout`; ``None`` where width pruning does not handle the family.
         adapter: the adapter class that declares them.
+        causal_lm: a decoder-only language model (see ``HFAdapter.causal_lm``).
+        residual_projection: where a linear replacement folds (see ``HFAdapter.residual_projection``).
     """
 
     model_type: str
@@ -106,3 +108,5 @@ class FamilyTraits:
     expects_bos: bool
     width: Optional[WidthLayout]
     adapter: type
+    causal_lm: bool = False
+    residual_projection: Optional[str] = None

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..engine import checks
-from ..adapters import BlockList
+from ..adapters import BlockList, family_traits
 from ..distributed import resolve as resolve_shard
 from .reduction import reduce_sink
 from .capture import LayerCapture
@@ -21,7 +21,7 @@ from .result import Analysis
 from .input_capture import InputCapture
 from .similarity_sinks import SimilaritySink, WithBlockIO
 from .sinks import MatrixSink, TokenSink
-from .views import VIEWS, apply_view
+from .views import NORMALIZATIONS, VIEWS, apply_view
 
 Layers = Union[str, Sequence[str], BlockList]
 METRICS = ("cka", "cosine", "angular")
@@ -32,7 +32,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             kernel: str = "linear", unbiased: bool = True, other: Optional[nn.Module] = None,
             forward: Optional[Forward] = None, max_batches: Optional[int] = None, device=None, progress: bool = True,
             distributed: Union[str, bool] = "auto", *, metric: str = "cka",
-            block_inputs: Optional[bool] = None) -> Analysis:
+            block_inputs: Optional[bool] = None, normalize: Optional[str] = "auto") -> Analysis:
     """CKA (or cosine / angular distance) between the layers of ``model`` on calibration ``data``,
     one batch in memory at a time.
 
@@ -81,6 +81,13 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
         block_inputs: also capture each block's INPUT (a forward pre-hook, same pass) for
             ``Analysis.block_influence()`` and ``Analysis.run_distance()``; default: on for
             cosine/angular, off for CKA (with CKA it adds the token cosines of input vs output).
+        normalize: ``"rms"`` scales every token vector of a (batch, tokens, features) block output to
+            unit root-mean-square before the view (what the next block's norm sees), ``None``
+            leaves the outputs as they are. ``"auto"`` (default): ``"rms"`` for decoder language
+            models (the LLaMA, Qwen2, Mistral, Qwen3, Gemma, Phi-3, Mixtral and GPT-2 families),
+            whose residual stream carries a few massive dimensions that saturate linear CKA near
+            1 for every block; ``None`` otherwise. Recorded in ``options["normalize"]``. Cosine
+            and angular distance are scale-invariant per token and unaffected.
 
     Returns:
         :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
@@ -97,20 +104,23 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
         if other is not None:
             raise ValueError(f"other= (cross-model comparison) is computed with metric='cka'; got metric={metric!r}")
     _check_args(model, data, view, kernel, other, forward, max_batches)
+    normalize = resolve_normalize(normalize, model)
     shard = resolve_shard(distributed)
     selection = resolve_layers(model, layers)
     other_selection = resolve_layers(other, layers, argument="layers (for other)") if other is not None else None
     run_device = execution_device(model)
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
-    sink, view_fn = choose_sink(metric, view, kernel, unbiased, bool(block_inputs), names, other_names, cka_device)
+    sink, view_fn = choose_sink(metric, view, kernel, unbiased, bool(block_inputs), names, other_names, cka_device,
+                                normalize)
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
     if shard is not None:
         batches, total, progress = shard.take(batches), shard.count(total), progress and shard.rank == 0
     seen, failure = 0, None
-    other_hooks = LayerCapture(other_selection, functools.partial(apply_view, view)) if other is not None \
+    other_hooks = LayerCapture(other_selection, functools.partial(apply_view, view, normalize=normalize)) \
+        if other is not None \
         else contextlib.nullcontext()
     input_hooks = InputCapture(selection) if block_inputs else contextlib.nullcontext()
     try:
@@ -140,14 +150,25 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
     extra = result.extra if shard is None else dict(result.extra, world_size=shard.world)
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
+    options["normalize"] = normalize
     if metric != "cka" or block_inputs:
         options.update(metric=metric, block_inputs=bool(block_inputs))
     return Analysis(result.matrix, names, result.num_samples, options, other_names if other is not None else None,
                     metric=metric, block_io=result.block_io)
 
 
+def resolve_normalize(normalize, model: nn.Module) -> Optional[str]:
+    """``analyze``'s ``normalize``, with ``"auto"`` decided by the model's family (see ``analyze``)."""
+    if normalize == "auto":
+        traits = family_traits(model)
+        return "rms" if traits is not None and traits.causal_lm else None
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be 'auto', 'rms' or None, got {normalize!r}")
+    return normalize
+
+
 def choose_sink(metric: str, view: str, kernel: str, unbiased: bool, block_inputs: bool, names, other_names,
-                device):
+                device, normalize: Optional[str] = None):
     """The sink for this analysis and the view its hooks apply, chosen once:
 
     - ``metric="cosine"/"angular"``: token cosines (:class:`SimilaritySink`) on the token states;
@@ -163,14 +184,14 @@ def choose_sink(metric: str, view: str, kernel: str, unbiased: bool, block_input
     else:
         sink = MatrixSink(kernel, unbiased, names, other_names, device)
     if not block_inputs:
-        return sink, functools.partial(apply_view, view)
+        return sink, functools.partial(apply_view, view, normalize=normalize)
     similarity = SimilaritySink("cosine", "tokens", names, True, device)
-    return WithBlockIO(sink, similarity), functools.partial(_both_views, view)
+    return WithBlockIO(sink, similarity), functools.partial(_both_views, view, normalize)
 
 
-def _both_views(view: str, x, ctx, name: str):
+def _both_views(view: str, normalize: Optional[str], x, ctx, name: str):
     """(CKA features of ``view``, (token states, mask)) of one output, for CKA with block inputs."""
-    return apply_view(view, x, ctx, name), apply_view("tokens", x, ctx, name)
+    return apply_view(view, x, ctx, name, normalize), apply_view("tokens", x, ctx, name)
 
 
 def _run(model: nn.Module, capture: LayerCapture, batch, device: torch.device, forward, index: int,

@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+METRIC_LABELS = {"cka": "CKA", "cosine": "cosine similarity", "angular": "angular distance (arccos cos / π)"}
+
 
 def short_names(names: Sequence[str]) -> Tuple[str, List[str]]:
     """Split off the dotted prefix all names share: ('encoder.layer', ['0', '1', ...])."""
@@ -76,7 +78,7 @@ def plot_analysis(analysis, path: Optional[str] = None, clusters=None, title: Op
     colours = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(c), cmap=colours, vmin=0.0, vmax=1.0, interpolation="nearest",
                       origin="upper")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="CKA")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=METRIC_LABELS.get(analysis.metric, analysis.metric))
     _ticks(ax, "x", col_labels)
     _ticks(ax, "y", row_labels)
     ax.set_ylabel(f"{row_prefix}.<i>" if row_prefix else "layer")
@@ -95,8 +97,8 @@ def plot_analysis(analysis, path: Optional[str] = None, clusters=None, title: Op
                                    linewidth=2))
     opts = analysis.options
     ax.set_title(title if title is not None else
-                 f"{opts.get('model', 'model')} · {opts.get('view', '?')} view · {analysis.num_samples} samples",
-                 fontsize=10)
+                 f"{opts.get('model', 'model')} · {METRIC_LABELS.get(analysis.metric, analysis.metric)} · "
+                 f"{opts.get('view', '?')} view · {analysis.num_samples} samples", fontsize=10)
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")  # long layer names must not be cut at the edge
     return fig

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 
 VIEWS = ("flatten", "mean", "cls", "last_token", "tokens")
+NORMALIZATIONS = ("rms", None)
 MASK_KEYS = ("attention_mask", "decoder_attention_mask")
 TOKEN_VIEWS = ("cls", "last_token", "tokens")
 
@@ -80,13 +81,21 @@ def _shape_error(view: str, x: torch.Tensor, name: str) -> ValueError:
                       f"{tuple(x.shape)} tensor ({kind}); use view='mean' or view='flatten'")
 
 
-def apply_view(view: str, x: torch.Tensor, ctx: BatchContext,
-               name: str) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """Apply ``view`` to the output ``x`` of layer ``name``; see the module docstring."""
+def apply_view(view: str, x: torch.Tensor, ctx: BatchContext, name: str,
+               normalize: Optional[str] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """Apply ``view`` to the output ``x`` of layer ``name``; see the module docstring.
+
+    ``normalize="rms"`` first scales every token vector of a (batch, tokens, features) output to
+    unit root-mean-square, as the next block's RMSNorm/LayerNorm sees it: in a decoder LM's
+    residual stream a few massive dimensions (thousands of times the median) would otherwise
+    dominate every linear kernel and saturate CKA near 1.
+    """
     if x.dim() == 0:
         raise ValueError(f"layer {name!r} returned a scalar; analyze needs one output row per sample")
     if not x.is_floating_point():
         raise TypeError(f"layer {name!r} returned {x.dtype} values; CKA needs floating-point activations")
+    if normalize == "rms" and x.dim() == 3:
+        x = rms_normalized(x)
     if x.dim() == 1:
         x = x[:, None]
     if view in TOKEN_VIEWS and x.dim() != 3:
@@ -119,6 +128,12 @@ def apply_view(view: str, x: torch.Tensor, ctx: BatchContext,
                              "or use view='mean'")
         return x, mask
     raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}; got {view!r}")
+
+
+def rms_normalized(x: torch.Tensor) -> torch.Tensor:
+    """Each vector along the last axis scaled to unit root-mean-square (zero vectors stay zero)."""
+    ms = x.float().pow(2).mean(dim=-1, keepdim=True)
+    return (x.float() * torch.rsqrt(ms.clamp_min(torch.finfo(torch.float32).tiny))).to(x.dtype)
 
 
 def _sum_dtype(x: torch.Tensor):

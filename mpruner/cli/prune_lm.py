@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from ..prune.options import option
+from ..prune.strategies import SELECTIONS
+
 
 def add_lm_options(p) -> None:
     g = p.add_argument_group("causal language models (--task causal-lm)")
@@ -16,10 +19,16 @@ def add_lm_options(p) -> None:
                    help="classification (CSV with labels, accuracy) or causal-lm (text, perplexity) (default: %(default)s)")
     g.add_argument("--data", help="causal-lm: a text file, one document per line (default: none; required with --task causal-lm)")
     g.add_argument("--metric", choices=("accuracy", "perplexity"), help="what judges the model (default: accuracy / perplexity by --task)")
-    g.add_argument("--select", choices=("cluster", "lowest-influence", "contiguous"), default="cluster",
-                   help="which blocks go: CKA clusters, lowest Block Influence, or the contiguous run of "
-                        "smallest angular distance (default: %(default)s)")
-    g.add_argument("--n", type=int, help="blocks to remove (lowest-influence / contiguous) (default: none; give --n or --target-layers)")
+    g.add_argument("--select", choices=SELECTIONS, default=option("select").default,
+                   help="which blocks go: CKA clusters; lowest Block Influence; the contiguous run of smallest "
+                        "angular distance; or a block ranking of mpruner.lm: cka (normalized CKA of each block's "
+                        "input and output), influence, angular, update (relative update norm), loo (leave-one-out "
+                        "calibration loss), greedy (SLEB: one block per round by calibration loss), auto (the "
+                        "best on SmolLM2-135M) (default: %(default)s)")
+    g.add_argument("--replace", choices=("linear",), default=option("replace").default,
+                   help="linear: each removed run of blocks is replaced by a linear map fitted on the calibration "
+                        "windows and folded into the previous block's MLP output projection (default: plain removal)")
+    g.add_argument("--n", type=int, help="blocks to remove (every --select but cluster) (default: none; give --n or --target-layers)")
     g.add_argument("--target-layers", type=int, help="depth to reach instead of --n (default: none)")
     g.add_argument("--seq-len", type=int, default=256, help="tokens per window (default: %(default)s)")
     g.add_argument("--heldout", type=float, default=0.1, help="fraction of --data lines for perplexity (default: %(default)s)")
@@ -43,6 +52,10 @@ def build_causal_lm(args):
         raise FileNotFoundError(f"--model {args.model!r} is not a Hugging Face model directory (no config.json)")
     if not 0 < args.heldout < 1:
         raise ValueError(f"--heldout must be a fraction in (0, 1), got {args.heldout}")
+    from ..lm.select import check_causal_lm
+
+    config = transformers.AutoConfig.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+    check_causal_lm(config, f"--task causal-lm (--model {args.model})")  # before any weights load
     tok = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     texts = read_texts(args.data)
@@ -69,7 +82,7 @@ def build_causal_lm(args):
                              "pass --lora-r 0 with --fsdp, or drop --fsdp")
         finetune = Finetuner(windows, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, progress=progress,
                              lora=lora, fsdp=True if getattr(args, "fsdp", False) else None, seed=args.seed)
-    options = dict(higher_is_better=False, select=args.select)
+    options = dict(higher_is_better=False, select=args.select, replace=args.replace)
     if args.select != "cluster":
         options.update(n=args.n, target_layers=args.target_layers)
     return model, calib, evaluate, finetune, options

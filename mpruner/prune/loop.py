@@ -18,17 +18,28 @@ from ..stacklevel import user_stacklevel
 from ..surgery import load_pruned, model_stats, removable_layers, remove_layers
 from . import checkpoint as ckpt
 from . import strategies
-from .cluster import adjacent_similarities, auto_threshold, cluster_layers, redundant_members
 from .options import PruneOptions, signature
+from .planning import AttemptPlanning
 from .records import Iteration, PruneResult
-AUTO_FLOOR = 0.9  # threshold="auto" never tries layers less similar than this to their predecessor
+
+
+def _check_replaceable(model: nn.Module) -> None:
+    """replace="linear" needs a decoder LM whose family declares where to fold the map (checked now,
+    not after the first analysis)."""
+    from ..adapters import family_traits
+
+    traits = family_traits(model)
+    if traits is None or traits.residual_projection is None:
+        raise ValueError(f"replace='linear' folds a fitted map into each block's MLP output projection; "
+                         f"{type(model).__name__} declares none (supported: the LLaMA, Qwen2, Mistral, Qwen3, Phi-3 "
+                         "and GPT-2 families); drop replace")
 
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-class MPruner:
+class MPruner(AttemptPlanning):
     """Depth pruning by CKA redundancy (MPruner, arXiv 2408.13482).
 
     Args:
@@ -57,11 +68,17 @@ class MPruner:
         analyze_kwargs: extra arguments for ``mpruner.analyze`` (e.g. ``max_batches``, ``forward``).
         seed: fine-tuning of attempt i starts from ``torch.manual_seed(seed + i)``.
         select: ``"cluster"`` (MPruner's CKA clusters), ``"lowest-influence"`` (the blocks of
-            lowest Block Influence, ShortGPT) or ``"contiguous"`` (the run of consecutive blocks
-            whose input and output are closest by angular distance, Gromov et al.); see
-            :mod:`mpruner.prune.strategies`.
-        n, target_layers: for ``"lowest-influence"``/``"contiguous"``: remove ``n`` blocks in
-            all, or down to ``target_layers`` blocks (one of the two).
+            lowest Block Influence, ShortGPT), ``"contiguous"`` (the run of consecutive blocks
+            whose input and output are closest by angular distance, Gromov et al.), or a block
+            ranking of :func:`mpruner.lm.rank_blocks` for decoder LMs (``"cka"``, ``"influence"``,
+            ``"angular"``, ``"update"``, ``"loo"``, ``"greedy"``, ``"auto"``; the first and last
+            block are kept); see :mod:`mpruner.prune.strategies`.
+        n, target_layers: for every ``select`` but ``"cluster"``: remove ``n`` blocks in all, or
+            down to ``target_layers`` blocks (one of the two).
+        replace: ``"linear"``: each removed run of blocks is replaced by a linear map fitted on
+            ``calib_data`` and folded into the previous block (:func:`mpruner.lm.linear_replacement`;
+            decoder LMs of the LLaMA, Qwen2, Mistral, Qwen3, Phi-3 and GPT-2 families); default
+            None: plain removal.
     """
 
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
@@ -83,6 +100,9 @@ class MPruner:
         self.cluster_method, self.analyze_kwargs, self.seed = opts.cluster_method, dict(opts.analyze_kwargs or {}), \
             opts.seed
         self.select, self.n, self.target_layers = opts.select, opts.n, opts.target_layers
+        self.replace = opts.replace
+        if self.replace is not None:
+            _check_replaceable(model)
         self.checkpoint_dir = None if opts.checkpoint_dir is None else Path(opts.checkpoint_dir)
         self.ranks = Ranks.current()  # under torchrun: rank 0 decides and writes (see mpruner/distributed.py)
         if self.checkpoint_dir is not None:
@@ -138,6 +158,7 @@ class MPruner:
         self.done, self.stop_reason = False, ""
         self.seconds = {"analyze": 0.0, "finetune": 0.0, "evaluate": 0.0}
         self._analysis = None
+        self._scores = None
         self._rejected: List[List[int]] = []   # removal sets rolled back for the current model
         self._excluded: List[int] = []         # layers whose removal alone was rolled back
         self._model_dir: Optional[str] = None
@@ -182,8 +203,16 @@ class MPruner:
         kwargs = dict(self.analyze_kwargs)
         if self.select != "cluster":
             kwargs.update(metric=strategies.ANALYSIS_METRIC[self.select], block_inputs=True)
-        return analyze(self.model, self.calib_data, layers=self._path or self.block_list, view=self.view,
-                       progress=self.progress, **kwargs)
+        analysis = analyze(self.model, self.calib_data, layers=self._path or self.block_list, view=self.view,
+                           progress=self.progress, **kwargs)
+        self._scores = None
+        if self.select in strategies.RANKING_SELECTIONS:
+            from ..lm import rank_blocks
+
+            remaining = self.n - (self.layers_before - self._num_layers(self.model))
+            self._scores = rank_blocks(self.model, self.calib_data, self.select, layers=self._path or self.block_list,
+                                       protect="ends", limit=remaining, progress=self.progress)
+        return analysis
 
     def step(self) -> Optional[Iteration]:
         """One attempt; returns its record, or None once the loop has finished."""
@@ -203,13 +232,20 @@ class MPruner:
         cka = torch.as_tensor(self._analysis.matrix, dtype=torch.float64)
         names = list(self._analysis.layer_names)
         allowed = set(removable_layers(self.model, path=self._path).get(self.block_list, []))
+        if self.select in strategies.RANKING_SELECTIONS:
+            allowed -= {0, len(names) - 1}  # a decoder LM depends most on its first and last block
         plan = self._plan(cka, allowed) if self.select == "cluster" else self._plan_strategy(allowed)
         plan, self.granularity, self._excluded = self.ranks.from_main((plan, self.granularity, self._excluded))
         L = len(names)
         if isinstance(plan, str):
             return self._finish(plan)
         threshold, clusters, removed = plan
-        candidate = remove_layers(self.model, {self.block_list: removed})
+        if self.replace == "linear":
+            from ..lm import linear_replacement
+
+            candidate = linear_replacement(self.model, removed, self.calib_data)
+        else:
+            candidate = remove_layers(self.model, {self.block_list: removed})
         secs = {}
         if self.finetune is not None:
             torch.manual_seed(self.seed + self.iteration)
@@ -221,7 +257,8 @@ class MPruner:
         secs["evaluate"] = time.perf_counter() - t
         accepted = self.ranks.from_main(self.accepts(metric))
         record = Iteration(self.iteration, self.granularity, threshold, names, cka.tolist(), clusters, removed,
-                           [names[i] for i in removed], L, L - len(removed), metric, accepted, secs)
+                           [names[i] for i in removed], L, L - len(removed), metric, accepted, secs,
+                           self._analysis.metric)
         self.history.append(record)
         self._log(f"mpruner: attempt {self.iteration}: k={self.granularity} remove {removed} -> metric {metric:.4f} "
                   f"({'accepted' if accepted else 'rolled back'}; bound "
@@ -241,63 +278,6 @@ class MPruner:
                 self.granularity += 1  # a finer step next (_plan stops past max_granularity)
             self._save(model_changed=False)
         return record
-
-    def _plan(self, cka: torch.Tensor, allowed: set):
-        """(threshold, clusters, indices to remove) for the next attempt, or why there is none.
-
-        Layers that cannot go (shape-changing blocks) or whose removal alone was rolled
-        back for this model are excluded, and a removal set already rejected is never
-        tried again. With a fixed threshold a repeated set means a finer granularity
-        (stopping past ``max_granularity``, as in MPruner); with ``threshold="auto"``,
-        once granularity gives nothing new, layers are tried one at a time, the one
-        most similar to its predecessor first.
-        """
-        auto = self.threshold == "auto"
-        while True:
-            excluded = set(self._excluded) | (set(range(cka.shape[0])) - allowed)
-            threshold = auto_threshold(cka, floor=AUTO_FLOOR, exclude=excluded) if auto else float(self.threshold)
-            clusters = cluster_layers(cka, threshold, self.cluster_method)
-            k = min(self.granularity, self.max_granularity)
-            removed = [i for i in redundant_members(clusters, k) if i not in excluded]
-            if not removed and auto:
-                # Anchored clusters can miss a similar pair further down (its anchor is
-                # excluded): try the most similar remaining layer alone.
-                left = [i for i in range(1, cka.shape[0]) if i not in excluded and float(cka[i - 1, i]) >= AUTO_FLOOR]
-                removed = [max(left, key=lambda i: float(cka[i - 1, i]))] if left else []
-            if not removed:
-                sims = ", ".join(f"{s:.4f}" for s in adjacent_similarities(cka))
-                note = f"; excluded after rollback: {sorted(self._excluded)}" if self._excluded else ""
-                where = (f"no removable layer left with adjacent CKA >= {AUTO_FLOOR}" if auto
-                         else f"at threshold {threshold:.4f}")
-                return f"nothing to remove: {where} (adjacent CKA: {sims}{note})"
-            repeated = sorted(removed) in self._rejected
-            if not auto:
-                if self.granularity > self.max_granularity:
-                    return f"rejected up to max_granularity={self.max_granularity}"
-                if not repeated:
-                    return threshold, clusters, removed
-                if len(removed) == 1:
-                    self._excluded.append(removed[0])
-                else:
-                    self.granularity += 1
-                continue
-            if not repeated and self.granularity <= self.max_granularity:
-                return threshold, clusters, removed
-            best = max(removed, key=lambda i: float(cka[i - 1, i]) if i > 0 else -1.0)
-            if [best] in self._rejected:
-                self._excluded.append(best)
-                continue
-            return threshold, clusters, [best]
-
-    def _plan_strategy(self, allowed: set):
-        """(score, [the removed run or set], removed) for lowest-influence / contiguous; see strategies.plan."""
-        remaining = self.n - (self.layers_before - self._num_layers(self.model))
-        plan = strategies.plan(self.select, self._analysis, remaining, self.granularity, self.max_granularity,
-                               allowed, self._excluded, self._rejected)
-        if isinstance(plan, str):
-            return plan
-        self.granularity, score, removed = plan
-        return score, [removed], removed
 
     def _bound(self) -> float:
         sign = 1 if self.higher_is_better else -1  # lower is better: the bound lies above
@@ -355,7 +335,7 @@ class MPruner:
 
     def _iteration(self, h: dict, i: int) -> Iteration:
         fields = set(Iteration.__dataclass_fields__)
-        missing = fields - set(h) - {"seconds"}
+        missing = fields - set(h) - {"seconds", "similarity"}  # similarity: recorded since 0.2
         if missing or set(h) - fields:
             raise ValueError(f"{self.checkpoint_dir / ckpt.STATE}: history[{i}] has fields {sorted(h)}, expected "
                              f"{sorted(fields)}; the checkpoint is damaged or from another mpruner")

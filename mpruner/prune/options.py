@@ -15,6 +15,7 @@ from .cluster import METHODS as CLUSTER_METHODS
 from .strategies import SELECTIONS
 
 TOLERANCE_MODES = ("absolute", "relative")
+REPLACEMENTS = (None, "linear")
 # Options the constructor also takes by position, in this order (after model, calib_data, evaluate, finetune).
 POSITIONAL = ("layers", "threshold", "tolerance", "max_granularity", "max_iterations", "view", "checkpoint_dir",
               "example_inputs", "progress")
@@ -51,6 +52,8 @@ class PruneOptions:
     select: str = _option("cluster", "--select", True, "which blocks go")
     n: Optional[int] = _option(None, "--n", True, "blocks to remove in all (token strategies)")
     target_layers: Optional[int] = _option(None, "--target-layers", doc="depth to reach instead of n")
+    replace: Optional[str] = _option(None, "--replace", True,
+                                     "'linear': each removed run replaced by a fitted linear map (decoder LMs)")
 
     def __post_init__(self):
         t = self.threshold
@@ -68,6 +71,8 @@ class PruneOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.replace not in REPLACEMENTS:
+            raise ValueError(f"replace must be one of {REPLACEMENTS}, got {self.replace!r}")
         self.tolerance = float(self.tolerance)
         self.view = self._checked_view()
 
@@ -119,6 +124,8 @@ class PruneOptions:
         out["n"] = n
         if self.higher_is_better:
             del out["higher_is_better"]
+        if self.replace is None:
+            del out["replace"]
         if self.select == "cluster":
             del out["select"], out["n"]
         return out

@@ -38,10 +38,10 @@ def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = 
 
         for h in result.history:
             path = out / f"iter-{h.iteration:03d}.png"
-            title = (f"attempt {h.iteration}: k={h.granularity}, threshold {h.threshold:.3f}, remove {h.removed} "
+            title = (f"attempt {h.iteration}: k={h.granularity}, {h.score_name} {h.threshold:.3f}, remove {h.removed} "
                      f"({'accepted' if h.accepted else 'rolled back'})")
-            Analysis(torch.tensor(h.cka, dtype=torch.float64), h.layer_names, 0).plot(str(path), clusters=h.clusters,
-                                                                                         title=title)
+            matrix = Analysis(torch.tensor(h.cka, dtype=torch.float64), h.layer_names, 0, metric=h.similarity)
+            matrix.plot(str(path), clusters=h.clusters if h.similarity == "cka" else None, title=title)
             files.setdefault("heatmaps", []).append(path.name)
     files["model"] = "model"
     saved_with = save_model(result.model, out / "model")
@@ -63,6 +63,6 @@ def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = 
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     with open(out / "history.json", "w") as f:
-        json.dump(result.to_dict()["history"], f, indent=1)
+        json.dump([h.report() for h in result.history], f, indent=1)
     (out / "summary.txt").write_text(result.summary() + "\n")
     return summary

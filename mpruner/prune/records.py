@@ -23,6 +23,23 @@ class Iteration:
     metric: Optional[float]
     accepted: bool
     seconds: Dict[str, float] = field(default_factory=dict)
+    # What ``cka`` and ``threshold`` hold: "cka" (the CKA matrix and the cluster threshold), or
+    # the selection's analysis ("cosine", "angular": that matrix, and the removed blocks' score).
+    similarity: str = "cka"
+
+    @property
+    def score_name(self) -> str:
+        """What ``threshold`` is: the CKA threshold of the clusters, or the removed blocks' score."""
+        return "threshold" if self.similarity == "cka" else "score"
+
+    def report(self) -> dict:
+        """The record for a report, each value under the name of what it is
+        (``history.json``: an angular matrix under ``"angular"``, a score under ``"score"``)."""
+        d = asdict(self)
+        if self.similarity != "cka":
+            d[self.similarity] = d.pop("cka")
+            d["score"] = d.pop("threshold")
+        return d
 
 
 @dataclass

@@ -8,7 +8,11 @@
   angular distance arccos(cos)/pi (Gromov et al. 2024, "The Unreasonable Ineffectiveness
   of the Deeper Layers").
 
-The last two remove ``n`` blocks in all (or down to a target depth). Attempt k of a model
+- a block-ranking method of :mod:`mpruner.lm` (``"cka"``, ``"influence"``, ``"angular"``,
+  ``"update"``, ``"loo"``, ``"greedy"``, ``"auto"``): the blocks of lowest score (for
+  ``"greedy"``, the first ones SLEB's greedy order removes), the first and last block kept.
+
+All but ``"cluster"`` remove ``n`` blocks in all (or down to a target depth). Attempt k of a model
 removes ceil(remaining / k) blocks: everything at once first, and after a rollback a
 finer step (k = 2, 3, ... up to ``max_granularity``), through the same remove / heal /
 evaluate / accept-or-roll-back loop and checkpoints as ``"cluster"``.
@@ -16,13 +20,17 @@ evaluate / accept-or-roll-back loop and checkpoints as ``"cluster"``.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Set, Tuple, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 
-SELECTIONS = ("cluster", "lowest-influence", "contiguous")
-# The analysis each strategy reads (both capture block inputs in the same pass).
-ANALYSIS_METRIC = {"lowest-influence": "cosine", "contiguous": "angular"}
+from ..lm.select import METHODS as RANKINGS
+
+RANKING_SELECTIONS = RANKINGS + ("auto",)
+SELECTIONS = ("cluster", "lowest-influence", "contiguous") + RANKING_SELECTIONS
+# The analysis each strategy reads (all capture block inputs in the same pass); the ranking
+# methods score blocks with mpruner.lm.rank_blocks and keep this pass for the attempt's record.
+ANALYSIS_METRIC = {"lowest-influence": "cosine", "contiguous": "angular", **{m: "angular" for m in RANKING_SELECTIONS}}
 
 Plan = Union[str, Tuple[int, float, List[int]]]
 
@@ -49,10 +57,11 @@ def best_run(distance: torch.Tensor, size: int, candidates: Set[int], rejected: 
 
 
 def plan(select: str, analysis, remaining: int, granularity: int, max_granularity: int, allowed: Set[int],
-         excluded: Sequence[int], rejected: Sequence[List[int]]) -> Plan:
+         excluded: Sequence[int], rejected: Sequence[List[int]], scores: Optional[torch.Tensor] = None) -> Plan:
     """(granularity, score, blocks to remove) for the next attempt, or why there is none.
 
-    ``score`` is the mean Block Influence of the removed blocks, or the run's angular distance.
+    ``score`` is the mean Block Influence of the removed blocks (or of ``scores``, a ranking
+    method's scores), or the run's angular distance.
     A set already rolled back is never tried again: the step becomes finer instead.
     """
     if remaining <= 0:
@@ -63,8 +72,8 @@ def plan(select: str, analysis, remaining: int, granularity: int, max_granularit
         size = min(math.ceil(remaining / k), len(candidates))
         if size < 1:
             return "no removable block left" + (f" (excluded after rollback: {sorted(excluded)})" if excluded else "")
-        if select == "lowest-influence":
-            influence = analysis.block_influence()
+        if select != "contiguous":
+            influence = analysis.block_influence() if scores is None else scores
             removed = lowest_influence(influence, size, candidates)
             if removed not in rejected:
                 return k, float(influence[removed].mean()), removed
