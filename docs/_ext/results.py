@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import statistics
+import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -71,6 +71,11 @@ def c7(commit: Optional[str]) -> str:
     return (commit or "?")[:7]
 
 
+def md(text: str) -> str:
+    """Free text from a results file, its Markdown punctuation escaped (``<one test>`` is not HTML)."""
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", str(text))
+
+
 def minsec(seconds: float) -> str:
     m, s = divmod(round(seconds), 60)
     return f"{m} min {s} s"
@@ -90,7 +95,10 @@ def _load_average(d: Dict) -> Optional[str]:
     written = m.get("load_average") or d.get("load_average")
     if written is not None:  # taken as the results were written, after the measurement
         return f"load average {_triple(written)} when the file was written"
-    rows = [r for r in d.get("rows", []) if r.get("load_avg")]  # the benchmark suite: one per row
+    rows = list(d.get("rows", []))  # the benchmark suite records one per row: workloads, sweeps, summaries
+    rows += [r for p in d.get("points", []) for r in p.get("rows", [])]
+    rows += [r for h in (d.get("headline") or {}).values() for r in h.get("rows", [])]
+    rows = [r for r in rows if r.get("load_avg")]
     if rows:
         ones = [la[0] for r in rows for la in r["load_avg"]]
         return f"load average (1 min) {min(ones):.2f}–{max(ones):.2f} over its rows"
@@ -193,9 +201,9 @@ def profile_shares(workload: str) -> str:
     return ", ".join(f"{k} {pct(v)}" for k, v in sorted(p["groups_share"].items(), key=lambda kv: -kv[1]))
 
 
-def engine_table() -> str:
+def engine_table(name: str = "engine_cpu.json") -> str:
     rows = [[r["workload"], ms(r["engine_s"]), ms(r["bare_gemm_s"]), x(r["ratio"]), f"≤ {r['goal']}×",
-             pct(r.get("others_cpu_share", 0), 1)] for r in j("engine_cpu.json")["results"]]
+             pct(r.get("others_cpu_share", 0), 1)] for r in j(name)["results"]]
     return _md(["workload", "engine", "bare GEMM (torch.bmm)", "ratio", "goal", "CPU used by other processes"],
                rows, "|---|---:|---:|---:|---|---:|")
 
@@ -397,7 +405,7 @@ def mutation_table() -> str:
 
 def namespace() -> Dict:
     """Everything a results template may use."""
-    names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec",
+    names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md",
              "bench_table", "goals_table", "sweep_points", "floor_ratio_range", "peer_ratio_range", "roofline",
              "profile_shares", "engine_table", "hook_table", "versions_table", "profile_table", "analysis_table",
              "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table",
@@ -413,7 +421,7 @@ def _environment():
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters.update({n: f for n, f in namespace().items() if n in (
-        "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec")})
+        "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md")})
     env.globals.update(namespace())
     return env
 
