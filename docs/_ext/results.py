@@ -140,11 +140,13 @@ def bench_table(name: str) -> str:
 
 
 def goals_table() -> str:
+    from mpruner.bench.tables import fmt_time
+
     rows = []
     for g in j("cpu_summary.json")["goals"]:
         other = g["other"] + (" (extrapolated)" if g.get("other_extrapolated") else "")
         rows.append([f"{g['workload']}: ≥ {g['min_speedup']:g}× faster than the {g['against']}",
-                     f"mpruner {ms(g['mpruner_s'])}, {other} {ms(g['other_s'])}: **{x(g['speedup'])}**",
+                     f"mpruner {fmt_time(g['mpruner_s'])}, {other} {fmt_time(g['other_s'])}: **{x(g['speedup'])}**",
                      g["verdict"]])
     return _md(["goal (CPU)", "measured", "verdict"], rows)
 
