@@ -1,6 +1,7 @@
 # mpruner — build, test, demo.
 #   make test    fresh machine -> venv, torch, test deps, build, pytest + ctest
 #   make demo    the MPruner method end to end on a real pretrained model
+#   make docs    the documentation site into docs/_build/html (Sphinx, warnings are errors)
 #
 # Variables (override on the command line or in the environment):
 #   PYTHON      interpreter used to create the venv   (python3)
@@ -20,7 +21,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 PIP := $(PY) -m pip
 CMAKE_BUILD ?= build-cmake/$(notdir $(VENV))
 
-.PHONY: venv deps data build test pytest ctest demo bench info clean
+.PHONY: venv deps data build test pytest ctest demo bench info docs docs-deps clean
 
 venv:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,5 +81,15 @@ bench: build
 
 info: build
 
+# The docs import mpruner (the API reference), so the extension must be built; an existing
+# build of this checkout is used as it is, else `make build` makes one.
+docs-deps: venv
+	@cmp -s requirements-docs.txt $(VENV)/.mpruner-docs-deps || { \
+	  $(PIP) install -q -r requirements-docs.txt && cp requirements-docs.txt $(VENV)/.mpruner-docs-deps; }
+
+docs: docs-deps
+	@$(PY) -c "import mpruner._C" 2>/dev/null || $(MAKE) --no-print-directory build
+	sphinx-build -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf build build-cmake mpruner/_C*.so *.egg-info
+	rm -rf build build-cmake mpruner/_C*.so *.egg-info docs/_build

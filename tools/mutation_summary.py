@@ -10,6 +10,8 @@ for a timeout, why the tests catch it by running past mutmut's limit), and write
 equivalent, and the survivors, mutants without a test and timeouts left unexplained (the
 goal: none). ``--before`` records
 the counts as the run before the new tests instead (kept under ``before_new_tests``).
+``docs/reliability.md`` renders its mutation table from ``mutmut_summary.json`` when the docs
+are built (``make docs``).
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def summarise(before: bool = False) -> dict:
                "not_checked": counts["not checked"]}
         entry = dict(old.get("modules", {}).get(module, {}))
         entry["tests"] = tests
-        if before:  # README names the commit of the run before the new tests
+        if before:  # the Reliability page names the commit of the run before the new tests
             entry["before_new_tests"] = {**run, "commit": _commit()}
             modules[module] = entry
             continue
@@ -73,45 +75,14 @@ def summarise(before: bool = False) -> dict:
                     "machine); counts by tools/mutation_summary.py", "modules": modules}
 
 
-def readme_row(summary: dict) -> str:
-    """README's Reliability row for mutation testing, every count from ``summary``."""
-    def phrase(short, r, m=None):
-        text = (f"`{short}` {r['mutants']} mutants, {r['checked']} checked: {r['killed']} killed, "
-                f"{r['survived']} survived")
-        if m is not None:
-            text += f" ({len(m['equivalent'])} equivalent, {len(m['unexplained'])} unexplained)"
-        extra = [f"{r[k]} {label}" for k, label in (("no_tests", "without a test"), ("timeout", "timed out"),
-                                                    ("not_checked", "not reached")) if r[k]]
-        return text + (f", {', '.join(extra)}" if extra else "")
-
-    mods = sorted(summary["modules"].items(), key=lambda kv: kv[0].rsplit("/", 1)[1])
-    before = "; ".join(phrase(k.rsplit("/", 1)[1], m["before_new_tests"]) + f" (at {m['before_new_tests']['commit']})"
-                       for k, m in mods if m.get("before_new_tests"))
-    after = "; ".join(phrase(k.rsplit("/", 1)[1], m["run"], m) + (f" ({m['note']})" if m.get("note") else "")
-                      for k, m in mods if m.get("run"))
-    return ("| mutation testing (`tools/mutation_core.sh`, mutmut 3.8; each module's verdicts and survivors' "
-            "diffs in `benchmarks/results/reliability/mutmut_<module>.txt`, every survivor's explanation in "
-            "`mutmut_equivalent.json`, the counts in `mutmut_summary.json`, this row printed from it by "
-            "`tools/mutation_summary.py --readme`) | every mutant mutmut makes of the core modules, each run "
-            "against its module's fast tests (the test files `mutation_core.sh` names for it), 2 workers of one "
-            "thread on the 2-core machine | before the new tests: " + before + " | after the new tests "
-            "(`tests/test_mutants*.py`, each test naming the mutants it kills), each module's last run: " + after +
-            ". The equivalent ones are explained one by one; their kinds: device arguments on this CPU-only machine, "
-            "the other axis of a square matrix, keyword values that are the callee's default or equally false, "
-            "codec names spelled otherwise, flush, code only other ranks reach under torchrun, and guards for a "
-            "block 0 that is never a candidate; every timeout is a mutant that never stops (an endless planning "
-            "loop), caught by running past mutmut's limit |")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", action="store_true", help="record the runs as before the new tests "
                         "(default: off, the runs are the current state)")
-    parser.add_argument("--readme", action="store_true", help="also print README's Reliability row (default: off)")
     args = parser.parse_args()
     summary = summarise(args.before)
     (HERE / "mutmut_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for module, m in summary["modules"].items():  # the phrases README's Reliability table quotes
+    for module, m in summary["modules"].items():  # the counts docs/reliability.md shows
         short = module.rsplit("/", 1)[1]
         for key in ("before_new_tests", "run"):
             r = m.get(key)
@@ -120,8 +91,6 @@ def main():
                          if key == "run" else "")
                 print(f"{key:>16}: `{short}` {r['mutants']} mutants, {r['checked']} checked: {r['killed']} killed, "
                       f"{r['survived']} survived{extra}; no tests {r['no_tests']}, timeout {r['timeout']}")
-    if args.readme:
-        print(readme_row(summary))
 
 
 if __name__ == "__main__":

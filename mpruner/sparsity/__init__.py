@@ -1,6 +1,6 @@
 """Sparsity after depth pruning: Wanda (Sun et al. 2024), unstructured or N:M.
 
-``wanda`` zeroes the weights with the lowest |W| * ||X|| scores and holds the zeros with
+``wanda`` zeroes the weights with the lowest ``|W| * ||X||`` scores and holds the zeros with
 ``torch.nn.utils.prune`` masks, so recovery fine-tuning keeps them; ``make_permanent``
 folds the masks into the weights before saving; ``report`` counts zeros per layer.
 """

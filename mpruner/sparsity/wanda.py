@@ -156,7 +156,7 @@ def wanda(model: nn.Module, calib_data: Iterable, sparsity: Optional[float] = No
           layers: Union[str, Sequence[str]] = "auto", sequential: bool = True, forward: Optional[Forward] = None,
           inplace: bool = False, progress: bool = True, *, max_batches: Optional[int] = None,
           norms: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
-    """Wanda-sparsify ``model``: zero the weights with the lowest |W|·‖X‖ in each output row.
+    """Wanda-sparsify ``model``: zero the weights with the lowest ``|W|·‖X‖`` in each output row.
 
     Args:
         model: any ``nn.Module``; untouched unless ``inplace=True`` (even then only on success:
