@@ -36,7 +36,7 @@ def lm_dir(tmp_path_factory):
 
 def test_mpruner_takes_a_ranking_method_and_linear_replacement():
     model = planted("llama", layers=5)
-    data = sampled(model)
+    data = sampled(model, n=5)  # 320 tokens: the fitted 32 x 32 map has 10 per dimension
     from mpruner.evaluation.loss import causal_lm_nll
 
     def loss(m):

@@ -40,8 +40,10 @@ def test_the_normal_equations_recover_a_planted_map():
         y[~mask] = 1e6  # padding holds garbage that must not be read
         eq.add(m, x, y, mask)
     assert eq.tokens == 3 * 15
-    torch.testing.assert_close(eq.solve(0.0), t_true, rtol=0, atol=1e-5)
-    assert eq.solve(1e3).abs().max() < t_true.abs().max()  # the ridge shrinks the map
+    with pytest.warns(RuntimeWarning, match="from 45 calibration tokens, fewer than 8 per dimension"):
+        torch.testing.assert_close(eq.solve(0.0), t_true, rtol=0, atol=1e-5)  # exact data: still exact
+    with pytest.warns(RuntimeWarning):
+        assert eq.solve(1e3).abs().max() < t_true.abs().max()  # the ridge shrinks the map
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
@@ -65,7 +67,7 @@ def test_an_identity_block_is_reproduced_exactly(family):
     # The block's effect is linear (it is the identity): the fitted map is I, the logits unchanged.
     model = planted(family, layers=5)
     before = state(model)
-    data = batches(n=4, batch=4, tokens=16)
+    data = batches(n=5, batch=4, tokens=16)
     replaced = linear_replacement(model, [2], data)
     layers = replaced.model.layers if hasattr(replaced, "model") else replaced.transformer.h
     assert len(layers) == 4 and replaced.config.num_hidden_layers == 4
@@ -75,7 +77,7 @@ def test_an_identity_block_is_reproduced_exactly(family):
 
 def test_replaced_model_reloads_and_generates_as_it_runs(tmp_path):
     model = tiny_lm("llama", layers=6, seed=2)
-    data = batches(n=4, batch=4, tokens=16)
+    data = batches(n=5, batch=4, tokens=16)
     replaced = linear_replacement(model, [2, 3, 5], data, ridge=1e-3)  # two runs: [2, 3] and [5]
     assert replaced.config.num_hidden_layers == 3
     replaced.save_pretrained(tmp_path / "m")

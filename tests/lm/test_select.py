@@ -172,5 +172,5 @@ def test_loss_methods_refuse_an_encoder():
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                      intermediate_size=64)
     bert = transformers.BertModel(config).eval()
-    with pytest.raises(ValueError, match="needs a causal \\(decoder-only\\) language model.*'bert' model"):
+    with pytest.raises(ValueError, match="needs a causal \\(decoder-only\\) language model.*BertModel of model_type 'bert'"):
         rank_blocks(bert, batches(), "loo")
