@@ -3,7 +3,7 @@
 Collects ``bench_*.py`` here as well as ``test_*.py``. The main test run (``pytest``,
 ``make test``) collects only ``test_bench_suite.py`` from this directory, with
 ``--benchmark-disable``: its correctness checks run once each, untimed. Shared test
-helpers live in importable modules (tests/layer_data.py), never in a conftest, so the
+helpers live in importable modules (tests/helpers/layer_data.py), never in a conftest, so the
 two conftest modules never shadow each other.
 """
 import pytest

@@ -6,8 +6,8 @@ import torch
 import mpruner
 from mpruner import reference as R
 
-import np_reference as NP
-from layer_data import structured_layers
+from tests.helpers import np_reference as NP
+from tests.helpers.layer_data import structured_layers
 
 
 def _batches(feats, size):

@@ -4,7 +4,7 @@ width pruning where their adapter declares a layout. Tiny random configs, no dow
 import pytest
 import torch
 
-import _surgery_models as zoo
+from tests.helpers import surgery_models as zoo
 import mpruner
 from mpruner.adapters import find_blocks, family_traits
 from mpruner.surgery import get_record, remove_layers
@@ -98,7 +98,7 @@ def test_qwen3_losing_all_sliding_layers_updates_the_mask_switch():
 
 @pytest.mark.parametrize("kind", sorted(PLANS))
 def test_perplexity_prepends_bos_for_these_families(kind):
-    from _tiny_lms import ToyTokenizer
+    from tests.helpers.tiny_lms import ToyTokenizer
 
     model, _ = zoo.hf_model(kind)
     assert family_traits(model).expects_bos

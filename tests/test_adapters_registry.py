@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import torch
 
-import _surgery_models as zoo
+from tests.helpers import surgery_models as zoo
 import mpruner
 import mpruner.adapters as adapters
 from mpruner.adapters import (ADAPTERS, SUPPORTED_HF_MODEL_TYPES, AttentionLayout, WidthLayout, adapter_for_model_type,

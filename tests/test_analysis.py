@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import np_reference as R
+from tests.helpers import np_reference as R
 from mpruner.analysis import Analysis, analyze
 
 torch.set_num_threads(1)
@@ -384,7 +384,7 @@ def test_nan_in_padding_is_ignored(gen):
 
 # ---------------------------------------------------------------- bad input
 def test_unknown_layers_list_the_block_lists(gen):
-    from _surgery_models import hf_model
+    from tests.helpers.surgery_models import hf_model
 
     model, _ = hf_model("t5")
     with pytest.raises(ValueError, match=r"'encoder\.blocks'.*available block lists: 'encoder\.block' \(3 blocks\), "

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from _surgery_models import VOCAB, ResNet, hf_model, randomize_batchnorm
+from tests.helpers.surgery_models import VOCAB, ResNet, hf_model, randomize_batchnorm
 from mpruner import find_blocks
 from mpruner.analysis import analyze
 

@@ -2,7 +2,6 @@
 import bz2
 import gzip
 import importlib.util
-import os
 import struct
 import sys
 

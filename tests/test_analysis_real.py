@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import np_reference as R
+from tests.helpers import np_reference as R
 from mpruner import data as D
 from mpruner import remove_layers
 from mpruner.analysis import Analysis, analyze

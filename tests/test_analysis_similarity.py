@@ -1,5 +1,4 @@
 """analyze(metric="cosine"|"angular") and Block Influence against hidden states taken with hooks here."""
-import math
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 import mpruner
 from mpruner.engine import reference
 
-from _tiny_lms import FAMILIES, tiny_lm
+from tests.helpers.tiny_lms import FAMILIES, tiny_lm
 
 pytest.importorskip("transformers")
 

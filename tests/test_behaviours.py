@@ -12,8 +12,8 @@ from mpruner import reference as R
 from mpruner.analysis.result import Analysis
 from mpruner.prune import auto_threshold
 
-import np_reference as NP
-import prune_job
+from tests.helpers import np_reference as NP
+from tests.helpers import prune_job
 
 
 def _chain(adjacent):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from _surgery_models import Bottleneck, ResNet, efficientnet_lite0, hf_model
+from tests.helpers.surgery_models import Bottleneck, ResNet, efficientnet_lite0, hf_model
 from mpruner.adapters import BlockList, find_blocks
 
 torch.set_num_threads(1)

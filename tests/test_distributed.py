@@ -1,8 +1,6 @@
 """Accumulators on several processes, summed with torch.distributed (gloo), equal one process."""
-import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch.multiprocessing as mp
 
 import mpruner
 
-from layer_data import structured_layers
+from tests.helpers.layer_data import structured_layers
 
 
 def _worker(rank, world, init_file, estimator, out_path):

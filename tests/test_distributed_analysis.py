@@ -1,18 +1,16 @@
 """analyze over 2 processes (gloo): each rank its share of the batches, one all-reduce, the
 single-process result on every rank for every view, kernel, estimator and other=."""
-import copy
 import json
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn as nn
 
 from mpruner.analysis import analyze
 from mpruner.distributed import Shard, resolve
 
-from test_analysis import TokenNet, mlp, token_batches
+from tests.test_analysis import TokenNet, mlp, token_batches
 
 
 def _dense_batches():

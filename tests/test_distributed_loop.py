@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-JOB = os.path.join(HERE, "prune_job_torchrun.py")
-sys.path.insert(0, HERE)
+from tests.helpers import prune_job_torchrun
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB = prune_job_torchrun.__file__
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def assert_same_run(got, ref):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    import prune_job_torchrun as job
+    from tests.helpers import prune_job_torchrun as job
 
     _, result = job.run(str(tmp_path_factory.mktemp("ref") / "ckpt"))
     return {"summary": result.to_dict(), "weights": {k: v.tolist() for k, v in result.model.state_dict().items()}}
@@ -65,7 +65,7 @@ def _assert_intact(ckpt):
 
 
 def test_killed_rank_fails_the_run_then_one_process_resumes(tmp_path, reference):
-    import prune_job_torchrun as job
+    from tests.helpers import prune_job_torchrun as job
 
     ckpt = tmp_path / "ckpt"
     proc = torchrun(JOB, str(ckpt), str(tmp_path / "out.json"), "--kill-at", "3", "--kill-rank", "1")

@@ -6,8 +6,8 @@ import torch
 import mpruner
 from mpruner.engine.ops import ops
 
-import np_reference as NP
-from layer_data import structured_layers
+from tests.helpers import np_reference as NP
+from tests.helpers.layer_data import structured_layers
 
 
 def _grams(gen, L=3, n=21, dtype=torch.float64):

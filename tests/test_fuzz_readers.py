@@ -1,4 +1,4 @@
-"""Fuzzing every file reader (tests/fuzz_targets.py) with hypothesis-driven mutations of a
+"""Fuzzing every file reader (tests/helpers/fuzz_targets.py) with hypothesis-driven mutations of a
 valid seed file: each must load, or refuse with its documented error naming the file.
 
 A short seeded run here; tools/fuzz_readers.py runs the same targets for minutes
@@ -12,7 +12,7 @@ pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fuzz_targets as F  # noqa: E402
+from tests.helpers import fuzz_targets as F  # noqa: E402
 
 SLOW = {"checkpoint state.json", "checkpoint weights", "load_pruned weights", "load_pruned record"}
 

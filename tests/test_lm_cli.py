@@ -6,7 +6,7 @@ import pytest
 
 from mpruner.cli import main
 
-from _tiny_lms import tiny_lm
+from tests.helpers.tiny_lms import tiny_lm
 
 T = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

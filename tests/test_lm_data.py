@@ -2,7 +2,6 @@
 import importlib.util
 
 import pytest
-import torch
 
 import mpruner
 from mpruner import data

@@ -4,7 +4,7 @@ import torch
 
 import mpruner
 
-from _tiny_lms import tiny_lm
+from tests.helpers.tiny_lms import tiny_lm
 
 
 def _pruner(**kw):

@@ -7,7 +7,7 @@ import torch
 import mpruner
 from mpruner.data import corpus_ids
 
-from _tiny_lms import FAMILIES, ToyTokenizer, tiny_lm
+from tests.helpers.tiny_lms import FAMILIES, ToyTokenizer, tiny_lm
 
 pytest.importorskip("transformers")
 

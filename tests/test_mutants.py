@@ -6,7 +6,7 @@ mutmut_<module>.txt has their diffs). Small and fast: they run in every mutmut p
 import json
 
 import pytest
-from caller_frame import warned_at_caller
+from tests.helpers.caller_frame import warned_at_caller
 
 from mpruner.prune import checkpoint as ckpt
 
@@ -236,7 +236,7 @@ def _feats(n, seed, widths=(3, 5, 1)):
 def test_reference_matches_numpy(n, kernel, unbiased):
     import numpy as np
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     xs = _feats(n, n)
@@ -267,7 +267,7 @@ def test_reference_gram_sigma_constant_and_kernel():
     import numpy as np
     import torch
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     x = _feats(6, 3)[0]
@@ -284,7 +284,7 @@ def test_reference_token_and_exact_cka(unbiased):
     import numpy as np
     import torch
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     hs = [torch.stack([f, f.flip(0)]) for f in _feats(8, 5, widths=(4, 4, 4))]  # (B=2, T=8, D=4) each
@@ -363,7 +363,7 @@ def test_reference_defaults_and_sigma():
     import numpy as np
     import torch
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     xs = _feats(8, 11)
@@ -390,7 +390,7 @@ def test_reference_center_gram_4d_batch(unbiased):
     import numpy as np
     import torch
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     ks = torch.stack([R.gram(x) for x in _feats(6, 2, widths=(1, 2, 3, 4, 5, 6))]).reshape(2, 3, 6, 6)
@@ -405,7 +405,7 @@ def test_reference_center_gram_4d_batch(unbiased):
 def test_reference_hsic_defaults_and_one_layer():
     import numpy as np
 
-    import np_reference as NP
+    from tests.helpers import np_reference as NP
     from mpruner.engine import reference as R
 
     xs = _feats(7, 4)
@@ -422,7 +422,7 @@ def test_reference_hsic_defaults_and_one_layer():
 # written before must still resume, so the keys and when they appear are pinned.
 def test_loop_options_recorded_in_the_checkpoint():
     import mpruner
-    import prune_job
+    from tests.helpers import prune_job
 
     model, train, _ = prune_job.build()
     calib = [x for x, _ in train]
@@ -462,7 +462,7 @@ def test_history_entry_fields_checked(tmp_path):
     from dataclasses import asdict
 
     import mpruner
-    import prune_job
+    from tests.helpers import prune_job
     from mpruner.prune.loop import Iteration
 
     model, train, _ = prune_job.build()
@@ -603,10 +603,7 @@ def test_record_of_a_never_pruned_model(tmp_path):
 # prune/loop.py x_MPruner__plan_strategy__mutmut_2 (remaining = n + removed so far): after one
 # block of n=2 is accepted, the next attempt asks for the one block still to go, not three.
 def test_strategy_asks_for_what_remains_of_n(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from _tiny_lms import tiny_lm
+    from tests.helpers.tiny_lms import tiny_lm
 
     import torch
 
@@ -627,10 +624,7 @@ def test_strategy_asks_for_what_remains_of_n(tmp_path):
 # rule for every select): two identity blocks apart from each other (zero output projections,
 # Block Influence 0) are lowest-influence's pick; no contiguous run holds both.
 def test_lowest_influence_is_not_a_contiguous_run():
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from _tiny_lms import tiny_lm
+    from tests.helpers.tiny_lms import tiny_lm
 
     import torch
 
@@ -656,10 +650,7 @@ def test_lowest_influence_is_not_a_contiguous_run():
 # (_4, `is_main or True`, is equivalent in one process; _8 and _11, the category None or left
 # out, are UserWarning all the same.)
 def _resume_job():
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    import prune_job
+    from tests.helpers import prune_job
 
     return prune_job
 

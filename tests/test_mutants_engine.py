@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from caller_frame import warned_at_caller
+from tests.helpers.caller_frame import warned_at_caller
 
 import mpruner
 from mpruner.engine import reference as R

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import mpruner
-import prune_job
+from tests.helpers import prune_job
 from mpruner.prune import loop
 from mpruner.prune.cluster import cluster_layers
 from mpruner.prune.loop import Iteration, MPruner, PruneResult
@@ -443,7 +443,7 @@ def test_progress_and_log_on_by_default(job):
 # _resolve_block_list_11 / _26: only a guessed (generic) container is pinned by its path; a
 # recognised architecture keeps its adapter, with layers="auto" or named.
 def test_recognised_architecture_is_not_pinned_by_path():
-    from _tiny_lms import tiny_lm
+    from tests.helpers.tiny_lms import tiny_lm
 
     model = tiny_lm("llama")
     for layers in ("auto", mpruner.find_blocks(model)[0].name):

@@ -1,4 +1,4 @@
-"""Property tests of the CKA engine: generated inputs (tests/engine_strategies.py) against
+"""Property tests of the CKA engine: generated inputs (tests/helpers/engine_strategies.py) against
 the float64 NumPy oracle. Each result is within the stated tolerance, or NaN with a
 warning for a constant layer, or a ValueError from the documented list; never a crash,
 a silent NaN or a CKA outside [-1, 1].
@@ -25,8 +25,8 @@ from mpruner.engine import reference as R  # noqa: E402
 TC = importlib.import_module("mpruner.engine.token_cka")  # the module: mpruner.engine.token_cka is also the function
 from mpruner.engine.ops import ops  # noqa: E402
 
-import engine_strategies as S  # noqa: E402
-import np_reference as NP  # noqa: E402
+from tests.helpers import engine_strategies as S  # noqa: E402
+from tests.helpers import np_reference as NP  # noqa: E402
 
 STATS = {}  # property -> [cases, max error seen]; MPRUNER_PROPERTY_STATS=path.json writes it at the end
 

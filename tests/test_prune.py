@@ -1,6 +1,5 @@
 """The MPruner loop: clustering, granularity, accept/rollback, checkpoints and resume."""
 import json
-import os
 import subprocess
 import sys
 
@@ -10,9 +9,9 @@ import torch
 import mpruner
 from mpruner.prune import adjacent_similarities, auto_threshold
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import prune_job  # noqa: E402
+from tests.helpers import prune_job
+
+JOB = prune_job.__file__
 
 
 def _cka(adjacent):
@@ -129,7 +128,7 @@ def test_bad_arguments():
 
 def _job(tmp_path, name, *extra):
     out = tmp_path / f"{name}.json"
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "prune_job.py"), str(tmp_path / f"ckpt-{name}"),
+    proc = subprocess.run([sys.executable, JOB, str(tmp_path / f"ckpt-{name}"),
                            str(out), *extra], capture_output=True, text=True)
     return proc, out
 
@@ -146,7 +145,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert proc.returncode == -9
     state = json.loads((tmp_path / "ckpt-run" / "state.json").read_text())
     assert state["iteration"] == 1 and not state["done"]
-    proc, out = subprocess.run([sys.executable, os.path.join(HERE, "prune_job.py"), str(tmp_path / "ckpt-run"),
+    proc, out = subprocess.run([sys.executable, JOB, str(tmp_path / "ckpt-run"),
                                 str(tmp_path / "resumed.json"), "--resume"], capture_output=True, text=True), None
     assert proc.returncode == 0, proc.stderr
     got = json.loads((tmp_path / "resumed.json").read_text())

@@ -7,7 +7,7 @@ import torch
 import mpruner
 from mpruner import reference as R
 
-import np_reference as NP
+from tests.helpers import np_reference as NP
 
 
 def _published_cka(feats, threshold):

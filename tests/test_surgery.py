@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import _surgery_models as zoo
+from tests.helpers import surgery_models as zoo
 from mpruner.adapters import find_blocks
 from mpruner.surgery import (get_record, load_pruned, model_stats, read_record, removable_layers, remove_layers,
                              save_pruned)

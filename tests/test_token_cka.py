@@ -9,7 +9,7 @@ import importlib
 
 TC = importlib.import_module("mpruner.engine.token_cka")
 
-import np_reference as NP
+from tests.helpers import np_reference as NP
 
 
 def _hidden(gen, L=4, B=6, T=11, D=8, dtype=torch.float64):

@@ -9,7 +9,7 @@ from mpruner.width import prune_width
 pytest.importorskip("torch_pruning")
 T = pytest.importorskip("transformers")
 
-from _surgery_models import ResNet, randomize_batchnorm  # noqa: E402
+from tests.helpers.surgery_models import ResNet, randomize_batchnorm  # noqa: E402
 
 IDS = {"input_ids": torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))}
 

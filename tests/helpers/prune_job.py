@@ -1,11 +1,11 @@
 """A small, deterministic MPruner run used by the checkpoint/resume tests.
 
-    python tests/prune_job.py CKPT_DIR OUT_JSON [--kill-at N] [--resume]
+    python tests/helpers/prune_job.py CKPT_DIR OUT_JSON [--kill-at N] [--resume]
 
 With --kill-at N the process SIGKILLs itself during the N-th evaluation, i.e. in
 the middle of an attempt, as a crash or an OOM kill would; with --kill-in "POINT:N"
-at the N-th pass of a kill point of tests/faults.py (analysis, surgery, a fine-tuning
-step, each checkpoint rename).
+at the N-th pass of a kill point of tests/helpers/faults.py (analysis, surgery, a fine-tuning
+step, each checkpoint rename). Imported as ``tests.helpers.prune_job`` by the tests.
 """
 import argparse
 import json
@@ -16,8 +16,9 @@ import sys
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # started by path: this checkout's mpruner and tests package
+    sys.path.insert(0, ROOT)
 import mpruner  # noqa: E402
 
 
@@ -80,7 +81,7 @@ def main():
     args = p.parse_args()
     import contextlib
 
-    import faults
+    from tests.helpers import faults
 
     armed = contextlib.nullcontext()
     if args.kill_in:

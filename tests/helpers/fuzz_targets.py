@@ -14,18 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Tuple
 
 import torch
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
 
 MAX_BYTES = 1 << 16  # mutated files stay small: the readers' size checks are tested separately
 
@@ -145,7 +139,7 @@ def _analysis_read(path: Path):
 
 
 def _net():
-    import prune_job
+    from tests.helpers import prune_job
 
     return prune_job.Net()
 
@@ -193,7 +187,7 @@ def _record_read(path: Path):
 def _checkpoint_seed(d: Path) -> Path:
     """A real checkpoint directory of the small residual net; the file fuzzed is its state.json."""
     import mpruner
-    import prune_job
+    from tests.helpers import prune_job
 
     model, train, _ = prune_job.build()
     ck = d / "ckpt"
@@ -205,7 +199,7 @@ def _checkpoint_seed(d: Path) -> Path:
 
 def _resume(ck: Path):
     import mpruner
-    import prune_job
+    from tests.helpers import prune_job
 
     torch.manual_seed(0)
     model = prune_job.Net()

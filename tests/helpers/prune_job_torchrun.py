@@ -1,6 +1,6 @@
 """The run of prune_job.py, launchable by torchrun, with a rank that can be killed.
 
-    torchrun --standalone --nproc_per_node 2 tests/prune_job_torchrun.py CKPT OUT
+    torchrun --standalone --nproc_per_node 2 tests/helpers/prune_job_torchrun.py CKPT OUT
              [--kill-at N | --hang-at N] [--kill-rank R] [--timeout S] [--resume]
 
 With --kill-at N, rank R (default: every rank) SIGKILLs itself during its N-th evaluation;
@@ -15,10 +15,11 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import prune_job  # noqa: E402
-
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:  # started by path (torchrun, or mpruner prune --model FILE:model)
+    sys.path.insert(0, ROOT)
 import mpruner  # noqa: E402
+from tests.helpers import prune_job  # noqa: E402
 
 
 def model():
