@@ -13,6 +13,7 @@ import torch.nn as nn
 
 import mpruner
 from mpruner.training.batch_split import split_batch
+from tests.helpers import prune_job_torchrun
 
 
 def net():
@@ -214,7 +215,7 @@ def test_fsdp_bad_options():
 def test_cli_fsdp_without_torchrun_is_refused_before_loading(tmp_path, capsys):
     from mpruner.cli import main
 
-    job = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prune_job_torchrun.py")
+    job = prune_job_torchrun.__file__
     code = main(["prune", "--model", f"{job}:model", "--calib", f"{job}:calib", "--eval", f"{job}:evaluate",
                  "--train", f"{job}:train", "--out", str(tmp_path / "out"), "--fsdp", "--no-progress"])
     err = capsys.readouterr().err

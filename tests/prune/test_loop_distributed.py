@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import prune_job_torchrun
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JOB = prune_job_torchrun.__file__
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from mpruner.distributed import Ranks
 
 T = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = "good bad fine awful great poor film plot actor scene music story dull fun slow sharp".split()
 
 

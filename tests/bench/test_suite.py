@@ -1,7 +1,7 @@
 """The benchmark suite at small sizes as pytest-benchmark rows, and checks of its machinery.
 
-    pytest benchmarks/ --benchmark-only [--benchmark-json out.json]   # the timings
-    pytest benchmarks/                                                # + the checks below
+    pytest benchmarks/ tests/bench/ --benchmark-only [--benchmark-json out.json]   # the timings
+    pytest benchmarks/ tests/bench/                                                # + the checks below
 
 Every row records, in ``extra_info``, the estimator it computes and its max abs error
 against the float64 reference of that estimator. The full suite with peers in isolated
@@ -24,7 +24,7 @@ from mpruner.bench.workloads import WORKLOADS, Workload, make_source
 
 SMALL = {"minibatch": WORKLOADS["dense-small"], "tokens": WORKLOADS["tokens-small"]}
 METHODS = {**OWN_METHODS, **PEER_METHODS}
-HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_sources_are_deterministic_and_structured():
 
 
 def test_requirements_file_lists_the_peers():
-    with open(os.path.join(HERE, "requirements-peers.txt")) as f:
+    with open(os.path.join(BENCHMARKS, "requirements-peers.txt")) as f:
         listed = {l.split("#")[0].strip() for l in f if l.split("#")[0].strip()}
     want = {f"{p.dist}=={p.version}" for p in PEERS.values()} | {e for p in PEERS.values() for e in p.extras}
     assert listed == want
@@ -132,7 +132,7 @@ def test_misbehaving_task_becomes_a_status(tmp_path, mode, status):
 def test_cli_writes_table_json_and_plot(tmp_path, request):
     if request.config.getoption("benchmark_disable"):
         # It times rows and waits for a quiet machine: part of `make bench`, not of the untimed test run.
-        pytest.skip("times the benchmark rows; runs with make bench (pytest benchmarks/ --benchmark-only)")
+        pytest.skip("times the benchmark rows; runs with make bench (pytest benchmarks/ tests/bench/ --benchmark-only)")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mpruner", "bench", "--workload", "dense-small", "--peers", "none", "--repeats", "1",
            "--budget", "5", "--no-profile", "--out", str(out), "--methods", "mpruner,torch baseline,gram floor"]
