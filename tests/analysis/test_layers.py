@@ -1,10 +1,15 @@
-"""analyze on tiny random models of every architecture find_blocks knows."""
+"""Which modules analyze hooks (mpruner/analysis/layers.py): the block list of every
+architecture find_blocks knows, on tiny random models; module names in the given order;
+unknown names refused with the block lists there are."""
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from tests.helpers.surgery_models import VOCAB, ResNet, hf_model, randomize_batchnorm
 from mpruner import find_blocks
 from mpruner.analysis import analyze
+from tests.helpers.analysis_models import TokenNet, mlp
+from tests.helpers.surgery_models import VOCAB, ResNet, hf_model, randomize_batchnorm
 
 torch.set_num_threads(1)
 
@@ -120,3 +125,34 @@ def test_sequential_by_attribute_path():
     model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(3)]))
     result = analyze(model, [torch.randn(6, 6)], layers="1", progress=False)
     assert result.layer_names == ["1.0", "1.1", "1.2"] and result.options["layers"] == "1"
+
+
+def test_layers_by_module_names_keep_the_given_order(gen):
+    model = mlp()
+    xs = [torch.randn(8, 12, generator=gen) for _ in range(2)]
+    full = analyze(model, xs, progress=False)
+    some = analyze(model, xs, layers=["3", "0", "4"], progress=False)
+    assert some.layer_names == ["3", "0", "4"] and some.options["layers"] == "custom"
+    np.testing.assert_allclose(some.cka.numpy(), full.cka[[3, 0, 4]][:, [3, 0, 4]].numpy(), atol=1e-12)
+
+
+def test_unknown_layers_list_the_block_lists(gen):
+    from tests.helpers.surgery_models import hf_model
+
+    model, _ = hf_model("t5")
+    with pytest.raises(ValueError, match=r"'encoder\.blocks'.*available block lists: 'encoder\.block' \(3 blocks\), "
+                                         r"'decoder\.block' \(4 blocks\)"):
+        analyze(model, [{}], layers="encoder.blocks", progress=False)
+    with pytest.raises(ValueError, match=r"no submodule 'layers\.9'"):
+        analyze(TokenNet(), [{}], layers=["layers.0", "layers.9"], progress=False)
+    with pytest.raises(ValueError, match=r"'embed' is a Embedding, not a block list"):
+        analyze(TokenNet(), [{}], layers="embed", progress=False)
+    two = TokenNet()
+    two.extra = nn.ModuleList([nn.Identity(), nn.Identity()])
+    with pytest.raises(TypeError, match=r"no mpruner adapter recognises TokenNet.*'layers' \(4 blocks\), "
+                                        r"'extra' \(2 blocks\).*--layers layers"):
+        analyze(two, [{}], progress=False)
+    with pytest.raises(ValueError, match=r"did you mean 'layers'"):
+        analyze(TokenNet(), [{}], layers="layer", progress=False)
+    with pytest.raises(ValueError, match="twice"):
+        analyze(TokenNet(), [{}], layers=["layers.0", "layers.0"], progress=False)

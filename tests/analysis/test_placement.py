@@ -8,7 +8,7 @@ import torch
 from mpruner.analysis import analyze
 from mpruner.analysis.placement import execution_device
 
-from tests.analysis.test_driver import TokenNet, mlp, token_batches
+from tests.helpers.analysis_models import TokenNet, mlp, token_batches
 
 accelerate = pytest.importorskip("accelerate")
 

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from mpruner.analysis import analyze
 from mpruner.distributed import Shard, resolve
 
-from tests.analysis.test_driver import TokenNet, mlp, token_batches
+from tests.helpers.analysis_models import TokenNet, mlp, token_batches
 
 
 def _dense_batches():

@@ -1,9 +1,7 @@
-"""Tests that kill mutants of mpruner/analysis/result.py which survived mutmut.
+"""Analysis (mpruner/analysis/result.py): the result object, its views and its JSON file.
 
-Each test names the mutants it kills (mutmut's names without the module prefix;
-benchmarks/results/reliability/mutmut_result.txt has their diffs). The analysis file is a
-format other tools and older mpruner versions read, so its keys, defaults and messages are
-pinned here rather than only round-tripped.
+The analysis file is a format other tools and older mpruner versions read, so its keys,
+defaults and messages are pinned here rather than only round-tripped.
 """
 import json
 import math
@@ -13,6 +11,7 @@ import torch
 
 from mpruner.analysis import result as R
 from mpruner.analysis.result import Analysis
+from tests.helpers.analysis_models import example
 
 
 def _body(**changes):
@@ -224,3 +223,81 @@ def test_load_reads_utf8_under_any_locale(tmp_path, ascii_locale):
 # __repr___17: another metric is named in the repr.
 def test_repr_names_the_metric():
     assert repr(_io_analysis()).startswith("Analysis(2x2 cosine, ")
+
+
+def _write(tmp_path, **change):
+    data = Analysis(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), ["a", "b"], 10, {"view": "mean"}).to_dict()
+    data.update(change)
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"cka": [[1.0, 0.5, 0.5, 1.0]]}, "2 x 2 list of rows"),            # 1x4 with 2 names (was read as 2x2)
+    ({"cka": [[1.0, 0.5, 0.1], [0.5, 1.0, 0.1]]}, "2 x 2 list of rows"),  # 2x3 (was a bare RuntimeError)
+    ({"layer_names": "ab"}, "list of strings"),                       # (was split into letters)
+    ({"layer_names": [1, 2]}, "list of strings"),
+    ({"cka": [[1.0, "x"], [0.5, 1.0]]}, "numbers or null"),
+    ({"cka": "1,0.5"}, "list of rows"),
+    ({"num_samples": "10"}, "num_samples"),
+    ({"num_samples": -1}, "num_samples"),
+    ({"options": [1]}, "options"),
+    ({"other_layer_names": ["x"]}, "2 x 1"),
+])
+def test_analysis_load_refuses_malformed_content(tmp_path, change, message):
+    path = _write(tmp_path, **change)
+    with pytest.raises(ValueError, match=message) as info:
+        Analysis.load(path)
+    assert path in str(info.value)
+
+
+def test_analysis_load_names_a_missing_key(tmp_path):
+    data = json.loads(open(_write(tmp_path)).read())
+    del data["num_samples"]
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="missing key 'num_samples'"):
+        Analysis.load(str(tmp_path / "b.json"))
+
+
+def test_analysis_roundtrip_keeps_nan(tmp_path):
+    a = Analysis(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), ["a", "b"], 3)
+    a.save(str(tmp_path / "r.json"))
+    b = Analysis.load(str(tmp_path / "r.json"))
+    assert torch.equal(torch.isnan(b.cka), torch.isnan(a.cka)) and b.layer_names == ["a", "b"]
+
+
+def test_analysis_repr():
+    a = Analysis(torch.eye(2), ["a", "b"], 10, {"view": "mean", "layers": "blocks"})
+    assert repr(a) == "Analysis(2x2 CKA, layers='blocks', view='mean', num_samples=10)"
+    assert repr(Analysis(torch.eye(1), ["a"], 3)) == "Analysis(1x1 CKA, layers='?', view='?', num_samples=3)"
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    a = example()
+    a.save(tmp_path / "cka.json")
+    raw = json.loads((tmp_path / "cka.json").read_text())
+    assert raw["format"] == "mpruner.analysis" and raw["cka"][1][2] is None  # NaN stored as null, strict JSON
+    b = Analysis.load(tmp_path / "cka.json")
+    assert torch.equal(b.cka.isnan(), a.cka.isnan()) and torch.equal(b.cka.nan_to_num(), a.cka.nan_to_num())
+    assert b.layer_names == a.layer_names and b.num_samples == 64 and b.options == a.options
+    assert b.num_skipped == 3 and not b.is_cross and b.adjacent().tolist()[0] == 0.9
+    c = example(cross=True)
+    c.save(tmp_path / "cross.json")
+    d = Analysis.load(tmp_path / "cross.json")
+    assert d.is_cross and d.cka.shape == (3, 2) and d.other_layer_names == c.other_layer_names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cka.json", "cross.json"]  # no temporary files left
+
+
+def test_load_errors(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Analysis.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not an mpruner analysis"):
+        Analysis.load(tmp_path / "other.json")
+    (tmp_path / "newer.json").write_text('{"format": "mpruner.analysis", "version": 99}')
+    with pytest.raises(ValueError, match="newer than this mpruner reads"):
+        Analysis.load(tmp_path / "newer.json")
+    with pytest.raises(ValueError, match=r"cka has shape \(3, 3\) but there are 2 x 2 layer names"):
+        Analysis(torch.eye(3), ["a", "b"], 1)

@@ -193,17 +193,6 @@ def test_mistakes_are_refused_before_the_model_loads(nets, capsys, tmp_path, arg
     assert not (tmp_path / "fresh").exists()
 
 
-def test_mpruner_refuses_a_file_as_checkpoint_dir(tmp_path):
-    import mpruner
-
-    (tmp_path / "f").write_text("x")
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
-    with pytest.raises(ValueError, match="checkpoint_dir .* is an existing file"):
-        mpruner.MPruner(model, [torch.randn(8, 4)], lambda m: 0.0, checkpoint_dir=tmp_path / "f")
-    with pytest.raises(ValueError, match="cannot be created: .* is a file"):
-        mpruner.MPruner(model, [torch.randn(8, 4)], lambda m: 0.0, checkpoint_dir=tmp_path / "f" / "ckpt")
-
-
 # ---------------------------------------------------------------- item: unknown bench methods
 def test_bench_refuses_unknown_methods_and_peers(capsys, tmp_path):
     code, _, err = run(capsys, "bench", "--methods", "mpruner,pytorch-kca", "--out", str(tmp_path / "b"))
@@ -227,16 +216,6 @@ def test_resume_with_changed_options_names_the_flags(nets, capsys, tmp_path):
     assert code == 1
     assert "--threshold was 0.99, now 0.95" in err
     assert "{" not in err, "the message dumps option dicts"
-
-
-def test_resume_without_checkpoint_warns_in_python(tmp_path):
-    import mpruner
-
-    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(3)])
-    pruner = mpruner.MPruner(model, [torch.randn(8, 4)], lambda m: 1.0, threshold=0.999999, progress=False,
-                             checkpoint_dir=tmp_path / "ckpt", verbose=False)
-    with pytest.warns(UserWarning, match="no checkpoint in .*starting from the beginning"):
-        pruner.run(resume=True)
 
 
 # ---------------------------------------------------------------- item: what the pruned model directory holds

@@ -169,3 +169,44 @@ def test_layer_parallel_grams_match_serial(gen, context):
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(got.numpy(), want, atol=2e-6, rtol=0)
+
+
+def test_merge_adds_skipped_batches_in_every_case(gen):
+    x = torch.randn(8, 3, generator=gen)
+    nan = x.clone()
+    nan[0, 0] = float("nan")
+
+    def acc(batches):
+        a = mpruner.CKAAccumulator(nan_policy="skip")
+        for b in batches:
+            a.update([b, b * 2 + 1])
+        return a
+
+    assert acc([x, nan]).merge(acc([nan, nan, x])).num_skipped == 3      # both hold batches
+    assert acc([nan]).merge(acc([x, nan])).num_skipped == 2              # this one only skipped
+    assert acc([x]).merge(acc([nan, nan])).num_skipped == 2              # the other only skipped
+    merged = acc([nan]).merge(acc([x]))
+    assert merged.num_batches == 1 and merged.num_samples == 8
+
+
+@pytest.mark.parametrize("kw", [{"kernel": "rbf"}, {"unbiased": False}, {"estimator": "exact"},
+                                {"kernel": "rbf", "sigma": 0.3}])
+def test_merge_refuses_other_options(gen, kw):
+    x = torch.randn(8, 3, generator=gen)
+    base = {"kernel": "rbf"} if "sigma" in kw else {}
+    a, b = mpruner.CKAAccumulator(**base), mpruner.CKAAccumulator(**kw)
+    a.update([x, x + 1])
+    b.update([x, x + 1])
+    with pytest.raises(ValueError, match="different options"):
+        a.merge(b)
+    with pytest.raises(TypeError, match="CKAAccumulator"):
+        a.merge({"hsic": 1})
+
+
+def test_merge_refuses_other_layers(gen):
+    x = torch.randn(8, 3, generator=gen)
+    a, b = mpruner.CKAAccumulator(), mpruner.CKAAccumulator()
+    a.update([x, x + 1])
+    b.update([x, x + 1, x * 3])
+    with pytest.raises(ValueError, match="different layers"):
+        a.merge(b)

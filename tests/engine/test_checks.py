@@ -1,8 +1,15 @@
-"""Bad input: every error names the argument and the fix."""
+"""Argument checks (mpruner/engine/checks.py): every error names the argument and the fix;
+precision='tf32' changes CUDA's float32 matmul mode for the call only, thread-safely (the
+setting is process-wide; it works without a GPU, so this runs everywhere)."""
+import threading
+
 import pytest
 import torch
 
 import mpruner
+from mpruner.engine import checks as I
+
+CUDA = torch.device("cuda")
 
 
 def _x(n=10, d=4):
@@ -88,3 +95,103 @@ def test_mixed_devices():
     assert "other[0]" not in str(info.value) and "features[0]" not in str(info.value)
     with pytest.raises(ValueError, match=r"other\[0\] is on meta but features\[0\] is on cpu"):
         mpruner.cka_matrix([_x()], other=[_x().to("meta")])
+
+
+# x_center_gram, x_hsic, x_cka, x_nonfinite_error mutants that drop or garble a name, a shape,
+# the estimator or the advice in a message, or move a bound by one).
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, t: m.gram(t.randn(5, 3), "cosine"), ValueError, "kernel must be one of 'linear', 'rbf'; got 'cosine'"),
+    (lambda m, t: m.gram(t.randn(5), batched=True), ValueError,
+     "with batched=True, x must be a tensor of shape (b, n, ...)"),
+    (lambda m, t: m.gram(t.randn(1, 3), "rbf"), ValueError, "x has n=1 samples; the RBF kernel needs n >= 2"),
+    (lambda m, t: m.center_gram([[1.0]]), TypeError, "k must be a torch.Tensor Gram matrix (…, n, n), got list"),
+    (lambda m, t: m.center_gram(t.ones(3, 3, dtype=t.long)), TypeError,
+     "k has dtype torch.int64; pass a floating-point Gram (k.float())"),
+    (lambda m, t: m.center_gram(t.ones(3, 4)), ValueError,
+     "k must be square in its last two dimensions (…, n, n), got shape (3, 4)"),
+    (lambda m, t: m.center_gram(t.ones(2, 3, 4)), ValueError,
+     "k must be square in its last two dimensions (…, n, n), got shape (2, 3, 4)"),
+    (lambda m, t: m.center_gram(t.ones(3, 3), True), ValueError,
+     "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
+    (lambda m, t: m.center_gram(t.ones(1, 1)), ValueError, "k is 1x1; the biased estimator needs n >= 2"),
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(5, 5)), ValueError, "k and l must have the same shape, got (4, 4) and (5, 5)"),
+    (lambda m, t: m.hsic(t.ones(3, 3), t.ones(3, 3), True), ValueError,
+     "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(1, 1)), ValueError, "l is 1x1; the biased estimator needs n >= 2"),
+    # x_hsic__mutmut_14 (l checked as biased): l's own estimator bound comes before the shape check
+    (lambda m, t: m.hsic(t.ones(4, 4), t.ones(3, 3), True), ValueError,
+     "l is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
+    (lambda m, t: m.hsic(t.ones(4, 4), [[1.0]]), TypeError, "l must be a torch.Tensor Gram matrix (…, n, n), got list"),
+    (lambda m, t: m.cka([t.ones(4, 2)], t.ones(4, 2)), TypeError,
+     "cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix"),
+    (lambda m, t: m.cka(t.ones(4, 2), [t.ones(4, 2)]), TypeError,
+     "cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix"),
+])
+def test_cka_api_errors_word_for_word(call, error, message):
+    import torch
+
+    import mpruner
+
+    with pytest.raises(error) as info:
+        call(mpruner, torch)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("fn", ["gram", "cka_matrix", "cka"])
+def test_precision_tf32_is_accepted_and_exact_off_cuda(device, gen, fn):
+    xs = [torch.randn(12, 6, generator=gen).to(device) + 2 for _ in range(2)]
+    call = {"gram": lambda p: mpruner.gram(xs[0], precision=p),
+            "cka_matrix": lambda p: mpruner.cka_matrix(xs, precision=p),
+            "cka": lambda p: mpruner.cka(*xs, precision=p)}[fn]
+    highest, tf32 = call("highest"), call("tf32")
+    if device.type == "cuda":  # TF32 keeps 10 mantissa bits
+        torch.testing.assert_close(tf32, highest, rtol=0, atol=5e-3 * float(highest.abs().max()))
+    else:
+        assert torch.equal(tf32, highest)  # the mode only exists for CUDA float32 GEMMs
+    assert not torch.backends.cuda.matmul.allow_tf32  # the global setting is restored
+    with pytest.raises(ValueError, match="precision must be one of"):
+        call("fast")
+
+
+def _mode():
+    return torch.backends.cuda.matmul.fp32_precision
+
+
+def test_tf32_is_scoped_and_restored():
+    before = _mode()
+    with I.gemm_precision("tf32", CUDA):
+        assert _mode() == "tf32"
+        with I.gemm_precision("highest", CUDA):
+            assert _mode() == "ieee"
+        assert _mode() == "tf32"
+    assert _mode() == before
+    with I.gemm_precision("tf32", torch.device("cpu")):  # CPU GEMMs have no TF32 mode: untouched
+        assert _mode() == before
+
+
+def test_tf32_scope_restores_on_error():
+    before = _mode()
+    try:
+        with I.gemm_precision("tf32", CUDA):
+            raise KeyError("boom")
+    except KeyError:
+        pass
+    assert _mode() == before
+
+
+def test_concurrent_scopes_leave_the_setting_as_found():
+    before = _mode()
+    seen = []
+
+    def work(precision):
+        for _ in range(200):
+            with I.gemm_precision(precision, CUDA):
+                seen.append((precision, _mode()))
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in ("tf32", "highest", "tf32", "highest")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _mode() == before
+    assert all(mode == ("tf32" if p == "tf32" else "ieee") for p, mode in seen)

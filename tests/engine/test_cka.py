@@ -1,13 +1,21 @@
-"""The public CKA functions against float64 NumPy and the PyTorch reference."""
+"""The public CKA functions (mpruner/engine/cka.py) against float64 NumPy and the PyTorch
+reference: gram, center_gram, hsic, cka, cka_matrix; degenerate layers; the RBF bandwidth
+of the canonical CKA reference (Kornblith et al. 2019, gram_rbf): the median of all n^2
+squared distances, diagonal zeros included, np.median's even-count mean."""
+import importlib
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 import mpruner
 from mpruner import reference as R
-
 from tests.helpers import np_reference as NP
+from tests.helpers.caller_frame import warned_at_caller
 from tests.helpers.layer_data import structured_layers
+
+C = importlib.import_module("mpruner.engine.cka")  # the module (mpruner.engine.cka is also the function)
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Absolute tolerance on CKA values (in [0, 1]) by input dtype, against float64 NumPy on
@@ -154,3 +162,241 @@ def test_activations_that_require_grad_are_measured_detached(gen):
     for want, got in pairs:
         assert not got.requires_grad
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# cka.x_gram (bounds): a (b, n) batch is b sets of n one-feature samples; RBF takes n = 2.
+# cka.x__check_gram (half Grams computed in float32), cka.x_hsic / x_cka (defaults: biased),
+# the batched hsic's dtype promotion, x_nonfinite_error (the listed layers, batch, no suffix).
+def test_cka_api_edges():
+    import torch
+
+    import mpruner
+    from mpruner.engine import reference as R
+    from mpruner.engine.cka import nonfinite_error
+
+    x = torch.randn(2, 5, dtype=torch.float64)
+    g = mpruner.gram(x, batched=True)
+    assert g.shape == (2, 5, 5) and torch.allclose(g[1], R.gram(x[1][:, None]), rtol=0, atol=1e-12)
+    assert mpruner.gram(torch.randn(2, 3), "rbf").shape == (2, 2)
+    # x__check_gram__mutmut_19 (n <= the minimum): n = 4 (unbiased) and n = 2 (biased) are enough
+    assert mpruner.center_gram(torch.eye(4), True).shape == (4, 4) and mpruner.center_gram(torch.eye(2)).shape == (2, 2)
+    k = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
+    assert mpruner.center_gram(k.half()).dtype == torch.float32
+    l = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
+    assert abs(float(mpruner.hsic(k, l)) - float(R.hsic(k, l, False))) < 1e-12
+    kb = torch.stack([k, l])  # batched, mixed float32/float64: computed in float64
+    h = mpruner.hsic(kb.float(), kb.flip(0))
+    assert h.dtype == torch.float64 and torch.allclose(h, torch.stack([R.hsic(k.float().double(), l, False),
+                                                                       R.hsic(l.float().double(), k, False)]),
+                                                       rtol=1e-6, atol=0)
+    xs = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    assert abs(float(mpruner.cka(*xs)) - float(R.cka(*xs))) < 1e-12
+    e = nonfinite_error([0, 2], ["a", "b", "c"], batch=3)
+    assert e.layers == ["a", "c"] and e.batch == 3 and str(e).startswith("NaN or Inf in the activations of a, c; fix")
+    assert str(e).endswith("or with CKAAccumulator pass nan_policy='skip' to drop such batches")
+
+
+# cka.x_gram__mutmut_29/36/39/40: the argument names in gram's input errors ("x", "x[i]").
+# cka.x__check_gram__mutmut_17 and x_hsic__mutmut_32 (n from shape[+1]): a 4-d Gram batch,
+# where shape[1] is not n. (x__check_gram__mutmut_18 and x_hsic__mutmut_33, shape[-2], are
+# equivalent: the Grams are checked square first.)
+def test_gram_names_and_4d_gram_batches():
+    import torch
+
+    import mpruner
+    from mpruner.engine import reference as R
+
+    with pytest.raises(TypeError) as info:
+        mpruner.gram(torch.ones(4, 3, dtype=torch.long))
+    assert str(info.value) == "x has dtype torch.int64; CKA needs floating-point activations: pass x.float()"
+    with pytest.raises(TypeError) as info:
+        mpruner.gram(torch.ones(2, 4, 3, dtype=torch.long), batched=True)
+    assert str(info.value) == "x[0] has dtype torch.int64; CKA needs floating-point activations: pass x[0].float()"
+    g = torch.stack([mpruner.gram(torch.randn(5, 3, dtype=torch.float64)) for _ in range(6)]).reshape(2, 3, 5, 5)
+    c = mpruner.center_gram(g, True)  # n = 5 >= 4; shape[1] = 3 would refuse
+    assert c.shape == (2, 3, 5, 5)
+    torch.testing.assert_close(c[1, 2], R.center_gram(g[1, 2], True), rtol=0, atol=1e-12)
+    h = mpruner.hsic(g, g.flip(1))
+    assert h.shape == (2, 3)
+    assert abs(float(h[1, 0]) - float(R.hsic(g[1, 0], g[1, 2], False))) < 1e-12
+
+
+def _x(n, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+
+
+# x_gram__mutmut_66 (the op asked for the upper triangle only): gram returns the whole
+# symmetric Gram, at a size where the op computes the triangle by blocks.
+def test_gram_is_the_full_matrix():
+    x = _x(200, 7, 0)
+    g = mpruner.gram(x)
+    torch.testing.assert_close(g, R.gram(x), rtol=0, atol=1e-10)
+    torch.testing.assert_close(g, g.T, rtol=0, atol=1e-12)  # symmetric (a BLAS need not make it bitwise so)
+
+
+# x_hsic__mutmut_25: mixed devices are refused naming both (the meta device stands in for a GPU).
+def test_hsic_mixed_devices():
+    with pytest.raises(ValueError) as info:
+        mpruner.hsic(torch.ones(4, 4), torch.ones(4, 4, device="meta"))
+    assert str(info.value) == "k is on cpu but l is on meta; move both to one device"
+
+
+# x_layer_hsic__mutmut_7 / _24 (the second layer's device or n): a single layer works.
+def test_cka_matrix_of_one_layer():
+    assert mpruner.cka_matrix([_x(6, 3, 1)]).tolist() == [[pytest.approx(1.0, abs=1e-12)]]
+
+
+# x_layer_hsic__mutmut_25 / _28..30 / _33 / _36 / _43 / _45 / _50 / _53..57 / _60: the
+# degeneracy threshold is (DEGENERATE_FACTOR eps^2 s)^2, eps of the Grams' dtype, s the mean
+# squared norm of the first min(n, 8) samples (linear) or 1 (RBF, whose values are at most 1).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, d", [(12, 3), (5, 9)])  # n > 8 with d < 8 (m is 8, not d), and n < 8
+def test_degeneracy_thresholds(dtype, n, d):
+    xs = [_x(n, d, 2, dtype) * 3, _x(n, d, 3, dtype)]
+    eps = torch.finfo(dtype).eps
+    m = min(n, 8)
+    _, thr = C.layer_hsic(xs, "linear", False, 0.5, "highest")
+    s = torch.stack([x[:m].double().pow(2).sum() / m for x in xs])
+    assert thr.dtype == torch.float64
+    torch.testing.assert_close(thr, (C.DEGENERATE_FACTOR * eps * eps * s) ** 2, rtol=1e-12, atol=0)
+    _, thr = C.layer_hsic(xs, "rbf", False, 0.5, "highest")
+    assert thr.dtype == torch.float64
+    assert thr.tolist() == [(C.DEGENERATE_FACTOR * eps * eps) ** 2] * 2
+
+
+# x_hsic_to_cka__mutmut_4 (< for <=): an all-zero layer (self-HSIC 0, threshold 0) is
+# degenerate: NaN with the warning, not a silent 0/0. _37 / _44..46: the warning lists the
+# layers, comma-separated, word for word.
+def test_zero_layers_are_degenerate_and_named():
+    xs = [torch.zeros(6, 2, dtype=torch.float64), _x(6, 3, 4), torch.zeros(6, 1, dtype=torch.float64)]
+    with pytest.warns(RuntimeWarning) as record:
+        c = mpruner.cka_matrix(xs)
+    assert torch.isnan(c[0]).all() and torch.isnan(c[:, 2]).all() and c[1, 1] == pytest.approx(1.0)
+    assert str(record[0].message) == ("features[0], features[2]: zero HSIC with itself (the layer is constant on "
+                                      "these samples), so its CKA is undefined; its row and column are NaN")
+
+
+# x_hsic_to_cka__mutmut_43 / _47 (stacklevel): the warning points at the user's line, from
+# each public entry point.
+@pytest.mark.parametrize("call", [
+    lambda x, z: mpruner.cka_matrix([x, z]),
+    lambda x, z: mpruner.cka(x, z),
+    lambda x, z: _accumulated(x, z),
+])
+def test_degenerate_warning_points_at_the_caller(call):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        call(_x(6, 3, 5), torch.ones(6, 2, dtype=torch.float64))
+    mine = [w for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(mine) == 1 and warned_at_caller(mine[0], __file__)
+
+
+def _accumulated(x, z):
+    acc = mpruner.CKAAccumulator()
+    acc.update([x, z])
+    return acc.compute()
+
+
+# x_cka_matrix__mutmut_9, x__cka_matrix__mutmut_10 / _11, x_cka__mutmut_13: sigma reaches the
+# RBF Grams through cka_matrix and cka.
+def test_sigma_reaches_the_rbf_kernel():
+    a, b = _x(9, 3, 6), _x(9, 4, 7)
+    want = R.cka(a, b, "rbf", False, 0.3)
+    assert abs(float(want) - float(R.cka(a, b, "rbf", False, 0.5))) > 1e-3
+    assert float(mpruner.cka_matrix([a, b], "rbf", sigma=0.3)[0, 1]) == pytest.approx(float(want), abs=1e-10)
+    assert float(mpruner.cka(a, b, "rbf", sigma=0.3)) == pytest.approx(float(want), abs=1e-10)
+
+
+# x__cka_matrix__mutmut_3 / _7 / _8 / _16 / _19 / _20 / _26 / _29 / _30 / _33 / _35 / _39,
+# x_cka__mutmut_26 / _27: cka_matrix's and cka's input errors name the argument as the user
+# wrote it, word for word.
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: mpruner.cka_matrix([_x(4, 2, 0)], kernel="x"), ValueError,
+     "kernel must be one of 'linear', 'rbf'; got 'x'"),
+    (lambda: mpruner.cka_matrix(_x(4, 2, 0)), TypeError,
+     "features must be a list of tensors (one per layer), got a single tensor; wrap it: [features]"),
+    (lambda: mpruner.cka_matrix([_x(4, 2, 0)], other=_x(4, 2, 0)), TypeError,
+     "other must be a list of tensors (one per layer), got a single tensor; wrap it: [other]"),
+    (lambda: mpruner.cka_matrix([_x(3, 2, 0)], unbiased=True), ValueError,
+     "features has n=3 samples; the unbiased estimator needs n >= 4: use unbiased=False or a larger batch"),
+    (lambda: mpruner.cka(_x(4, 2, 0), _x(5, 2, 0)), ValueError,
+     "y has 5 samples but x has 4; every layer must see the same samples (same n)"),
+])
+def test_cka_matrix_errors_word_for_word(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == message
+
+
+# x__cka_matrix__mutmut_59 / _64..67 (the NaN check dropped, or its error without the layers),
+# x_cka__mutmut_26 / _27 (y's label): NaN in a layer is a NonFiniteError naming it.
+@pytest.mark.parametrize("which", ["cka_matrix", "cka"])
+def test_nonfinite_layer_is_named(which):
+    x, bad = _x(5, 2, 0), _x(5, 2, 1)
+    bad[2, 1] = float("nan")
+    with pytest.raises(C.NonFiniteError) as info:
+        mpruner.cka_matrix([x, bad]) if which == "cka_matrix" else mpruner.cka(x, bad)
+    name = "features[1]" if which == "cka_matrix" else "y"
+    assert info.value.layers == [name]
+    assert str(info.value).startswith(f"NaN or Inf in the activations of {name}; fix the model/inputs")
+
+
+def _published_cka(feats, threshold):
+    """CKA with the published gram_rbf and explicit centering (float64 NumPy)."""
+    gs = [NP.gram_rbf(np.asarray(f, dtype=np.float64).reshape(len(f), -1), threshold) for f in feats]
+    h = np.array([[NP.hsic(a, b) for b in gs] for a in gs])
+    d = np.diag(h)
+    return h / np.sqrt(np.outer(d, d))
+
+
+@pytest.mark.parametrize("n", [5, 6, 49, 50])  # odd and even n (n^2 odd and even)
+def test_gram_matches_published_gram_rbf(device, gen, n):
+    x = torch.randn(n, 7, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 3, 7, dtype=torch.float64) + 2
+    for sigma in (0.3, 0.5, 1.0):
+        want = NP.gram_rbf(x.numpy(), sigma)
+        np.testing.assert_allclose(mpruner.gram(x.to(device), "rbf", sigma).cpu().numpy(), want, atol=1e-12)
+        np.testing.assert_allclose(R.gram(x, "rbf", sigma).numpy(), want, atol=1e-12)
+
+
+def test_median_counts_the_diagonal_and_averages_the_middle_two(gen):
+    # n = 4: 16 squared distances = 4 zeros + 6 distinct distances twice; middle two
+    # are the 8th and 9th (1-based) values, i.e. the 2nd and 3rd smallest distances.
+    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    d2 = sorted([1.0, 9.0, 49.0, 4.0, 36.0, 16.0])
+    want_med = (d2[1] + d2[2]) / 2  # 4 zeros, then 1,1,4,4,9,9,...: 8th=4, 9th=9
+    assert want_med == np.median([[(a - b) ** 2 for b in (0, 1, 3, 7)] for a in (0, 1, 3, 7)])
+    k = mpruner.gram(x, "rbf", 1.0)
+    np.testing.assert_allclose(k[0, 1].item(), np.exp(-1.0 / (2 * want_med)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cka_and_accumulator_match_published(device, gen, unbiased):
+    n = 50
+    z = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    feats = [z @ torch.randn(3, d, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(n, d, generator=gen,
+                                                                                             dtype=torch.float64)
+             for d in (6, 9, 4)]
+    if not unbiased:
+        want = _published_cka([f.numpy() for f in feats], 0.5)
+        got = mpruner.cka_matrix([f.to(device) for f in feats], kernel="rbf").cpu().numpy()
+        np.testing.assert_allclose(got, want, atol=1e-10)
+        np.testing.assert_allclose(R.cka_matrix(feats, "rbf").numpy(), want, atol=1e-10)
+    acc = mpruner.CKAAccumulator(kernel="rbf", unbiased=unbiased)
+    acc.update([f.to(device) for f in feats])
+    np.testing.assert_allclose(acc.compute().cpu().numpy(), R.cka_matrix(feats, "rbf", unbiased).numpy(), atol=1e-10)
+
+
+def test_float32_grams_use_the_same_median(gen):
+    x = torch.randn(64, 33, generator=gen) + 5
+    want = NP.gram_rbf(x.double().numpy(), 0.5)
+    np.testing.assert_allclose(mpruner.gram(x, "rbf").numpy(), want, atol=2e-5)
+
+
+def test_median_in_layer_chunks_matches_one_pass(gen):
+    # n=1500 float64: about 72 MB of distances per layer, so the 256 MB budget takes
+    # the four layers' medians in two chunks (3 + 1).
+    xs = [torch.randn(1500, 3, generator=gen, dtype=torch.float64) * (l + 1) + l for l in range(4)]
+    g = mpruner.engine.ops.ops.grams(xs, "rbf", 0.5, False)
+    for l in range(4):
+        np.testing.assert_allclose(g[l].numpy(), NP.gram_rbf(xs[l].numpy(), 0.5), atol=1e-12)

@@ -1,4 +1,6 @@
 """Per-sequence (token) CKA against one-sequence-at-a-time references."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,15 @@ def test_mixed_widths_float32_with_a_large_offset(gen):
     want = _np_token([h.double() for h in hs], mask, False)
     for got in _paths(hs, mask, False):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-4, rtol=0)
+
+
+def test_token_cka_constant_layer_is_nan_with_a_warning(gen):
+    hs = [torch.randn(2, 7, 5, generator=gen) for _ in range(3)]
+    hs[1][0] = 3.0  # layer 1 constant over sequence 0's tokens only
+    with pytest.warns(RuntimeWarning, match="constant"):
+        got = mpruner.token_cka(hs)
+    assert torch.isnan(got[0, 1]).all() and torch.isnan(got[0, :, 1]).all()
+    assert not torch.isnan(got[0, 0, 2]) and not torch.isnan(got[1]).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning without a constant layer
+        mpruner.token_cka([h[1:] for h in hs])

@@ -1,10 +1,5 @@
-"""Tests that kill mutants of mpruner/prune/loop.py which survived mutmut.
-
-Each test names the mutants it kills (mutmut's names without the module prefix;
-benchmarks/results/reliability/mutmut_loop.txt has their diffs). tests/test_mutants.py holds
-the earlier ones (options in the checkpoint, history entries, resume).
-"""
-import json
+"""The MPruner loop (mpruner/prune/loop.py): its arguments, the accept rule, planning
+(clusters, granularity, thresholds), rollback, the log, stage times, block lists."""
 import time
 
 import pytest
@@ -12,25 +7,15 @@ import torch
 import torch.nn as nn
 
 import mpruner
-from tests.helpers import prune_job
 from mpruner.prune import loop
 from mpruner.prune.cluster import cluster_layers
-from mpruner.prune.loop import Iteration, MPruner, PruneResult
+from mpruner.prune.loop import MPruner
+from tests.helpers import prune_job
+from tests.helpers.prune_job import blocks_metric as _blocks_metric
+from tests.helpers.prune_job import pruner as _pruner
+from tests.helpers.tiny_lms import tiny_lm
 
 pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
-
-
-@pytest.fixture(scope="module")
-def job():
-    model, train, _ = prune_job.build()
-    return model, [x for x, _ in train]
-
-
-def _pruner(job, **kw):
-    model, calib = job
-    args = dict(model=model, calib_data=calib, evaluate=lambda m: 1.0, layers="blocks", progress=False)
-    args.update(kw)
-    return MPruner(**args)
 
 
 # xǁMPrunerǁ__init__ and _check_select: every refusal word for word (a message that loses the
@@ -105,33 +90,6 @@ def test_accepts_at_its_bound(job, mode, higher, bound):
     assert not p.accepts(float("nan")) and not p.accepts(None)
 
 
-# xǁPruneResultǁsummary: the table and the totals, column for column.
-def test_prune_result_summary():
-    rows = [Iteration(0, 1, 0.98, ["a", "b", "c"], [], [[0, 1, 2]], [1, 2], ["b", "c"], 3, 1, 0.9, True),
-            Iteration(1, 2, 0.975, ["a", "c"], [], [[0, 1]], [], [], 2, 2, None, False)]
-    r = PruneResult(None, rows, 0.95, 0.9, 3, 2, 1000, 750, 0.01, "absolute", "done",
-                    {"analyze": 1.25, "finetune": 0.0, "evaluate": 2.0})
-    assert r.summary().splitlines() == [
-        "iter  k  thresh removed                     layers    metric  result",
-        "   0  1  0.9800 1,2                        3 -> 1      0.9000  accepted",
-        "   1  2  0.9750 -                          2 -> 2           -  rolled back",
-        "",
-        "layers   3 -> 2",
-        "params   1,000 -> 750 (-25.0%)",
-        "metric   0.9500 -> 0.9000 (tolerance 0.01 absolute)",
-        "stopped  done",
-        "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
-    ]
-    # xǁPruneResultǁsummary__mutmut_42 (max(2, ...)): the share is of the real count, even of one parameter
-    one = PruneResult(None, [], 1.0, 1.0, 1, 1, 1, 1, 0.0, "relative", "x", {})
-    assert "params   1 -> 1 (-0.0%)" in one.summary()
-
-
-def _blocks_metric(model):
-    """1 for the whole model, 0.01 less per removed block: which removals pass is known."""
-    return 1.0 - 0.01 * (8 - len(model.blocks))
-
-
 # xǁMPrunerǁ_log / step / _plan / _finish: a run's log, line for line: the original metric,
 # each attempt (its k, the removed blocks, the metric, the verdict, the bound), the stop; a
 # rollback of several blocks takes a finer step, and the step stays after an acceptance.
@@ -168,36 +126,6 @@ def test_single_rollback_excludes_the_block(job, capsys):
     assert [(h.removed, h.accepted, h.granularity) for h in r.history] == [([2, 4, 5, 7], True, 1), ([2], False, 1)]
     assert r.stop_reason.startswith("nothing to remove: at threshold 0.9800 (adjacent CKA: ")
     assert r.stop_reason.endswith("; excluded after rollback: [2])")
-
-
-# xǁMPrunerǁ_load__mutmut_70 (the resume line lost): a resumed run says where it resumes.
-def test_resume_says_where(job, tmp_path, capsys):
-    kw = dict(evaluate=_blocks_metric, tolerance=0.035, max_iterations=2, checkpoint_dir=tmp_path)
-    _pruner(job, verbose=False, **kw).run()
-    _pruner(job, verbose=True, **kw).run(resume=True)
-    assert capsys.readouterr().out.splitlines() == ["mpruner: resumed at attempt 2 (k=2, 5 layers)"]  # already done
-
-
-# xǁMPrunerǁ_load__mutmut_34 (a shallow copy of the caller's model as load_pruned's factory):
-# load_pruned replays removals in place and loads the fine-tuned weights into the copy, so a
-# shallow copy would cut the caller's blocks and overwrite its tensors. After a resume the
-# caller's model has every block, key and value it had.
-def test_resume_leaves_the_callers_model_whole(job, tmp_path):
-    def finetune(model):  # changes every weight, so reloaded weights differ from the caller's
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.5)
-
-    model = job[0]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    kw = dict(evaluate=_blocks_metric, tolerance=0.035, max_iterations=2, checkpoint_dir=tmp_path,
-              finetune=finetune, verbose=False)
-    first = _pruner(job, **kw).run()
-    assert first.layers_after < 8  # a removal was accepted: the checkpoint holds a pruned, trained model
-    again = _pruner(job, **kw).run(resume=True)
-    assert again.layers_after == first.layers_after and len(model.blocks) == 8
-    after = model.state_dict()
-    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
 
 
 # xǁMPrunerǁ_plan__mutmut_21 (auto_threshold without the excluded layers): with
@@ -301,31 +229,6 @@ def test_model_with_two_block_containers(job):
     r = MPruner(model, job[1], lambda m: 1.0, layers="inner.blocks", progress=False, verbose=False,
                 max_iterations=1).run()
     assert r.history[0].accepted and r.layers_after < 8 and len(r.model.other) == 2
-
-
-# xǁMPrunerǁ_save / _finish / step (which writes mark the model changed, mkdir's parents): a
-# checkpoint directory whose parents do not exist yet is created; after each attempt state.json
-# names the model directory holding the model of that moment (a new one after an acceptance,
-# the same one after a rollback or the stop), and only that one is kept.
-def test_checkpoint_names_the_current_model(job, tmp_path):
-    seen = []
-    d = tmp_path / "a" / "b"
-
-    def evaluate(model):
-        if d.joinpath("state.json").exists():
-            state = json.loads(d.joinpath("state.json").read_text())
-            seen.append((state["iteration"], state["model_dir"], sorted(p.name for p in d.glob("model-*"))))
-            assert not state["done"] and state["stop_reason"] == ""  # _reset_12: no reason before the stop
-        return _blocks_metric(model)
-
-    r = _pruner(job, evaluate=evaluate, tolerance=0.035, max_iterations=6, checkpoint_dir=d, verbose=False).run()
-    final = json.loads(d.joinpath("state.json").read_text())
-    assert [h.accepted for h in r.history] == [False, True, False]
-    # the first write (after attempt 0 rolled back) saves the original as model-0001; at attempt 2 the
-    # model accepted at attempt 1, saved as model-0002 (the iteration count after it)
-    assert seen == [(1, "model-0001", ["model-0001"]), (2, "model-0002", ["model-0002"])]
-    assert final["model_dir"] == "model-0002" and sorted(p.name for p in d.glob("model-*")) == ["model-0002"]
-    assert final["done"] and final["iteration"] == 3
 
 
 # _reset_3 (a shallow copy of the caller's model): evaluate may switch the model to eval mode;
@@ -443,8 +346,6 @@ def test_progress_and_log_on_by_default(job):
 # _resolve_block_list_11 / _26: only a guessed (generic) container is pinned by its path; a
 # recognised architecture keeps its adapter, with layers="auto" or named.
 def test_recognised_architecture_is_not_pinned_by_path():
-    from tests.helpers.tiny_lms import tiny_lm
-
     model = tiny_lm("llama")
     for layers in ("auto", mpruner.find_blocks(model)[0].name):
         p = MPruner(model, [], lambda m: 1.0, layers=layers, progress=False)
@@ -464,3 +365,126 @@ def test_unknown_layers_on_an_ambiguous_model(job):
         MPruner(Two(), job[1], lambda m: 1.0, layers="nope", progress=False)
     assert str(info.value) == "layers='nope' is not a block list of this model (available: none); path 'nope': Two " \
                               "has no submodule 'nope'"
+
+
+def test_loop_removes_redundant_blocks_and_keeps_caller_model():
+    model, train, evald = prune_job.build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = mpruner.MPruner(model, [x for x, _ in train], lambda m: prune_job.accuracy(m, evald),
+                             finetune=mpruner.Finetuner(train, epochs=1, lr=1e-3, progress=False),
+                             layers="blocks", threshold=0.95, tolerance=0.05, view="flatten", progress=False,
+                             example_inputs=train[0][0])
+    result = pruner.run()
+    assert result.layers_before == 8 and result.layers_after < 8
+    assert result.params_after < result.params_before
+    assert result.metric_after >= result.metric_before - 0.05
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
+    assert len(model.blocks) == 8
+    accepted = [h for h in result.history if h.accepted]  # which attempt is accepted depends on the seed
+    assert accepted and all(h.removed and len(h.cka) == h.layers_before for h in accepted)
+    assert len(result.history[0].cka) == 8
+    assert result.stats_before["params"] > result.stats_after["params"]
+    assert "layers   8 ->" in result.summary()
+    assert result.model(train[0][0]).shape == (32, 3)
+
+
+def test_rollback_then_finer_granularity():
+    model, train, evald = prune_job.build()
+    calls = []
+
+    def evaluate(m):  # good only while at least 5 of the 8 blocks remain
+        n = len(m.blocks)
+        calls.append(n)
+        return 1.0 if n >= 5 else 0.0
+
+    pruner = mpruner.MPruner(model, [x for x, _ in train], evaluate, layers="blocks", threshold=0.95,
+                             tolerance=0.0, max_granularity=3, view="flatten", progress=False)
+    result = pruner.run()
+    ks = [(h.granularity, h.accepted, len(h.removed)) for h in result.history]
+    assert ks[0][1] is False and ks[0][0] == 1          # k=1 removes too much: rolled back
+    assert any(acc for _, acc, _ in ks)                 # a finer step is accepted
+    assert all(n <= 3 for _, acc, n in ks if acc)
+    assert len(result.model.blocks) >= 5
+    assert result.stop_reason
+    rejected = [h for h in result.history if not h.accepted]
+    assert all(h.layers_after < h.layers_before for h in rejected)
+    assert len(result.model.blocks) == 8 - sum(len(h.removed) for h in result.history if h.accepted)
+
+
+def test_nothing_to_remove_reports_adjacent_similarities():
+    model, train, evald = prune_job.build()
+    result = mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0, layers="blocks", threshold=0.99999,
+                             view="flatten", progress=False).run()
+    assert result.layers_after == 8 and not result.history
+    assert "nothing to remove" in result.stop_reason and "adjacent CKA" in result.stop_reason
+
+
+def test_bad_arguments():
+    model, train, _ = prune_job.build()
+    with pytest.raises(ValueError, match="threshold"):
+        mpruner.MPruner(model, train, lambda m: 0.0, layers="blocks", threshold=2)
+    with pytest.raises(ValueError, match="tolerance_mode"):
+        mpruner.MPruner(model, train, lambda m: 0.0, layers="blocks", tolerance_mode="percent")
+    with pytest.raises(TypeError, match="evaluate"):
+        mpruner.MPruner(model, train, None, layers="blocks")
+    with pytest.raises(ValueError, match="not a block list"):
+        mpruner.MPruner(model, train, lambda m: 0.0, layers="nope")
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        mpruner.MPruner(model, train, lambda m: 0.0, layers="blocks").run(resume=True)
+
+
+def test_auto_threshold_tries_each_layer_once_after_rollbacks():
+    model, train, _ = prune_job.build()
+    pruner = mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0 if len(m.blocks) == 8 else 0.0,
+                             layers="blocks", threshold="auto", tolerance=0.0, view="flatten", progress=False,
+                             max_iterations=20)
+    result = pruner.run()
+    sets = [tuple(h.removed) for h in result.history]
+    assert sets
+    assert len(set(sets)) == len(sets)                      # nothing rejected is tried again
+    assert not any(h.accepted for h in result.history)
+    singles = [s[0] for s in sets if len(s) == 1]
+    assert len(singles) >= 2                                # single layers are excluded one after another
+    assert "excluded after rollback" in result.stop_reason or "max_granularity" in result.stop_reason
+
+
+def _tolerance_pruner(tolerance, mode):
+    model, train, _ = prune_job.build()
+    return mpruner.MPruner(model, [x for x, _ in train], lambda m: 1.0, layers="blocks", tolerance=tolerance,
+                           tolerance_mode=mode, progress=False)
+
+
+def test_tolerance_modes_accept_at_their_bound():
+    absolute, relative = _tolerance_pruner(0.25, "absolute"), _tolerance_pruner(0.25, "relative")
+    absolute.metric_before = relative.metric_before = 0.5  # bounds exact in binary: 0.25 and 0.375
+    assert absolute.accepts(0.25) and not absolute.accepts(0.2499)        # 0.5 - 0.25
+    assert relative.accepts(0.375) and not relative.accepts(0.3749)       # 0.5 * (1 - 0.25)
+    assert absolute.accepts(0.3) and not relative.accepts(0.3)            # the modes differ
+    assert not absolute.accepts(float("nan")) and not relative.accepts(None)
+
+
+def _lm_pruner(**kw):
+    model = tiny_lm("llama", layers=4)
+    batches = [{"input_ids": torch.randint(3, 97, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}]
+    return mpruner.MPruner(model, batches, evaluate=lambda m: 0.0, progress=False, **kw)
+
+
+@pytest.mark.parametrize("mode, before, ok, bad", [
+    ("relative", 10.0, 11.0, 11.01),   # ppl may rise by 10%
+    ("absolute", 10.0, 10.1, 10.11),   # ... or by 0.1
+])
+def test_lower_is_better_tolerance(mode, before, ok, bad):
+    tol = 0.1
+    p = _lm_pruner(tolerance=tol, tolerance_mode=mode, higher_is_better=False)
+    p.metric_before = before
+    assert p.accepts(ok) and p.accepts(before * 0.5) and not p.accepts(bad) and not p.accepts(float("nan"))
+    assert p._options()["higher_is_better"] is False
+    assert "higher_is_better" not in _lm_pruner()._options()  # default runs keep their checkpoint options
+
+
+def test_higher_is_better_default_unchanged():
+    p = _lm_pruner(tolerance=0.1, tolerance_mode="relative")
+    p.metric_before = 0.8
+    assert p.accepts(0.73) and not p.accepts(0.71)
+    with pytest.raises(TypeError, match="higher_is_better"):
+        _lm_pruner(higher_is_better="min")

@@ -1,37 +1,12 @@
-"""The pruning loop with a lower-is-better metric (perplexity) and the LLM selection strategies."""
+"""The selection strategies LLM depth pruning uses (mpruner/prune/strategies.py): lowest
+Block Influence, the contiguous run of smallest angular distance, CKA clusters; rollback and
+resume with a strategy."""
 import pytest
 import torch
 
 import mpruner
 
 from tests.helpers.tiny_lms import tiny_lm
-
-
-def _pruner(**kw):
-    model = tiny_lm("llama", layers=4)
-    batches = [{"input_ids": torch.randint(3, 97, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}]
-    return mpruner.MPruner(model, batches, evaluate=lambda m: 0.0, progress=False, **kw)
-
-
-@pytest.mark.parametrize("mode, before, ok, bad", [
-    ("relative", 10.0, 11.0, 11.01),   # ppl may rise by 10%
-    ("absolute", 10.0, 10.1, 10.11),   # ... or by 0.1
-])
-def test_lower_is_better_tolerance(mode, before, ok, bad):
-    tol = 0.1
-    p = _pruner(tolerance=tol, tolerance_mode=mode, higher_is_better=False)
-    p.metric_before = before
-    assert p.accepts(ok) and p.accepts(before * 0.5) and not p.accepts(bad) and not p.accepts(float("nan"))
-    assert p._options()["higher_is_better"] is False
-    assert "higher_is_better" not in _pruner()._options()  # default runs keep their checkpoint options
-
-
-def test_higher_is_better_default_unchanged():
-    p = _pruner(tolerance=0.1, tolerance_mode="relative")
-    p.metric_before = 0.8
-    assert p.accepts(0.73) and not p.accepts(0.71)
-    with pytest.raises(TypeError, match="higher_is_better"):
-        _pruner(higher_is_better="min")
 
 
 def _calib(seed=0):
@@ -105,3 +80,34 @@ def test_cka_cluster_blocks_picks_within_clusters():
                        dtype=torch.float64)
     assert cka_cluster_blocks(cka, 1, {0, 1, 2, 3}) == [1]
     assert cka_cluster_blocks(cka, 2, {0, 1, 2, 3}) == [1, 2]
+
+
+# prune/loop.py x_MPruner__plan_strategy__mutmut_2 (remaining = n + removed so far): after one
+# block of n=2 is accepted, the next attempt asks for the one block still to go, not three.
+def test_strategy_asks_for_what_remains_of_n(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    calib = [{"input_ids": torch.randint(3, 97, (3, 10), generator=g), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
+             for _ in range(2)]
+    ev = lambda m: 10.0 + 2.0 * (6 - len(m.model.layers))  # noqa: E731 - each removed block costs 2
+    result = mpruner.MPruner(tiny_lm("mistral", layers=6), calib, evaluate=ev, select="lowest-influence", n=2,
+                             higher_is_better=False, tolerance=0.25, tolerance_mode="relative", progress=False,
+                             max_iterations=3).run()
+    assert [len(h.removed) for h in result.history] == [2, 1, 1]
+    assert [h.accepted for h in result.history] == [False, True, False]
+
+
+# prune/loop.py x_MPruner__plan_strategy__mutmut_6 (strategies.plan(None, ...): the contiguous
+# rule for every select): two identity blocks apart from each other (zero output projections,
+# Block Influence 0) are lowest-influence's pick; no contiguous run holds both.
+def test_lowest_influence_is_not_a_contiguous_run():
+    model = tiny_lm("llama", layers=6)
+    with torch.no_grad():
+        for i in (1, 4):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    g = torch.Generator().manual_seed(3)
+    calib = [{"input_ids": torch.randint(3, 97, (3, 10), generator=g), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
+             for _ in range(2)]
+    result = mpruner.MPruner(model, calib, evaluate=lambda m: 1.0, select="lowest-influence", n=2,
+                             progress=False).run()
+    assert result.history[0].removed == [1, 4] and result.layers_after == 4

@@ -330,3 +330,25 @@ def test_read_record_quotes_errors_cut_short(tmp_path):
     assert len(str(want.value)) > 81
     assert _record_error(tmp_path / "d", text=digits) == \
         f"W: the mpruner record in its metadata is not valid JSON ({str(want.value)[:80]})"
+
+
+# surgery/persist.py x__record_for__mutmut_5/6 (the adapter or its block lists lost) and
+# _15.._18 (the keys of the record of a model no adapter recognises garbled): the record a
+# never-pruned model is saved with, for a recognised and an unrecognised model.
+def test_record_of_a_never_pruned_model(tmp_path):
+    from mpruner.surgery.persist import adapter_for, read_record
+
+    stack = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
+    mpruner.save_pruned(stack, tmp_path / "stack")
+    record = read_record(tmp_path / "stack")
+    assert record["adapter"] == adapter_for(stack).name and record["adapter"] is not None
+    assert record["original"] == {bl.name: len(bl) for bl in mpruner.find_blocks(stack)} and record["steps"] == []
+
+    class Plain(nn.Module):  # no block container: no adapter recognises it
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+    mpruner.save_pruned(Plain(), tmp_path / "plain")
+    record = read_record(tmp_path / "plain")
+    assert {k: record[k] for k in ("adapter", "original", "steps")} == {"adapter": None, "original": {}, "steps": []}
