@@ -1,16 +1,22 @@
-"""analyze on models whose blocks accelerate spread over devices or offload to disk: the
-same CKA as the undispatched model (on the CPU: cpu + disk maps, cpu_offload, disk_offload)."""
+"""Where a model takes its inputs (mpruner/analysis/placement.py): analyze on models whose
+blocks accelerate spread over devices or offload to disk gives the same CKA as the
+undispatched model (on the CPU: cpu + disk maps, cpu_offload, disk_offload); meta weights
+are never an execution device."""
 import copy
 
 import pytest
 import torch
+import torch.nn as nn
 
 from mpruner.analysis import analyze
 from mpruner.analysis.placement import execution_device
-
 from tests.helpers.analysis_models import TokenNet, mlp, token_batches
 
-accelerate = pytest.importorskip("accelerate")
+try:
+    import accelerate
+except ImportError:
+    accelerate = None
+needs_accelerate = pytest.mark.skipif(accelerate is None, reason="could not import 'accelerate'")
 
 
 def _dense():
@@ -27,6 +33,7 @@ def _dispatch(kind, model, tmp_path):
     return accelerate.disk_offload(model, str(tmp_path), execution_device="cpu")
 
 
+@needs_accelerate
 @pytest.mark.parametrize("kind", ["device_map", "cpu_offload", "disk_offload"])
 def test_dispatched_mlp_gives_the_same_cka(kind, tmp_path):
     model = mlp()
@@ -40,6 +47,7 @@ def test_dispatched_mlp_gives_the_same_cka(kind, tmp_path):
     assert got.num_samples == expected.num_samples and got.layer_names == expected.layer_names
 
 
+@needs_accelerate
 def test_disk_offloaded_token_model_per_sequence(tmp_path):
     net, batches = TokenNet(), token_batches(torch.Generator().manual_seed(6))
     expected = analyze(copy.deepcopy(net), batches, layers="layers", view="tokens", progress=False)
@@ -49,6 +57,7 @@ def test_disk_offloaded_token_model_per_sequence(tmp_path):
     assert got.options["num_tokens"] == expected.options["num_tokens"]
 
 
+@needs_accelerate
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_blocks_on_two_gpus_gather_on_the_cka_device():
     model = mlp()
@@ -57,3 +66,11 @@ def test_blocks_on_two_gpus_gather_on_the_cka_device():
     dispatched = accelerate.dispatch_model(model, device_map=device_map)
     got = analyze(dispatched, _dense(), progress=False)  # CKA on cuda:0, inputs moved by the hooks
     torch.testing.assert_close(got.cka, expected.cka, rtol=0, atol=1e-5)
+
+
+def test_execution_device_skips_meta_weights():
+    assert execution_device(nn.ReLU()) == torch.device("cpu")
+    with torch.device("meta"):
+        offloaded = nn.Linear(3, 3)
+    assert execution_device(offloaded) == torch.device("cpu")  # never "meta"
+    assert execution_device(nn.Linear(3, 3)) == torch.device("cpu")

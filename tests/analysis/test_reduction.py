@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mpruner.analysis import analyze
-from mpruner.distributed import Shard, resolve
+from mpruner.distributed import Shard
 
 from tests.helpers.analysis_models import TokenNet, mlp, token_batches
 
@@ -114,20 +114,6 @@ def test_a_failing_rank_fails_every_rank(two_ranks):
     assert two_ranks[1]["failure"].startswith("ValueError: NaN or Inf in the output of")
     assert "in batch 3" in two_ranks[1]["failure"]  # the batch's index in the whole stream
     assert two_ranks[0]["failure"].startswith("RuntimeError: analyze failed on 1 of 2 ranks")
-
-
-def test_shard_takes_every_world_th_batch():
-    shards = [Shard(r, 3) for r in range(3)]
-    assert [list(s.take(range(8))) for s in shards] == [[0, 3, 6], [1, 4, 7], [2, 5]]
-    assert [s.count(8) for s in shards] == [3, 3, 2] and Shard(2, 3).count(1) == 0
-
-
-def test_resolve_without_a_process_group():
-    assert resolve("auto") is None and resolve(False) is None
-    with pytest.raises(RuntimeError, match="distributed=True.*torchrun"):
-        resolve(True)
-    with pytest.raises(ValueError, match="distributed must be 'auto', True or False"):
-        resolve("yes")
 
 
 class CountingSink:

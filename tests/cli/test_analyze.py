@@ -1,10 +1,14 @@
-"""`mpruner analyze`: factories, layers, errors."""
+"""`mpruner analyze` (mpruner/cli/analyze.py): module:factory specs, a custom model's only block
+container, --layers typos and ambiguous models, --metric angular, errors."""
+import json
+import os
 import textwrap
 
 import pytest
 
 from mpruner.analysis import Analysis
 from mpruner.cli import main
+from tests.helpers.cli import run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,3 +66,36 @@ def test_cli_errors(tmp_path, capsys, args, message):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("mpruner analyze: error: ") and message in err
+
+
+def test_analyze_custom_model_uses_its_only_block_container(nets, capsys, tmp_path):
+    code, out, err = run(capsys, "analyze", "--model", "nets.py:build", "--data", "nets.py:calib",
+                         "--out", str(tmp_path / "a"), "--no-progress")
+    assert code == 0, err
+    assert "Net: 5 layers (blocks)" in out
+    assert "no adapter knows Net; using its only nn.Sequential/nn.ModuleList" in out and "'blocks' (5 blocks)" in out
+    assert "mpruner analyze: running Net" in out  # a line per stage even with --no-progress
+
+
+def test_analyze_layers_typo_suggests_and_several_containers_are_listed(nets, capsys, tmp_path):
+    code, _, err = run(capsys, "analyze", "--model", "nets.py:build", "--data", "nets.py:calib",
+                       "--layers", "blokcs", "--out", str(tmp_path / "a"), "--no-progress")
+    assert code == 1 and "--layers 'blokcs'" in err and "did you mean 'blocks'" in err
+    with open("nets.py", "a") as f:
+        f.write("\nclass Two(Net):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.stem = nn.Sequential(nn.Linear(16, 16), nn.Tanh())\n\n"
+                "def build_two():\n    return Two()\n")
+    code, _, err = run(capsys, "analyze", "--model", "nets.py:build_two", "--data", "nets.py:calib",
+                       "--out", str(tmp_path / "b"), "--no-progress")
+    assert code == 1
+    assert "'blocks' (5 blocks), 'stem' (2 blocks)" in err and "--layers blocks" in err
+
+
+def test_analyze_angular(lm_dir, tmp_path, capsys):
+    rc = main(["analyze", "--model", str(lm_dir), "--data", str(lm_dir / "corpus.txt"), "--metric", "angular",
+               "--batch-size", "8", "--out", str(tmp_path / "a"), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "adjacent-layer angular" in printed and "Block Influence" in printed
+    data = json.load(open(tmp_path / "a" / "angular.json"))
+    assert data["metric"] == "angular" and len(data["cka"]) == 5 and os.path.exists(tmp_path / "a" / "angular.png")

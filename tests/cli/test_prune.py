@@ -1,43 +1,20 @@
-"""``mpruner prune --seed``: an encoder without a classification head gets a seeded new head, and
-under torchrun every rank starts from rank 0's weights, so two ranks report the metric one
-process reports."""
+"""``mpruner prune`` (mpruner/cli/prune.py): module:factory specs and Hugging Face folders, the
+metric function passed as --eval, resume with changed options named by their flags, --fsdp
+refused without torchrun; ``--seed``: an encoder without a classification head gets a seeded
+new head, and under torchrun every rank starts from rank 0's weights, so two ranks report the
+metric one process reports."""
 import json
 import os
 import subprocess
 import sys
 
-import pytest
 import torch
-import torch.multiprocessing as mp
-import torch.nn as nn
 
 from mpruner.cli import main
-from mpruner.distributed import Ranks
+from tests.helpers import prune_job, prune_job_torchrun
+from tests.helpers.cli import run
 
-T = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WORDS = "good bad fine awful great poor film plot actor scene music story dull fun slow sharp".split()
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    """A tiny BERT encoder without a head, a word-level tokenizer, calibration text and a labelled CSV."""
-    d = tmp_path_factory.mktemp("tiny-bert")
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    T.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                              sep_token="[SEP]").save_pretrained(d)
-    torch.manual_seed(0)
-    config = T.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=32)
-    T.BertModel(config).save_pretrained(d)  # no classification head: prune adds a new one
-    g = torch.Generator().manual_seed(1)
-    rows = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (8,), generator=g)) for _ in range(96)]
-    (d / "calib.txt").write_text("\n".join(rows[:32]) + "\n")
-    (d / "eval.csv").write_text("text,label\n" + "".join(f"{r},{i % 2}\n" for i, r in enumerate(rows[32:])))
-    return d
 
 
 def _argv(d, out, seed):
@@ -47,6 +24,8 @@ def _argv(d, out, seed):
 
 
 def _run(d, out, seed, capsys):
+    import transformers as T
+
     assert main(_argv(d, out, seed)) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     head = T.AutoModelForSequenceClassification.from_pretrained(out / "model").classifier.weight.detach()
@@ -72,23 +51,63 @@ def test_two_ranks_report_what_one_process_reports(encoder_dir, tmp_path, capsys
     assert two == one
 
 
-def _sync_worker(rank, world, init_file, out):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(100 + rank)  # every rank initialises its own, different weights
-    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
-    model[1].running_mean.normal_()
-    mine = {k: v.clone() for k, v in model.state_dict().items()}
-    Ranks(rank, world).sync_weights(model)
-    torch.save({"before": mine, "after": model.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+def test_prune_eval_takes_the_metric_function_itself(nets, capsys, tmp_path):
+    code, out, err = run(capsys, "prune", "--model", "nets.py:build", "--calib", "nets.py:calib",
+                         "--train", "nets.py:train", "--eval", "nets.py:evaluate", "--threshold", "auto",
+                         "--tolerance", "1", "--max-iterations", "1", "--out", str(tmp_path / "run"), "--no-progress")
+    assert code == 0, err
+    assert "missing 1 required positional argument" not in err
+    assert "mpruner: attempt 0" in out  # one line per attempt without bars
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["layers_before"] == 5
 
 
-def test_sync_weights_gives_every_rank_rank_0s_parameters_and_buffers(tmp_path):
-    mp.start_processes(_sync_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
-                       start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert any(not torch.equal(r0["before"][k], r1["before"][k]) for k in r0["before"])  # they did differ
-    for key, value in r0["before"].items():
-        assert torch.equal(r0["after"][key], value) and torch.equal(r1["after"][key], value), key
+def test_resume_with_changed_options_names_the_flags(nets, capsys, tmp_path):
+    out = str(tmp_path / "run")
+    base = ["prune", "--model", "nets.py:build", "--calib", "nets.py:calib", "--eval", "nets.py:evaluate",
+            "--max-iterations", "1", "--out", out, "--no-progress"]
+    code, _, err = run(capsys, *base, "--threshold", "0.99")
+    assert code == 0, err
+    code, _, err = run(capsys, *base, "--threshold", "0.95", "--resume")
+    assert code == 1
+    assert "--threshold was 0.99, now 0.95" in err
+    assert "{" not in err, "the message dumps option dicts"
+
+
+def test_prune_cli_with_factories(tmp_path):
+    # module:factory inputs: the small residual net of the loop tests.
+    here = os.path.dirname(os.path.abspath(prune_job.__file__))
+    factories = tmp_path / "facts.py"
+    factories.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {here!r})\n"
+        "import prune_job\n"
+        "_model, _train, _eval = prune_job.build()\n"
+        "def model(): return _model\n"
+        "def calib(): return [x for x, _ in _train]\n"
+        "def train(): return _train\n"
+        "def evaluate(): return lambda m: prune_job.accuracy(m, _eval)\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "mpruner", "prune", "--model", f"{factories}:model",
+                           "--calib", f"{factories}:calib", "--train", f"{factories}:train",
+                           "--eval", f"{factories}:evaluate", "--layers", "blocks", "--view", "flatten",
+                           "--threshold", "0.95", "--tolerance", "0.05", "--lr", "1e-3", "--out", str(out),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers_before"] == 8 and summary["layers_after"] < 8
+    assert "layers   8 ->" in proc.stdout
+    assert (out / "model" / "model.safetensors").is_file()
+    bad = subprocess.run([sys.executable, "-m", "mpruner", "prune", "--model", "nope-dir", "--calib", "x",
+                          "--eval", "y"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "--model 'nope-dir' is neither a directory" in bad.stderr
+
+
+def test_cli_fsdp_without_torchrun_is_refused_before_loading(tmp_path, capsys):
+    from mpruner.cli import main
+
+    job = prune_job_torchrun.__file__
+    code = main(["prune", "--model", f"{job}:model", "--calib", f"{job}:calib", "--eval", f"{job}:evaluate",
+                 "--train", f"{job}:train", "--out", str(tmp_path / "out"), "--fsdp", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--fsdp shards the fine-tuning over the ranks of torchrun" in err, err
+    assert "loading" not in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Tiny models for the surgery and block tests: random weights, no downloads.
+"""Tiny models for the surgery and block tests: random weights, no downloads; and what the
+surgery tests check of a model (its snapshot, outputs, parameter counts).
 
 The torchvision-style ResNet mirrors torchvision.models.resnet (same attribute
 names: conv1/bn1/relu/maxpool/layer1..layer4/avgpool/fc, blocks with
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from mpruner.adapters import find_blocks
 
 VOCAB = 100
 
@@ -167,10 +170,49 @@ def hf_model(kind: str):
 
 
 def efficientnet_lite0(image_size: int = 64):
-    """EfficientNet-Lite0 architecture, random weights (the real weights are in test_surgery_real)."""
+    """EfficientNet-Lite0 architecture, random weights (the real weights are in tests/surgery/test_pretrained.py)."""
     import pytest
 
     EfficientNet = pytest.importorskip("efficientnet_lite_pytorch").EfficientNet  # skip, not fail, without it
     torch.manual_seed(0)
     model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, num_classes=10)
     return randomize_batchnorm(model.eval())
+
+
+def snapshot(model):
+    """Everything a failed or non-inplace removal must leave as it was."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict() if hasattr(model, "config") else None
+    return state, config, repr(model), dict(model.__dict__.get("_mpruner_surgery") or {})
+
+
+def assert_unchanged(model, before):
+    state, config, text, record = snapshot(model)
+    assert text == before[2]
+    assert state.keys() == before[0].keys()
+    assert all(torch.equal(state[k], before[0][k]) for k in state)
+    assert config == before[1]
+    assert record == before[3]
+
+
+def output_of(model, inputs):
+    with torch.no_grad():
+        out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def tv_resnet():
+    """The torchvision-style ResNet in eval mode, seeded, with non-trivial BN statistics."""
+    torch.manual_seed(0)
+    return randomize_batchnorm(ResNet().eval())
+
+
+def removed_parameter_count_cnn(model, indices):
+    (bl,) = find_blocks(model)
+    return sum(p.numel() for i in indices for p in bl.modules[i].parameters())

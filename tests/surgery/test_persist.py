@@ -1,9 +1,9 @@
-"""Tests that kill mutants of mpruner/surgery/persist.py which survived mutmut.
+"""save_pruned / load_pruned (mpruner/surgery/persist.py): checkpoints of pruned models
+without pickle, the removal record replayed on a fresh model, every refusal.
 
-Each test names the mutants it kills (mutmut's names without the module prefix;
-benchmarks/results/reliability/mutmut_persist.txt has their diffs). The checkpoint directory
-is a format other tools read (transformers' safetensors loaders, people diffing mpruner.json),
-so its layout and every refusal's message are pinned word for word.
+The checkpoint directory is a format other tools read (transformers' safetensors loaders,
+people diffing mpruner.json), so its layout and every refusal's message are pinned word for
+word.
 """
 import json
 
@@ -14,7 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import mpruner
+from mpruner.surgery import get_record, load_pruned, model_stats, remove_layers, save_pruned
 from mpruner.surgery import persist as P
+from tests.helpers import surgery_models as zoo
+from tests.helpers.surgery_models import n_params, output_of, tv_resnet
 
 
 class Net(nn.Module):
@@ -352,3 +355,64 @@ def test_record_of_a_never_pruned_model(tmp_path):
     mpruner.save_pruned(Plain(), tmp_path / "plain")
     record = read_record(tmp_path / "plain")
     assert {k: record[k] for k in ("adapter", "original", "steps")} == {"adapter": None, "original": {}, "steps": []}
+
+
+def test_two_steps_replay_in_order(tmp_path):
+    model, image = tv_resnet(), torch.randn(1, 3, 32, 32)
+    step1 = remove_layers(model, [1])          # layer1.1
+    step2 = remove_layers(step1, [4])          # what is now layer3.1
+    assert get_record(step2)["steps"] == [{"layer1..layer4": [1]}, {"layer1..layer4": [4]}]
+    save_pruned(step2, tmp_path)
+    reloaded = load_pruned(tmp_path, zoo.ResNet).eval()
+    assert [len(s) for s in (reloaded.layer1, reloaded.layer2, reloaded.layer3, reloaded.layer4)] == [1, 2, 1, 2]
+    assert torch.equal(output_of(reloaded, image), output_of(step2, image))
+
+
+def test_load_pruned_rejects_the_wrong_factory(tmp_path):
+    save_pruned(remove_layers(tv_resnet(), [1]), tmp_path)
+    with pytest.raises(ValueError, match="pruned from .*original, unpruned architecture"):
+        load_pruned(tmp_path, lambda: zoo.ResNet(zoo.BasicBlock, (3, 2, 2, 2)))
+    with pytest.raises(TypeError, match="must return a torch.nn.Module"):
+        load_pruned(tmp_path, lambda: None)
+    with pytest.raises(TypeError, match="callable"):
+        load_pruned(tmp_path, "resnet")
+    with pytest.raises(FileNotFoundError, match="save_pruned"):
+        load_pruned(tmp_path / "missing", zoo.ResNet)
+
+
+def test_load_pruned_reports_weights_that_do_not_fit(tmp_path):
+    save_pruned(tv_resnet(), tmp_path)  # never pruned: just weights
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pruned(tmp_path, lambda: zoo.ResNet(num_classes=7))
+
+
+def test_load_pruned_into_an_instance(tmp_path):
+    model, image = tv_resnet(), torch.randn(1, 3, 32, 32)
+    pruned = remove_layers(model, [5])
+    save_pruned(pruned, tmp_path)
+    target = zoo.ResNet()
+    assert load_pruned(tmp_path, target) is target
+    assert torch.equal(output_of(target.eval(), image), output_of(pruned, image))
+
+
+def test_hugging_face_model_through_save_pruned(tmp_path):
+    model, inputs = zoo.hf_model("gpt2")  # tied embeddings: stored once, restored shared
+    pruned = remove_layers(model, [1])
+    save_pruned(pruned, tmp_path)
+    model_class, config, _ = zoo.hf_case("gpt2")
+    reloaded = load_pruned(tmp_path, lambda: model_class(config)).eval()
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.transformer.wte.weight.data_ptr()
+    assert torch.equal(output_of(reloaded, inputs), output_of(pruned, inputs))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_prune_save_load_and_stats(tmp_path):
+    model, image = tv_resnet().cuda(), torch.randn(2, 3, 32, 32, device="cuda")
+    pruned = remove_layers(model, [1, 5])
+    assert next(pruned.parameters()).is_cuda
+    save_pruned(pruned, tmp_path)
+    reloaded = load_pruned(tmp_path, lambda: zoo.ResNet().cuda()).eval()
+    assert torch.equal(output_of(reloaded, image), output_of(pruned, image))
+    stats = model_stats(pruned, image, repeats=3)
+    assert stats.latency_ms > 0 and stats.params == n_params(pruned)

@@ -13,7 +13,6 @@ import torch.nn as nn
 
 import mpruner
 from mpruner.training.batch_split import split_batch
-from tests.helpers import prune_job_torchrun
 
 
 def net():
@@ -210,17 +209,6 @@ def test_fsdp_bad_options():
         mpruner.Finetuner([], fsdp="yes")
     with pytest.raises(ValueError, match="either fsdp= .* or accelerator=, not both"):
         mpruner.Finetuner([], fsdp=True, accelerator=object())
-
-
-def test_cli_fsdp_without_torchrun_is_refused_before_loading(tmp_path, capsys):
-    from mpruner.cli import main
-
-    job = prune_job_torchrun.__file__
-    code = main(["prune", "--model", f"{job}:model", "--calib", f"{job}:calib", "--eval", f"{job}:evaluate",
-                 "--train", f"{job}:train", "--out", str(tmp_path / "out"), "--fsdp", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 1 and "--fsdp shards the fine-tuning over the ranks of torchrun" in err, err
-    assert "loading" not in capsys.readouterr().out
 
 
 def test_fsdp_failure_mid_training_leaves_the_model_as_it_was(tmp_path):
