@@ -1,4 +1,5 @@
-"""`mpruner demo` and `mpruner prune` end to end, in their quick (smoke) sizes on the real models."""
+"""The classification demos (mpruner/demos/classification.py, `mpruner demo`): text and vision end
+to end, in their quick (smoke) sizes on the real models."""
 import json
 
 import pytest

@@ -1,7 +1,8 @@
-"""Finetuner on accelerate: 2 ranks (gloo, DDP) sharing each batch take the single-process
-step on the whole batch; the same with fsdp=True (torch FSDP2 on the CPU); options that one
-process shares with them (accumulation, amp)."""
-import copy
+"""Finetuner on accelerate (mpruner/training/accelerated.py): 2 ranks (gloo, DDP) sharing each
+batch take the single-process step on the whole batch; the same with fsdp=True (torch FSDP2 on
+the CPU, each rank holding its shard); options that one process shares with them
+(accumulation). The same two ranks evaluate: accuracy and perplexity sharded and summed, and a
+failing rank fails the evaluation everywhere (one two-process run serves all these tests)."""
 import os
 import socket
 
@@ -12,18 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import mpruner
-from mpruner.training.batch_split import split_batch
-
-
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
-
-
-def batches(sizes):
-    g = torch.Generator().manual_seed(1)
-    return [(torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g))
-            for n in sizes]
+from tests.helpers.training_data import batches, net
 
 
 CASES = {  # name -> (batch sizes, Finetuner options)
@@ -138,35 +128,6 @@ def test_two_ranks_take_the_single_process_steps(two_ranks, name, mode):
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-12)
 
 
-def test_split_batch_parts_and_weights():
-    x = torch.arange(7.0)
-    parts = [split_batch({"x": x}, r, 3) for r in range(3)]
-    assert [p["x"].tolist() for p, _ in parts] == [[0, 1, 2], [3, 4], [5, 6]]
-    assert [w for _, w in parts] == pytest.approx([9 / 7, 6 / 7, 6 / 7])
-    part, weight = split_batch((x[:1], x[:1]), 1, 2)  # nothing left for rank 1: one sample, weight 0
-    assert part[0].tolist() == [0.0] and weight == 0.0
-    assert split_batch(x, 0, 1) == (x, 1.0)
-    with pytest.raises(TypeError, match="cannot find the batch size of a str"):
-        split_batch("text", 0, 2)
-
-
-def test_amp_on_and_off_in_one_process_leave_the_model_as_it_was():
-    data = [(x.float(), y) for x, y in batches((8, 8))]
-    model = net().float()
-    mpruner.Finetuner(data, amp=True, progress=False)(model)   # bfloat16 autocast on the CPU
-    assert "forward" not in vars(model) and "_original_forward" not in vars(model)
-    mpruner.Finetuner(data, amp=False, progress=False)(model)  # another precision in the same process
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    copy.deepcopy(model)(data[0][0])
-
-
-def test_bad_options():
-    with pytest.raises(ValueError, match="gradient_accumulation_steps must be an integer >= 1"):
-        mpruner.Finetuner([], gradient_accumulation_steps=0)
-    with pytest.raises(ValueError, match="amp must be 'auto', True, False or one of"):
-        mpruner.Finetuner([], amp="fp8")
-
-
 def test_evaluation_is_sharded_and_summed(two_ranks):
     """Each rank scores its share of the batches; every rank returns the one-process value."""
     ref = evaluations(distributed=False)
@@ -190,46 +151,3 @@ def test_fsdp_shards_a_copy(two_ranks):
     local = [two_ranks[r]["local_numel"] for r in range(2)]
     assert torch.equal(local[0] + local[1], total) and bool((local[0] < total).all())
     assert two_ranks[0]["plain_is_plain"] and two_ranks[1]["plain_is_plain"]
-
-
-def test_fsdp_needs_a_process_group_and_leaves_the_model_alone():
-    model = net()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match=r"fsdp=True\) shards the model over the ranks of an initialised"):
-        mpruner.Finetuner(batches((8,)), progress=False, fsdp=True)(model)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_fsdp_bad_options():
-    with pytest.raises(ValueError, match=r"fsdp: unknown option\(s\) \['shard'\]"):
-        mpruner.Finetuner([], fsdp={"shard": 2})
-    with pytest.raises(ValueError, match="fsdp\\['wrap'\\] must be 'blocks'"):
-        mpruner.Finetuner([], fsdp={"wrap": "layers"})
-    with pytest.raises(TypeError, match="fsdp must be True, False/None or a dict"):
-        mpruner.Finetuner([], fsdp="yes")
-    with pytest.raises(ValueError, match="either fsdp= .* or accelerator=, not both"):
-        mpruner.Finetuner([], fsdp=True, accelerator=object())
-
-
-def test_fsdp_failure_mid_training_leaves_the_model_as_it_was(tmp_path):
-    """The sharded copy trains; the plain model gets its weights only once training finished."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
-    try:
-        model = net()
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        calls = []
-
-        def loss_fn(out, y):
-            calls.append(1)
-            if len(calls) == 2:
-                raise RuntimeError("broken loss")
-            return nn.functional.cross_entropy(out, y)
-
-        with pytest.raises(RuntimeError, match="broken loss"):
-            mpruner.Finetuner(batches((8, 8, 8)), lr=1e-2, progress=False, fsdp=True, loss_fn=loss_fn)(model)
-        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-        trained = net()
-        mpruner.Finetuner(batches((8, 8)), lr=1e-2, progress=False, fsdp=True)(trained)
-        assert not all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
-    finally:
-        dist.destroy_process_group()
