@@ -41,8 +41,8 @@ def _io_analysis(metric="cosine"):
                     {"view": "tokens"}, metric=metric, block_io=io)
 
 
-# x__names__mutmut_2 / from_dict_22 / _28 (layer_names read as optional): a file without
-# layer_names is refused for the missing key, not for a None that has no length.
+# layer_names is required: a file without it is refused for the missing key, not for a None
+# that has no length.
 def test_missing_layer_names_is_a_missing_key(tmp_path):
     with pytest.raises(KeyError):
         Analysis.from_dict(_body(layer_names=None))
@@ -50,15 +50,15 @@ def test_missing_layer_names_is_a_missing_key(tmp_path):
         f"{tmp_path / 'bad.json'}: malformed mpruner analysis (missing key 'layer_names')"
 
 
-# x__names__mutmut_3 (other_layer_names read as required) and from_dict_9 / _11 (version's
-# default): a minimal file, written by another tool without the optional keys, loads.
+# other_layer_names, version and options are optional: a minimal file, written by another tool
+# without them, loads.
 def test_minimal_file_without_optional_keys_loads():
     a = Analysis.from_dict(_body(other_layer_names=None, version=None, options=None))
     assert a.other_layer_names is None and a.options == {} and a.layer_names == ["a", "b"]
 
 
-# x__names__mutmut_14..17 (the message's type name, the string's repr): each names the type,
-# and a string of names shows it (it would otherwise be split into letters).
+# Each names message gives the type, and a string of names shows it (it would otherwise be
+# split into letters).
 def test_names_messages():
     with pytest.raises(ValueError) as info:
         Analysis.from_dict(_body(layer_names="ab"))
@@ -68,8 +68,7 @@ def test_names_messages():
     assert str(info.value) == "'layer_names' must be a list of strings, got int"
 
 
-# xǁAnalysisǁ__init__ 5 / 7 / 32 / 34 (the matrices kept in their own dtype) and _23 (.cka set
-# for another metric): matrices are float64 whatever they came as; cka only for the CKA metric.
+# Matrices are float64 whatever they came as; .cka is set only for the CKA metric.
 def test_init_dtypes_and_cka_attribute():
     a = Analysis(torch.eye(2, dtype=torch.float32), ["a", "b"], 4,
                  block_io={"cosine": torch.eye(2, dtype=torch.float16)}, metric="cosine")
@@ -78,7 +77,7 @@ def test_init_dtypes_and_cka_attribute():
     assert Analysis(torch.eye(2), ["a", "b"], 4).cka is not None
 
 
-# adjacent_1..3, _io_2..7, block_influence_2: the errors word for word; influence is 1 - cos.
+# adjacent() and block_influence(): the errors word for word; influence is 1 - cos.
 def test_views_and_their_errors():
     cross = Analysis(torch.zeros(2, 3), ["a", "b"], 4, other_layer_names=["x", "y", "z"])
     with pytest.raises(ValueError) as info:
@@ -92,7 +91,7 @@ def test_views_and_their_errors():
     assert a.block_influence().tolist() == pytest.approx([0.1, 0.2], abs=1e-15)
 
 
-# run_distance_1..19 (no test in mutmut's selection): the run's diagonal, and n checked.
+# run_distance(n): the diagonal of runs of n blocks, and n checked.
 def test_run_distance():
     a = _io_analysis()
     assert a.run_distance(1).tolist() == [0.1, 0.2]
@@ -103,8 +102,7 @@ def test_run_distance():
         assert str(info.value) == f"n must be an integer in [1, 2], got {bad!r}"
 
 
-# plot_3 / _7 / _8 / _10 / _14..17 (an argument dropped or changed on the way): every argument
-# reaches the plotting function, and dpi defaults to 150.
+# Every argument of Analysis.plot reaches the plotting function unchanged, and dpi defaults to 150.
 def test_plot_forwards_its_arguments(monkeypatch):
     from mpruner.analysis import plot
 
@@ -117,8 +115,8 @@ def test_plot_forwards_its_arguments(monkeypatch):
     assert seen == {"path": None, "clusters": None, "title": None, "annotate": None, "cmap": "viridis", "dpi": 150}
 
 
-# to_dict_7..21: the file's keys: "metric" only for another metric, "block_io" only with block
-# inputs, "version" always; from_dict_90..135 and _100..121: they are read back, values exact.
+# The file's keys: "metric" only for another metric, "block_io" only with block inputs,
+# "version" always; they are read back, values exact.
 def test_file_keys_and_round_trip():
     plain = Analysis(torch.eye(2), ["a", "b"], 4).to_dict()
     assert set(plain) == {"format", "version", "cka", "layer_names", "other_layer_names", "num_samples", "options"}
@@ -136,8 +134,8 @@ def test_file_keys_and_round_trip():
     assert math.isnan(float(Analysis.from_dict(d).block_io["cosine"][0, 1]))
 
 
-# from_dict_47 / _56..60: a cka with too few rows (of the right length) is refused with the
-# shape it has, not reshaped into a RuntimeError; a non-list names its type.
+# A cka with too few rows (of the right length) is refused with the shape it has, not reshaped
+# into a RuntimeError; a non-list names its type.
 def test_cka_shape_messages():
     with pytest.raises(ValueError) as info:
         Analysis.from_dict(_body(cka=[[1.0, 0.5]]))
@@ -147,8 +145,8 @@ def test_cka_shape_messages():
     assert str(info.value) == "'cka' must be a 2 x 2 list of rows (one per layer name), got int"
 
 
-# from_dict_72 / _73 (num_samples 0 refused): an analysis of zero samples is a valid file;
-# from_dict_82 / _99: the options and metric messages name what they got.
+# An analysis of zero samples is a valid file; the options and metric messages name what they
+# got.
 def test_num_samples_zero_and_type_messages():
     assert Analysis.from_dict(_body(num_samples=0)).num_samples == 0
     with pytest.raises(ValueError) as info:
@@ -159,8 +157,8 @@ def test_num_samples_zero_and_type_messages():
     assert str(info.value) == "'metric' must be a string, got 3"
 
 
-# from_dict_105 / _107 / _108 / _110 / _112..114: malformed block_io is refused with its message
-# (not an AttributeError or TypeError from iterating it).
+# Malformed block_io is refused with its message (not an AttributeError or TypeError from
+# iterating it).
 @pytest.mark.parametrize("io", [5, {"cosine": 5}, {"cosine": [1.0]}])
 def test_malformed_block_io(io):
     with pytest.raises(ValueError) as info:
@@ -168,17 +166,16 @@ def test_malformed_block_io(io):
     assert str(info.value) == "'block_io' must map names to lists of rows"
 
 
-# save_3 / _6 / _8 (indent): the file is indent-1 JSON, one value a line (diffable, and what
-# earlier versions wrote); save_13 / _16 / _20 (the encoding) are equivalent: json.dumps
-# escapes every non-ASCII character, so the bytes are the same in any ASCII-compatible encoding.
+# The file is indent-1 JSON, one value a line (diffable, and what earlier versions wrote); it is
+# ASCII whatever the encoding, as json.dumps escapes every non-ASCII character.
 def test_save_layout(tmp_path):
     a = _io_analysis()
     a.save(str(tmp_path / "a.json"))
     assert (tmp_path / "a.json").read_text(encoding="ascii") == json.dumps(a.to_dict(), indent=1)
 
 
-# save_4 / _7 / _9 (allow_nan): a NaN in the options is not written as the non-JSON token NaN,
-# which strict readers refuse; nothing is written.
+# A NaN in the options is not written as the non-JSON token NaN, which strict readers refuse;
+# nothing is written.
 def test_save_refuses_nan_options(tmp_path):
     path = tmp_path / "a.json"
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
@@ -186,8 +183,8 @@ def test_save_refuses_nan_options(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# load_3 (>= for >) and load_4..7: a file of exactly MAX_FILE_BYTES loads; one byte more is
-# refused, with the file, its size and the question.
+# A file of exactly MAX_FILE_BYTES loads; one byte more is refused, with the file, its size and
+# the question.
 def test_load_size_limit(tmp_path, monkeypatch):
     path = tmp_path / "a.json"
     Analysis(torch.eye(2), ["a", "b"], 4).save(str(path))
@@ -201,7 +198,7 @@ def test_load_size_limit(tmp_path, monkeypatch):
                                "by Analysis.save?)")
 
 
-# load_17..22: invalid JSON names the file, the error's type and its first 100 characters.
+# Invalid JSON: the error names the file, the error's type and its first 100 characters.
 def test_load_invalid_json_message(tmp_path):
     digits = "1" * 5000  # json's int limit: a message longer than 100 characters
     with pytest.raises(ValueError) as want:
@@ -212,7 +209,7 @@ def test_load_invalid_json_message(tmp_path):
     assert len(str(want.value)) > 100
 
 
-# load_9 / _11 (the file read in the locale's encoding): a file with UTF-8 layer names, as
+# The file is read as UTF-8, not in the locale's encoding: a file with UTF-8 layer names, as
 # another tool writes them (no ASCII escapes), loads whatever the locale.
 def test_load_reads_utf8_under_any_locale(tmp_path, ascii_locale):
     path = tmp_path / "a.json"
@@ -220,7 +217,7 @@ def test_load_reads_utf8_under_any_locale(tmp_path, ascii_locale):
     assert Analysis.load(str(path)).layer_names == ["blöck.0", "blöck.1"]
 
 
-# __repr___17: another metric is named in the repr.
+# Another metric is named in the repr.
 def test_repr_names_the_metric():
     assert repr(_io_analysis()).startswith("Analysis(2x2 cosine, ")
 

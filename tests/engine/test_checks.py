@@ -97,8 +97,8 @@ def test_mixed_devices():
         mpruner.cka_matrix([_x()], other=[_x().to("meta")])
 
 
-# x_center_gram, x_hsic, x_cka, x_nonfinite_error mutants that drop or garble a name, a shape,
-# the estimator or the advice in a message, or move a bound by one).
+# The public functions' input errors, word for word: a message that drops or garbles a name, a
+# shape, the estimator or the advice, or a bound moved by one, fails here.
 @pytest.mark.parametrize("call, error, message", [
     (lambda m, t: m.gram(t.randn(5, 3), "cosine"), ValueError, "kernel must be one of 'linear', 'rbf'; got 'cosine'"),
     (lambda m, t: m.gram(t.randn(5), batched=True), ValueError,
@@ -118,7 +118,7 @@ def test_mixed_devices():
     (lambda m, t: m.hsic(t.ones(3, 3), t.ones(3, 3), True), ValueError,
      "k is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
     (lambda m, t: m.hsic(t.ones(4, 4), t.ones(1, 1)), ValueError, "l is 1x1; the biased estimator needs n >= 2"),
-    # x_hsic__mutmut_14 (l checked as biased): l's own estimator bound comes before the shape check
+    # l's own (unbiased) estimator bound comes before the shape check
     (lambda m, t: m.hsic(t.ones(4, 4), t.ones(3, 3), True), ValueError,
      "l is 3x3; the unbiased estimator needs n >= 4 (or use unbiased=False)"),
     (lambda m, t: m.hsic(t.ones(4, 4), [[1.0]]), TypeError, "l must be a torch.Tensor Gram matrix (…, n, n), got list"),

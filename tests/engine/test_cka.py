@@ -19,7 +19,7 @@ C = importlib.import_module("mpruner.engine.cka")  # the module (mpruner.engine.
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # Absolute tolerance on CKA values (in [0, 1]) by input dtype, against float64 NumPy on
-# the same (already rounded) inputs. Observed over layer_data.SEEDS with offset 100:
+# the same (already rounded) inputs. Observed over tests/helpers/layer_data.SEEDS with offset 100:
 # float64 <= 5e-15, float32/float16/bfloat16 <= 3e-8 (half types are computed in
 # float32, the accumulation in float64). The float32 bound still fails an uncentred
 # float32 Gram (~7e-5, test_uncentred_float32_gram_fails_the_tolerance) and any Gram
@@ -164,9 +164,10 @@ def test_activations_that_require_grad_are_measured_detached(gen):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-# cka.x_gram (bounds): a (b, n) batch is b sets of n one-feature samples; RBF takes n = 2.
-# cka.x__check_gram (half Grams computed in float32), cka.x_hsic / x_cka (defaults: biased),
-# the batched hsic's dtype promotion, x_nonfinite_error (the listed layers, batch, no suffix).
+# gram: a (b, n) batch is b sets of n one-feature samples; RBF takes n = 2. center_gram
+# computes half Grams in float32; hsic and cka default to the biased estimator; a batched hsic
+# of mixed float32/float64 Grams is computed in float64; nonfinite_error lists the layers and
+# the batch.
 def test_cka_api_edges():
     import torch
 
@@ -178,7 +179,7 @@ def test_cka_api_edges():
     g = mpruner.gram(x, batched=True)
     assert g.shape == (2, 5, 5) and torch.allclose(g[1], R.gram(x[1][:, None]), rtol=0, atol=1e-12)
     assert mpruner.gram(torch.randn(2, 3), "rbf").shape == (2, 2)
-    # x__check_gram__mutmut_19 (n <= the minimum): n = 4 (unbiased) and n = 2 (biased) are enough
+    # n = 4 (unbiased) and n = 2 (biased) are enough: the bound is n >= the minimum
     assert mpruner.center_gram(torch.eye(4), True).shape == (4, 4) and mpruner.center_gram(torch.eye(2)).shape == (2, 2)
     k = mpruner.gram(torch.randn(6, 3, dtype=torch.float64))
     assert mpruner.center_gram(k.half()).dtype == torch.float32
@@ -196,10 +197,8 @@ def test_cka_api_edges():
     assert str(e).endswith("or with CKAAccumulator pass nan_policy='skip' to drop such batches")
 
 
-# cka.x_gram__mutmut_29/36/39/40: the argument names in gram's input errors ("x", "x[i]").
-# cka.x__check_gram__mutmut_17 and x_hsic__mutmut_32 (n from shape[+1]): a 4-d Gram batch,
-# where shape[1] is not n. (x__check_gram__mutmut_18 and x_hsic__mutmut_33, shape[-2], are
-# equivalent: the Grams are checked square first.)
+# The argument names in gram's input errors ("x", "x[i]"); center_gram and hsic take n from
+# the last dimension: a 4-d Gram batch, where shape[1] is not n.
 def test_gram_names_and_4d_gram_batches():
     import torch
 
@@ -226,8 +225,7 @@ def _x(n, d, seed, dtype=torch.float64):
     return (torch.randn(n, d, generator=g, dtype=torch.float64) + 0.5).to(dtype)
 
 
-# x_gram__mutmut_66 (the op asked for the upper triangle only): gram returns the whole
-# symmetric Gram, at a size where the op computes the triangle by blocks.
+# gram returns the whole symmetric Gram at a size where the op computes the triangle by blocks.
 def test_gram_is_the_full_matrix():
     x = _x(200, 7, 0)
     g = mpruner.gram(x)
@@ -235,20 +233,19 @@ def test_gram_is_the_full_matrix():
     torch.testing.assert_close(g, g.T, rtol=0, atol=1e-12)  # symmetric (a BLAS need not make it bitwise so)
 
 
-# x_hsic__mutmut_25: mixed devices are refused naming both (the meta device stands in for a GPU).
+# Mixed devices are refused naming both (the meta device stands in for a GPU).
 def test_hsic_mixed_devices():
     with pytest.raises(ValueError) as info:
         mpruner.hsic(torch.ones(4, 4), torch.ones(4, 4, device="meta"))
     assert str(info.value) == "k is on cpu but l is on meta; move both to one device"
 
 
-# x_layer_hsic__mutmut_7 / _24 (the second layer's device or n): a single layer works.
+# A single layer works (its device and n are not read from a second layer).
 def test_cka_matrix_of_one_layer():
     assert mpruner.cka_matrix([_x(6, 3, 1)]).tolist() == [[pytest.approx(1.0, abs=1e-12)]]
 
 
-# x_layer_hsic__mutmut_25 / _28..30 / _33 / _36 / _43 / _45 / _50 / _53..57 / _60: the
-# degeneracy threshold is (DEGENERATE_FACTOR eps^2 s)^2, eps of the Grams' dtype, s the mean
+# The degeneracy threshold is (DEGENERATE_FACTOR eps^2 s)^2, eps of the Grams' dtype, s the mean
 # squared norm of the first min(n, 8) samples (linear) or 1 (RBF, whose values are at most 1).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n, d", [(12, 3), (5, 9)])  # n > 8 with d < 8 (m is 8, not d), and n < 8
@@ -265,9 +262,8 @@ def test_degeneracy_thresholds(dtype, n, d):
     assert thr.tolist() == [(C.DEGENERATE_FACTOR * eps * eps) ** 2] * 2
 
 
-# x_hsic_to_cka__mutmut_4 (< for <=): an all-zero layer (self-HSIC 0, threshold 0) is
-# degenerate: NaN with the warning, not a silent 0/0. _37 / _44..46: the warning lists the
-# layers, comma-separated, word for word.
+# An all-zero layer (self-HSIC 0, threshold 0: the test is <=, not <) is degenerate: NaN with
+# the warning, not a silent 0/0. The warning lists the layers, comma-separated, word for word.
 def test_zero_layers_are_degenerate_and_named():
     xs = [torch.zeros(6, 2, dtype=torch.float64), _x(6, 3, 4), torch.zeros(6, 1, dtype=torch.float64)]
     with pytest.warns(RuntimeWarning) as record:
@@ -277,8 +273,8 @@ def test_zero_layers_are_degenerate_and_named():
                                       "these samples), so its CKA is undefined; its row and column are NaN")
 
 
-# x_hsic_to_cka__mutmut_43 / _47 (stacklevel): the warning points at the user's line, from
-# each public entry point.
+# The degenerate-layer warning points at the user's line (its stacklevel), from each public
+# entry point.
 @pytest.mark.parametrize("call", [
     lambda x, z: mpruner.cka_matrix([x, z]),
     lambda x, z: mpruner.cka(x, z),
@@ -298,8 +294,7 @@ def _accumulated(x, z):
     return acc.compute()
 
 
-# x_cka_matrix__mutmut_9, x__cka_matrix__mutmut_10 / _11, x_cka__mutmut_13: sigma reaches the
-# RBF Grams through cka_matrix and cka.
+# sigma reaches the RBF Grams through cka_matrix and cka.
 def test_sigma_reaches_the_rbf_kernel():
     a, b = _x(9, 3, 6), _x(9, 4, 7)
     want = R.cka(a, b, "rbf", False, 0.3)
@@ -308,9 +303,7 @@ def test_sigma_reaches_the_rbf_kernel():
     assert float(mpruner.cka(a, b, "rbf", sigma=0.3)) == pytest.approx(float(want), abs=1e-10)
 
 
-# x__cka_matrix__mutmut_3 / _7 / _8 / _16 / _19 / _20 / _26 / _29 / _30 / _33 / _35 / _39,
-# x_cka__mutmut_26 / _27: cka_matrix's and cka's input errors name the argument as the user
-# wrote it, word for word.
+# cka_matrix's and cka's input errors name the argument as the user wrote it, word for word.
 @pytest.mark.parametrize("call, error, message", [
     (lambda: mpruner.cka_matrix([_x(4, 2, 0)], kernel="x"), ValueError,
      "kernel must be one of 'linear', 'rbf'; got 'x'"),
@@ -329,8 +322,7 @@ def test_cka_matrix_errors_word_for_word(call, error, message):
     assert str(info.value) == message
 
 
-# x__cka_matrix__mutmut_59 / _64..67 (the NaN check dropped, or its error without the layers),
-# x_cka__mutmut_26 / _27 (y's label): NaN in a layer is a NonFiniteError naming it.
+# NaN in a layer is a NonFiniteError naming it (cka's second tensor as "y").
 @pytest.mark.parametrize("which", ["cka_matrix", "cka"])
 def test_nonfinite_layer_is_named(which):
     x, bad = _x(5, 2, 0), _x(5, 2, 1)

@@ -69,8 +69,8 @@ def _conditioning(f, kernel, unbiased):
 
 def _rbf_bandwidth_zero(x):
     """The RBF bandwidth is the median of the n^2 squared distances: (almost) 0 when more than
-    half the pairs of samples coincide (rounded half-precision inputs; found by the long
-    profile), where the published formula divides by zero and the engine's Gram is constant."""
+    half the pairs of samples coincide (rounded half-precision inputs), where the published
+    formula divides by zero and the engine's Gram is constant."""
     with np.errstate(all="ignore"):
         x = x - x.mean(0)
         g = x @ x.T
@@ -315,8 +315,8 @@ def test_nan_or_inf_anywhere_is_a_clear_error(case, where, value, fn):
     flat[where[1] % flat.numel()] = value
     layers = list(case.layers)
     layers[layer] = flat.reshape(x.shape)
-    # the accumulators with the case's estimator: their default (unbiased) refused the biased
-    # cases' n = 2..3 as too few samples before looking at the values (found by the long profile)
+    # the accumulators with the case's estimator: their default (unbiased) would refuse the
+    # biased cases' n = 2..3 as too few samples before looking at the values
     call = {"cka_matrix": lambda: mpruner.cka_matrix(layers),
             "accumulator": lambda: mpruner.CKAAccumulator(unbiased=case.unbiased).update(layers),
             "exact": lambda: mpruner.CKAAccumulator(estimator="exact", unbiased=case.unbiased).update(layers)}[fn]

@@ -82,7 +82,7 @@ def test_reference_token_cosine(view):
     hs[1][0, 1] = 0          # both zero at (0, 1): cosine 1 between layers 0 and 1
     hs[2][1, 2] = 0          # one zero at (1, 2): cosine 0 against it
     hs[2][0, 0] = hs[0][0, 0] * 3  # parallel: cosine 1 (clamped if it rounds above)
-    hs[1][0, 0] = hs[0][0, 0] * -3  # antiparallel: rounds to -1 - 2e-16, x_token_cosine__mutmut_71 (clamp at -2)
+    hs[1][0, 0] = hs[0][0, 0] * -3  # antiparallel: rounds to -1 - 2e-16, clamped to -1
     mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
     cos, ang = R.token_cosine(hs, mask, view)
     toks = [(b, t) for b in range(2) for t in range(5) if mask[b, t]]
@@ -102,10 +102,8 @@ def test_reference_token_cosine(view):
     np.testing.assert_allclose(ang.numpy(), want_a, rtol=0, atol=1e-12)
 
 
-# reference defaults (x_center_gram__mutmut_1, x_cka__mutmut_1..3, x_minibatch_cka__mutmut_1..3,
-# x_exact_linear_cka__mutmut_1, x_token_cosine__mutmut_1 / _2): linear, biased (minibatch:
-# unbiased), the tokens view; and sigma reaching both Grams (x_cka__mutmut_7 / _10 / _13 / _16,
-# x_cka_matrix__mutmut_14 / _18, x_minibatch_cka__mutmut_9 / _13).
+# The reference's defaults: linear, biased (minibatch: unbiased), the tokens view; and sigma
+# reaching both Grams of cka, cka_matrix and minibatch_cka.
 def test_reference_defaults_and_sigma():
     xs = _feats(8, 11)
     x64 = [x.numpy() for x in xs]
@@ -124,7 +122,7 @@ def test_reference_defaults_and_sigma():
     np.testing.assert_allclose(R.minibatch_cka([xs], "rbf", True, 0.8).numpy(), want, rtol=0, atol=1e-12)
 
 
-# reference.x_center_gram__mutmut_3 (n = k.shape[+1]): a (2, 3, n, n) batch of Grams is
+# reference.center_gram takes n from the last dimension: a (2, 3, n, n) batch of Grams is
 # centred per matrix.
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_reference_center_gram_4d_batch(unbiased):
@@ -135,8 +133,8 @@ def test_reference_center_gram_4d_batch(unbiased):
             np.testing.assert_allclose(got[i, j].numpy(), NP.center(ks[i, j].numpy(), unbiased), rtol=0, atol=1e-10)
 
 
-# reference.x_hsic__mutmut_1 and x_hsic_matrix__mutmut_1..3 (defaults: linear, biased) and
-# x_hsic_matrix__mutmut_19 (grams[1].dtype: fails for a single layer).
+# reference.hsic and hsic_matrix default to linear and biased; hsic_matrix of a single layer
+# works.
 def test_reference_hsic_defaults_and_one_layer():
     xs = _feats(7, 4)
     k, l = R.gram(xs[0]), R.gram(xs[1])

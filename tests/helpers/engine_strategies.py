@@ -1,7 +1,7 @@
 """Hypothesis strategies for the CKA engine's input space, and the checks every result must pass.
 
 Reusable: a new engine function gets property tests by adding one entry to
-``test_properties_engine.FUNCTIONS`` (a callable on a list of layers and the float64
+``tests/engine/test_properties.FUNCTIONS`` (a callable on a list of layers and the float64
 oracle it must match); new inputs by adding a layout to ``LAYOUTS``.
 
 The input space (see README "Reliability"):

@@ -1,8 +1,7 @@
 """Shared test data: layers with common structure and a large feature offset.
 
-A module of its own (not conftest.py) so that test files import it by a name no
-other directory's conftest shadows: ``pytest tests benchmarks/test_bench_suite.py``
-collects both directories in one run.
+A module of its own (not conftest.py) so that test files import it by a name no other
+directory's conftest shadows (``make bench`` collects benchmarks/ and tests/bench/ in one run).
 """
 import torch
 
@@ -11,7 +10,7 @@ SEEDS = (1234, 7, 20261201)
 
 # A common offset of 100 on every feature: a float32 Gram of the uncentred samples
 # then loses ~1e-3 of CKA (far outside the float32 tolerance of the tests), so a
-# missing feature centering fails them; see test_cka_api.test_uncentred_float32_fails.
+# missing feature centering fails them; see tests/engine/test_cka.py::test_uncentred_float32_gram_fails_the_tolerance.
 OFFSET = 100.0
 
 

@@ -35,14 +35,14 @@ def _state(tmp_path, **changes):
     return state
 
 
-# checkpoint.x__index__mutmut_4 / _5 (i > 0, i >= 1): block 0 is a valid index to exclude or reject.
+# Block 0 is a valid index to exclude or reject (the check is i >= 0, not i > 0).
 def test_state_accepts_index_zero(tmp_path):
     state = _state(tmp_path, excluded=[0], rejected=[[0, 2]])
     assert ckpt.validate_state(tmp_path / ckpt.STATE, state) is state
 
 
-# checkpoint.x__index__mutmut_1 ("... or i >= 0": accepts True and 1.5) and _2
-# ("isinstance(i, int) or ...": accepts -1 and True): each is refused naming the field.
+# An index must be an int (not a bool, not a float) and >= 0: -1, True and 1.5 are each
+# refused naming the field.
 @pytest.mark.parametrize("bad", [-1, True, 1.5])
 @pytest.mark.parametrize("field", ["excluded", "rejected"])
 def test_state_refuses_negative_bool_and_float_indices(tmp_path, bad, field):
@@ -51,49 +51,46 @@ def test_state_refuses_negative_bool_and_float_indices(tmp_path, bad, field):
         ckpt.validate_state(tmp_path / ckpt.STATE, state)
 
 
-# checkpoint.x__bad__mutmut_2 / _3 (the advice's text changed): the error tells the user how
-# to get out (README "Reliability": refused with the file named, never overwritten).
+# The error tells the user how to get out (README "Reliability": refused with the file named,
+# never overwritten).
 def test_damaged_state_error_says_what_to_do(tmp_path):
     with pytest.raises(ValueError) as info:
         ckpt.validate_state(tmp_path / ckpt.STATE, [])
-    # checkpoint.x_validate_state__mutmut_2 / _3 / _4: the file, then what is wrong with it
+    # the file, then what is wrong with it
     assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: holds a list, not a JSON object; ")
     assert str(info.value).endswith("Move it away (or use another checkpoint_dir) to start afresh; "
                                     "mpruner will not overwrite it")
 
 
-# checkpoint.xǁCheckpointMismatchǁ__init____mutmut_4 (the "; " between options): each
-# differing option is listed, separated readably.
+# Each differing option is listed, separated by "; ".
 def test_checkpoint_mismatch_lists_each_option(tmp_path):
     e = ckpt.CheckpointMismatch(tmp_path, ckpt.option_differences({"a": 1, "b": 2}, {"a": 3, "b": 4}))
     assert "(a: 1 in the checkpoint, 3 now; b: 2 in the checkpoint, 4 now)" in str(e)
 
 
-# checkpoint.x_option_differences__mutmut_1 / _2 (a None in place of either value) and _4
-# (only keys on both sides): an option added or dropped since the checkpoint is a difference.
+# An option added or dropped since the checkpoint is a difference (None on the side that lacks
+# it), as is a changed value.
 def test_option_differences_include_options_on_one_side_only():
     assert ckpt.option_differences({"a": 1, "b": 2}, {"b": 2, "c": 3}) == {"a": (1, None), "c": (None, 3)}
     assert ckpt.option_differences({"a": 1}, {"a": 2}) == {"a": (1, 2)}
 
 
-# checkpoint.x_write_json_atomic__mutmut_11 (indent=None): state.json stays readable, one
-# field a line, and no temporary file is left beside it.
+# state.json stays readable, one field a line, and no temporary file is left beside it.
 def test_write_json_atomic_is_indented_and_leaves_no_temporary(tmp_path):
     ckpt.write_json_atomic(tmp_path / "s.json", {"a": 1, "b": [2]})
     assert (tmp_path / "s.json").read_text() == json.dumps({"a": 1, "b": [2]}, indent=1)
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
-# checkpoint.x_read_state_file__mutmut_1 / _2 / _3 (no test in mutmut's selection: only the
-# pipeline reads it): None without the file, its JSON with it.
+# read_state_file (the pipeline's reader): None without the file, its JSON with it.
 def test_read_state_file(tmp_path):
     assert ckpt.read_state_file(tmp_path / "state.json") is None
     (tmp_path / "state.json").write_text('{"stage": 2}')
     assert ckpt.read_state_file(tmp_path / "state.json") == {"stage": 2}
 
 
-# checkpoint.x_save_model_atomic__mutmut_5 (the stale temporary directory of a killed save is
-# not cleared): nothing left in it reaches the model directory.
+# The stale temporary directory of a killed save is cleared first: nothing left in it reaches
+# the model directory.
 def test_save_model_atomic_clears_a_stale_temporary(tmp_path):
     import torch.nn as nn
 
@@ -104,8 +101,7 @@ def test_save_model_atomic_clears_a_stale_temporary(tmp_path):
     assert "junk.bin" not in os.listdir(tmp_path / "model-0001") and not stale.exists()
 
 
-# checkpoint.x_save_model_atomic__mutmut_14 (an existing model directory not removed first):
-# saving under a name already there replaces it.
+# Saving under a name already there replaces that model directory.
 def test_save_model_atomic_replaces_an_existing_model(tmp_path):
     import torch.nn as nn
     from safetensors.torch import load_file
@@ -126,17 +122,15 @@ def _checkpoint_dir(tmp_path):
     return tmp_path
 
 
-# checkpoint.x_prune_old_models__mutmut_2 / _3 / _6 / _12 / _13 / _14 (wrong glob patterns,
-# rmtree(None)): old models and temporaries go, the kept model, files and state stay.
+# Old model directories and temporaries go; the kept model, other files and the state stay.
 def test_prune_old_models_keeps_only_the_named_model(tmp_path):
     ckpt.prune_old_models(_checkpoint_dir(tmp_path), "model-0002")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-0002", "model-notes", "state.json"]
     assert (tmp_path / "model-0002" / "junk").exists()
 
 
-# checkpoint.x_prune_old_models__mutmut_7 / _9 / _10 / _15 (ignore_errors dropped): removing
-# old models is best effort; the new checkpoint is already written, so a file that cannot be
-# deleted must not fail the run.
+# Removing old models is best effort: the new checkpoint is already written, so a file that
+# cannot be deleted must not fail the run.
 def test_prune_old_models_ignores_undeletable_files(tmp_path, monkeypatch):
     real = os.unlink
 
@@ -149,13 +143,12 @@ def test_prune_old_models_ignores_undeletable_files(tmp_path, monkeypatch):
     ckpt.prune_old_models(_checkpoint_dir(tmp_path), "model-0002")  # no error
 
 
-# checkpoint.x_validate_state__mutmut_12..16 (the version error without the file or the
-# version), and the field checks' messages after it: each names the file and what is wrong.
+# The version error and each field check's message name the file and what is wrong.
 @pytest.mark.parametrize("change, message", [
     ({"version": 2}, "has version 2; this mpruner reads version 1"),
     ({"history": None}, "has an invalid 'history': None"),
     ({"stop_reason": ["x" * 70]}, "has an invalid 'stop_reason': ['" + "x" * 58 + "..."),
-    # _36 / _37 (>= 60, > 61): a repr of exactly 60 characters is shown whole, one of 61 cut
+    # a repr of exactly 60 characters is shown whole, one of 61 cut
     ({"stop_reason": ["x" * 56]}, "has an invalid 'stop_reason': ['" + "x" * 56 + "']"),
     ({"stop_reason": ["x" * 57]}, "has an invalid 'stop_reason': ['" + "x" * 57 + "'..."),
     ({"metric_before": float("inf")}, "has a non-finite 'metric_before'"),
@@ -176,8 +169,7 @@ def test_validate_state_names_a_missing_field(tmp_path):
         ckpt.validate_state(tmp_path / ckpt.STATE, state)
 
 
-# checkpoint.x_check_directory__mutmut_6 / _7 / _12 / _13 / _14 / _20 / _21 / _22 (messages
-# without the directory or the blocking parent): each refusal names both.
+# Each refusal of a checkpoint directory names the directory and the parent that blocks it.
 def test_check_directory_messages(tmp_path, monkeypatch):
     f = tmp_path / "f"
     f.write_text("")
@@ -194,7 +186,7 @@ def test_check_directory_messages(tmp_path, monkeypatch):
                                f"{str(tmp_path)!r} is not writable")
 
 
-# checkpoint.x_read_state__mutmut_5..10: a state.json that is a directory is refused naming it.
+# A state.json that is a directory is refused naming it.
 def test_read_state_of_a_directory(tmp_path):
     (tmp_path / ckpt.STATE).mkdir()
     with pytest.raises(ValueError) as info:
@@ -202,17 +194,15 @@ def test_read_state_of_a_directory(tmp_path):
     assert str(info.value).startswith(f"{tmp_path / ckpt.STATE}: is not a file; this checkpoint is damaged")
 
 
-# checkpoint.x_read_state__mutmut_17 / _19 (state.json read in the locale's encoding): a state
-# holding UTF-8 text (a stop reason naming a non-ASCII path, written by another tool) is read
-# whatever the locale. (_21, "UTF-8" for "utf-8", is equivalent: codec names ignore case.)
+# state.json is read as UTF-8, not in the locale's encoding: a state holding UTF-8 text (a stop
+# reason naming a non-ASCII path, written by another tool) is read whatever the locale.
 def test_read_state_reads_utf8_under_any_locale(tmp_path, ascii_locale):
     state = _state(tmp_path, stop_reason="stopped at /données")
     (tmp_path / ckpt.STATE).write_bytes(json.dumps(state, ensure_ascii=False).encode("utf-8"))
     assert ckpt.read_state(tmp_path)["stop_reason"] == "stopped at /données"
 
 
-# checkpoint.x_read_state__mutmut_11 / _12 (>= for >, the size error without the file): a
-# state of exactly MAX_STATE_BYTES is read (then refused for its content), one byte more is
+# A state of exactly MAX_STATE_BYTES is read (then refused for its content); one byte more is
 # refused for its size, naming the file.
 def test_read_state_size_limit(tmp_path, monkeypatch):
     body = '{"version": 2}'
@@ -227,11 +217,8 @@ def test_read_state_size_limit(tmp_path, monkeypatch):
                                       f"({len(body) - 1}); ")
 
 
-# --- engine/reference.py: the torch reference against the independent float64 NumPy oracle.
 
-
-# checkpoint.x_read_state__mutmut_25 / _28 / _29 / _30 (the JSON error without its type or
-# text, or cut at 81): the error names the file, the exception type and its first 80 characters.
+# Invalid JSON: the error names the file, the exception type and its first 80 characters.
 @pytest.mark.parametrize("body", ["{", "[" * 100000])  # bad JSON; nesting deeper than the parser goes
 def test_read_state_of_invalid_json(tmp_path, body):
     (tmp_path / ckpt.STATE).write_text(body)
@@ -247,12 +234,10 @@ def test_read_state_of_invalid_json(tmp_path, body):
     assert body == "{" or len(text) > 80  # the recursion message is long enough to be cut
 
 
-# --- prune/loop.py
 
 
-# xǁMPrunerǁ_iteration__mutmut_3 / _7 / _8 / _9 / _12..14: a checkpoint's history entry may
-# lack "seconds" (older states), but a missing or an extra field is refused naming the file,
-# the entry and the fields.
+# A checkpoint's history entry may lack "seconds" (older states), but a missing or an extra
+# field is refused naming the file, the entry and the fields.
 def test_history_entry_fields_checked(tmp_path):
     from dataclasses import asdict
 
@@ -270,23 +255,17 @@ def test_history_entry_fields_checked(tmp_path):
                                    f"{sorted(h)}; the checkpoint is damaged or from another mpruner")
 
 
-# --- engine/cka.py: the public functions' input errors, word for word (x_gram, x__check_gram,
-
-
-# prune/loop.py _load: x_MPruner__load__mutmut_12/13 (the warning's stacklevel: it must point at
-# the caller's line), _21 (the mismatch error without the checkpoint directory), _35 (a shallow
-# copy of the caller's model as the factory: loading the checkpoint would overwrite its weights),
-# _36 (the resumed run forgets its model directory: the next resume cannot find the model).
-# (_4, `is_main or True`, is equivalent in one process; _8 and _11, the category None or left
-# out, are UserWarning all the same.)
 def _resume_job():
+    """The job the resume tests run (tests/helpers/prune_job.py)."""
     return prune_job
 
 
+# Resuming (MPruner._load): the "no checkpoint" warning points at the caller's line; a resume
+# with other options names the checkpoint directory; the checkpoint loads into a deep copy, so
+# the caller's weights are never overwritten; and a resumed run keeps its model directory, so a
+# second resume finds the model too.
 def test_resume_leaves_the_callers_model_and_keeps_its_model_dir(tmp_path):
     import warnings
-
-
 
     job = _resume_job()
     model, train, evald = job.build()
@@ -309,8 +288,8 @@ def test_resume_leaves_the_callers_model_and_keeps_its_model_dir(tmp_path):
     assert str(tmp_path / "ck") in str(info.value)
 
 
-# prune/loop.py x_MPruner__load__mutmut_36 (a resumed run forgets its model directory, and
-# its next state.json names none) and _65 (a damaged history entry's error without its index).
+# A resumed run records its model directory in its next state.json, and a damaged history
+# entry's error gives the entry's index.
 def test_resumed_run_records_its_model_and_names_a_damaged_entry(tmp_path):
     job = _resume_job()
     model, train, evald = job.build()
@@ -371,7 +350,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert got["weights"] == ref["weights"]
 
 
-# xǁMPrunerǁ_load__mutmut_70 (the resume line lost): a resumed run says where it resumes.
+# A resumed run says where it resumes.
 @pytest.mark.filterwarnings(ADAPTER_GUESS)
 def test_resume_says_where(job, tmp_path, capsys):
     kw = dict(evaluate=_blocks_metric, tolerance=0.035, max_iterations=2, checkpoint_dir=tmp_path)
@@ -380,10 +359,10 @@ def test_resume_says_where(job, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["mpruner: resumed at attempt 2 (k=2, 5 layers)"]  # already done
 
 
-# xǁMPrunerǁ_load__mutmut_34 (a shallow copy of the caller's model as load_pruned's factory):
-# load_pruned replays removals in place and loads the fine-tuned weights into the copy, so a
-# shallow copy would cut the caller's blocks and overwrite its tensors. After a resume the
-# caller's model has every block, key and value it had.
+# The checkpoint is loaded into a deep copy of the caller's model: load_pruned replays removals
+# in place and loads the fine-tuned weights into the copy, so a shallow copy would cut the
+# caller's blocks and overwrite its tensors. After a resume the caller's model has every block,
+# key and value it had.
 @pytest.mark.filterwarnings(ADAPTER_GUESS)
 def test_resume_leaves_the_callers_model_whole(job, tmp_path):
     def finetune(model):  # changes every weight, so reloaded weights differ from the caller's
@@ -403,8 +382,7 @@ def test_resume_leaves_the_callers_model_whole(job, tmp_path):
     assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
 
 
-# xǁMPrunerǁ_save / _finish / step (which writes mark the model changed, mkdir's parents): a
-# checkpoint directory whose parents do not exist yet is created; after each attempt state.json
+# A checkpoint directory whose parents do not exist yet is created; after each attempt state.json
 # names the model directory holding the model of that moment (a new one after an acceptance,
 # the same one after a rollback or the stop), and only that one is kept.
 @pytest.mark.filterwarnings(ADAPTER_GUESS)

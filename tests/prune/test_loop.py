@@ -18,8 +18,8 @@ from tests.helpers.tiny_lms import tiny_lm
 pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
 
 
-# xǁMPrunerǁ__init__ and _check_select: every refusal word for word (a message that loses the
-# argument's name, the value or the fix is a mutant that survives a match= test).
+# Every refusal of MPruner's arguments word for word (a message that lost the argument's name,
+# the value or the fix would still pass a match= test).
 @pytest.mark.parametrize("change, error, message", [
     ({"model": 5}, TypeError, "model must be a torch.nn.Module, got int"),
     ({"evaluate": None}, TypeError, "evaluate must be a callable evaluate(model) -> float (higher is better)"),
@@ -76,8 +76,8 @@ def test_loop_argument_boundaries(job):
     assert _pruner(job, view="flatten").view == "flatten"
 
 
-# xǁMPrunerǁaccepts / _bound: the four bounds (absolute / relative, higher or lower is better),
-# met exactly at the bound, and NaN or None never accepted.
+# The accept rule's four bounds (absolute / relative, higher or lower is better), met exactly
+# at the bound, and NaN or None never accepted.
 @pytest.mark.parametrize("mode, higher, bound", [
     ("absolute", True, 0.75), ("relative", True, 0.64), ("absolute", False, 0.85), ("relative", False, 0.96),
 ])
@@ -90,9 +90,9 @@ def test_accepts_at_its_bound(job, mode, higher, bound):
     assert not p.accepts(float("nan")) and not p.accepts(None)
 
 
-# xǁMPrunerǁ_log / step / _plan / _finish: a run's log, line for line: the original metric,
-# each attempt (its k, the removed blocks, the metric, the verdict, the bound), the stop; a
-# rollback of several blocks takes a finer step, and the step stays after an acceptance.
+# A run's log, line for line: the original metric, each attempt (its k, the removed blocks, the
+# metric, the verdict, the bound), the stop; a rollback of several blocks takes a finer step, and
+# the step stays after an acceptance.
 def test_run_log_line_for_line(job, capsys):
     r = _pruner(job, evaluate=_blocks_metric, tolerance=0.035, max_iterations=6, verbose=True).run()
     assert capsys.readouterr().out.splitlines() == [
@@ -106,7 +106,7 @@ def test_run_log_line_for_line(job, capsys):
             for h in r.history] == [(0, 1, [2, 4, 5, 7], False, 8, 4), (1, 2, [2, 4, 7], True, 8, 5),
                                     (2, 2, [2, 4], False, 5, 3)]
     assert r.history[1].removed_names == ["blocks.2", "blocks.4", "blocks.7"]
-    # step_111 / _113 / _118: each record keeps the layer names, clusters and metric it was decided on
+    # each record keeps the layer names, clusters and metric it was decided on
     assert [h.layer_names for h in r.history] == [[f"blocks.{i}" for i in range(n)] for n in (8, 8, 5)]
     assert [h.metric for h in r.history] == [pytest.approx(v) for v in (0.96, 0.97, 0.95)]
     for h in r.history:
@@ -128,8 +128,7 @@ def test_single_rollback_excludes_the_block(job, capsys):
     assert r.stop_reason.endswith("; excluded after rollback: [2])")
 
 
-# xǁMPrunerǁ_plan__mutmut_21 (auto_threshold without the excluded layers): with
-# threshold="auto", each single layer rolled back is left out of the next threshold, which
+# With threshold="auto", each single layer rolled back is left out of the next threshold, which
 # therefore falls to the next most similar pair (0.995 while similar pairs remain, then 0.99,
 # 0.98, 0.96), and no set is tried twice.
 def test_auto_threshold_leaves_out_excluded_layers(job):
@@ -139,16 +138,15 @@ def test_auto_threshold_leaves_out_excluded_layers(job):
     assert [round(h.threshold, 4) for h in r.history] == [0.995] * 5 + [0.99, 0.98, 0.96]
 
 
-# xǁMPrunerǁ_plan__mutmut_29 (cluster_method not passed on): the loop clusters with the method
-# it was given.
+# The loop clusters with the method it was given.
 def test_cluster_method_reaches_the_clusters(job):
     h = _pruner(job, cluster_method="adjacent", max_iterations=1, verbose=False).run().history[0]
     cka = torch.tensor(h.cka)
     assert h.clusters == cluster_layers(cka, h.threshold, "adjacent") != cluster_layers(cka, h.threshold, "anchor")
 
 
-# xǁMPrunerǁ_plan__mutmut_84 (>= for >): max_granularity is the last step tried, not the first
-# refused: with 3, an attempt at k=3 is made; with 2, it is not.
+# max_granularity is the last step tried, not the first refused: with 3, an attempt at k=3 is
+# made; with 2, it is not.
 @pytest.mark.parametrize("max_granularity", [2, 3])
 def test_max_granularity_is_the_last_step_tried(job, max_granularity):
     r = _pruner(job, evaluate=_blocks_metric, threshold=0.95, tolerance=0.025, max_granularity=max_granularity,
@@ -158,8 +156,8 @@ def test_max_granularity_is_the_last_step_tried(job, max_granularity):
     assert r.stop_reason == f"rejected up to max_granularity={max_granularity}"
 
 
-# xǁMPrunerǁ_analyze__mutmut_7..9 / _14 / _15 / _18..20: the analysis gets the loop's block
-# list, view and progress flag, and for a strategy its metric with block inputs.
+# The analysis gets the loop's block list, view and progress flag, and for a strategy its
+# metric with block inputs.
 @pytest.mark.parametrize("select", ["cluster", "contiguous"])
 def test_analysis_gets_the_loops_options(job, monkeypatch, select):
     import mpruner.analysis as analysis
@@ -175,9 +173,7 @@ def test_analysis_gets_the_loops_options(job, monkeypatch, select):
     assert seen == [want]
 
 
-# xǁMPrunerǁ_log__mutmut_4: with progress bars the lines go through tqdm.write, to stdout, the
-# same words. (_log_6 / _8 / _9, flush dropped, are equivalent in one process: flush only
-# decides whether a line still in the buffer is lost when the process is killed.)
+# With progress bars the log lines go through tqdm.write, to stdout, in the same words.
 def test_log_lines_with_progress_bars(job, capsys):
     _pruner(job, evaluate=_blocks_metric, tolerance=0.035, max_iterations=1, verbose=True, progress=True).run()
     assert capsys.readouterr().out.splitlines() == [
@@ -187,10 +183,10 @@ def test_log_lines_with_progress_bars(job, capsys):
     ]
 
 
-# xǁMPrunerǁ_timed__mutmut_2 / _4 and step_84..87: the stage times add up every call (at least
-# the time each call slept, at most the run's wall time), and each attempt records its own
-# fine-tuning time; step_74 (seed - iteration): attempt i fine-tunes from seed + i; step_13:
-# with nothing accepted the final metric is the original one.
+# The stage times add up every call (at least the time each call slept, at most the run's wall
+# time: bounds that hold however loaded the machine), and each attempt records its own
+# fine-tuning time; attempt i fine-tunes from seed + i; with nothing accepted the final metric
+# is the original one.
 def test_stage_times_seeds_and_final_metric(job):
     seeds = []
 
@@ -213,8 +209,8 @@ def test_stage_times_seeds_and_final_metric(job):
     assert r.metric_after == r.metric_before == 1.0
 
 
-# xǁMPrunerǁstep__mutmut_47 / _49 (removable_layers asked without the block list's path): a
-# model with two block containers is pruned in the one named.
+# A model with two block containers is pruned in the one named (removable_layers is asked for
+# that block list's path).
 def test_model_with_two_block_containers(job):
     class Two(nn.Module):
         def __init__(self):
@@ -231,10 +227,9 @@ def test_model_with_two_block_containers(job):
     assert r.history[0].accepted and r.layers_after < 8 and len(r.model.other) == 2
 
 
-# _reset_3 (a shallow copy of the caller's model): evaluate may switch the model to eval mode;
-# the loop's copy is deep, so the caller's modules keep their own mode. _reset_16 / _19 / _22:
-# the stage times start at zero. run_4 / _5 / _7 / _32 / _33: resume without a directory is
-# refused word for word; no stats without example inputs; the result keeps the tolerance.
+# evaluate may switch the model to eval mode; the loop's copy is deep, so the caller's modules
+# keep their own mode. The stage times start at zero; resume without a directory is refused
+# word for word; no stats without example inputs; the result keeps the tolerance.
 def test_loop_copy_times_and_result_fields(job):
     def evaluate(model):
         model.eval()
@@ -252,7 +247,7 @@ def test_loop_copy_times_and_result_fields(job):
     assert str(info.value) == "resume=True needs checkpoint_dir"
 
 
-# _resolve_block_list_8..10: an adapter that finds no block list is refused with the fix.
+# An adapter that finds no block list is refused with the fix.
 def test_no_block_list_found(job, monkeypatch):
     monkeypatch.setattr(loop, "find_blocks", lambda model, path=None: [])
     with pytest.raises(ValueError) as info:
@@ -260,16 +255,15 @@ def test_no_block_list_found(job, monkeypatch):
     assert str(info.value) == "found no block list in this model; pass layers='<attribute path>'"
 
 
-# _resolve_block_list_11..18: a guessed container (layers="auto" on a model no adapter knows)
-# is kept by its path, so the loop still finds it once pruning leaves it a single block (the
-# guess needs two or more).
+# A guessed container (layers="auto" on a model no adapter knows) is kept by its path, so the loop
+# still finds it once pruning leaves it a single block (the guess needs two or more).
 def test_guessed_container_pruned_to_one_block(job):
     r = _pruner(job, layers="auto", evaluate=lambda m: 1.0, threshold=0.5, max_iterations=4, verbose=False).run()
     assert r.layers_after == 1 and len(r.model.blocks) == 1
     assert r.stop_reason.startswith("nothing to remove")
 
 
-# --- xǁMPrunerǁ_plan on hand-made CKA matrices: each branch of the planning, exactly.
+# Planning (MPruner._plan) on hand-made CKA matrices: each branch, exactly.
 def _matrix(size, pairs, rest=0.3):
     c = torch.full((size, size), rest, dtype=torch.float64)
     c.fill_diagonal_(1.0)
@@ -284,10 +278,10 @@ def _plan(job, cka, threshold="auto", excluded=(), rejected=(), granularity=1, m
     return p._plan(cka, set(range(cka.shape[0]))), p
 
 
-# _plan_46 / _54 / _55: with threshold="auto", when the clusters offer only excluded layers
-# (block 1 joined block 0's cluster, so the similar pair (1, 2) is missed), the most similar
-# remaining layer alone is tried: block 2; from block 1 on (block 0 has no predecessor), by
-# its similarity to its predecessor, down to the floor itself (0.9 is enough).
+# With threshold="auto", when the clusters offer only excluded layers (block 1 joined block 0's
+# cluster, so the similar pair (1, 2) is missed), the most similar remaining layer alone is tried:
+# block 2; from block 1 on (block 0 has no predecessor), by its similarity to its predecessor, down
+# to the floor itself (0.9 is enough).
 def test_plan_auto_falls_back_to_the_most_similar_layer(job):
     a = _matrix(4, {(0, 1): 0.992, (0, 2): 0.5, (0, 3): 0.995, (1, 2): 0.99, (1, 3): 0.5, (2, 3): 0.93})
     assert _plan(job, a, excluded=[1])[0] == (0.99, [[0, 1], [2], [3]], [2])
@@ -295,9 +289,9 @@ def test_plan_auto_falls_back_to_the_most_similar_layer(job):
     assert _plan(job, b, excluded=[1])[0] == (0.9, [[0, 1], [2], [3]], [2])
 
 
-# _plan_92 (+= 2) and _88 / _89: with a fixed threshold a rejected set means the next finer
-# step (k = 2: blocks 1 and 3 of the cluster 0..4, not k = 3's 1 and 4); a rejected single
-# block is excluded, and the stop then names it.
+# With a fixed threshold a rejected set means the next finer step (k = 2: blocks 1 and 3 of the
+# cluster 0..4, not k = 3's 1 and 4); a rejected single block is excluded, and the stop then names
+# it.
 def test_plan_fixed_threshold_after_rejections(job):
     c = _matrix(5, {(i, j): 0.99 for i in range(5) for j in range(i + 1, 5)})
     plan, p = _plan(job, c, threshold=0.98, rejected=[[1, 2, 3, 4]])
@@ -308,8 +302,8 @@ def test_plan_fixed_threshold_after_rejections(job):
                    "rollback: [2])" and p._excluded == [2]
 
 
-# _plan_68 / _70 / _74 / _76 / _78: the stop messages word for word, with no note when nothing
-# was excluded, for a fixed threshold and for "auto".
+# The stop messages word for word, with no note when nothing was excluded, for a fixed threshold and
+# for "auto".
 def test_plan_stop_messages(job):
     a = _matrix(4, {(0, 1): 0.992, (1, 2): 0.99, (2, 3): 0.93})
     assert _plan(job, a, threshold=1.0)[0] == "nothing to remove: at threshold 1.0000 (adjacent CKA: 0.9920, " \
@@ -318,15 +312,15 @@ def test_plan_stop_messages(job):
                                             "(adjacent CKA: 0.3000, 0.3000, 0.3000)"
 
 
-# _plan_96 (< for <=): with "auto" a new set at the last allowed step is still tried whole.
+# With "auto" a new set at the last allowed step is still tried whole.
 def test_plan_auto_at_max_granularity(job):
     c = _matrix(5, {(i, j): 0.99 for i in range(5) for j in range(i + 1, 5)})
     assert _plan(job, c, granularity=3)[0] == (0.99, [[0, 1, 2, 3, 4]], [1, 4])
 
 
-# _plan_99 / _101 / _107 / _109 / _113 / _114: with "auto", once a set is rejected the block of
-# it most similar to its predecessor is tried alone (block 1 in the first matrix, block 3 in the
-# second); if that single block was rejected too, it is excluded and planning goes on.
+# With "auto", once a set is rejected the block of it most similar to its predecessor is tried alone
+# (block 1 in the first matrix, block 3 in the second); if that single block was rejected too, it is
+# excluded and planning goes on.
 def test_plan_auto_tries_the_best_single_block(job):
     first = _matrix(4, {(0, 1): 0.999, (0, 2): 0.999, (0, 3): 0.999, (1, 2): 0.995, (1, 3): 0.999, (2, 3): 0.996})
     assert _plan(job, first, rejected=[[1, 3]], granularity=2)[0] == (0.995, [[0, 1, 2, 3]], [1])
@@ -337,14 +331,14 @@ def test_plan_auto_tries_the_best_single_block(job):
     assert p._excluded == [1] and plan[2] == [3]
 
 
-# __init___7 / _13: progress bars and the log are on by default.
+# Progress bars and the log are on by default.
 def test_progress_and_log_on_by_default(job):
     p = MPruner(job[0], job[1], lambda m: 1.0, layers="blocks")
     assert p.progress is True and p.verbose is True
 
 
-# _resolve_block_list_11 / _26: only a guessed (generic) container is pinned by its path; a
-# recognised architecture keeps its adapter, with layers="auto" or named.
+# Only a guessed (generic) container is pinned by its path; a recognised architecture keeps its
+# adapter, with layers="auto" or named.
 def test_recognised_architecture_is_not_pinned_by_path():
     model = tiny_lm("llama")
     for layers in ("auto", mpruner.find_blocks(model)[0].name):
@@ -352,8 +346,8 @@ def test_recognised_architecture_is_not_pinned_by_path():
         assert p._path is None and p.block_list == mpruner.find_blocks(model)[0].name
 
 
-# _resolve_block_list_38 / _39: for a model no adapter can guess, the error says no block list
-# was found ("none") and why the path does not work.
+# For a model no adapter can guess, the error says no block list was found ("none") and why the path
+# does not work.
 def test_unknown_layers_on_an_ambiguous_model(job):
     class Two(nn.Module):
         def __init__(self):

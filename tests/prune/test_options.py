@@ -3,9 +3,9 @@ import mpruner
 from tests.helpers import prune_job
 
 
-# xǁMPrunerǁ_options__mutmut_1..32 (a key renamed, a condition flipped): survived because a run
-# writes and compares its own spelling. The options are state.json's format: a checkpoint
-# written before must still resume, so the keys and when they appear are pinned.
+# The options are state.json's format: a checkpoint written before must still resume, so the
+# keys and when they appear are pinned (a run that writes and compares its own spelling would
+# not notice a key renamed or a condition flipped).
 def test_loop_options_recorded_in_the_checkpoint():
     model, train, _ = prune_job.build()
     calib = [x for x, _ in train]

@@ -6,8 +6,8 @@ import torch.nn as nn
 from mpruner.prune.loop import Iteration, PruneResult
 
 
-# xǁPruneResultǁto_dict__mutmut_1..9 (no test in mutmut's selection: the CLI's JSON report uses
-# it): every field but the model, the history as plain dicts.
+# PruneResult.to_dict (the command line's JSON report): every field but the model, the history
+# as plain dicts.
 def test_prune_result_to_dict():
     it = Iteration(1, 2, 0.9, ["a", "b"], [[1.0, 0.5], [0.5, 1.0]], [[0], [1]], [1], ["b"], 2, 1, 0.8, True)
     r = PruneResult(nn.Linear(1, 1), [it], 0.9, 0.8, 2, 1, 10, 5, 0.01, "absolute", "done", {"total": 1.0})
@@ -17,7 +17,7 @@ def test_prune_result_to_dict():
     _json.dumps(d)  # plain JSON
 
 
-# xǁPruneResultǁsummary: the table and the totals, column for column.
+# PruneResult.summary: the table and the totals, column for column.
 def test_prune_result_summary():
     rows = [Iteration(0, 1, 0.98, ["a", "b", "c"], [], [[0, 1, 2]], [1, 2], ["b", "c"], 3, 1, 0.9, True),
             Iteration(1, 2, 0.975, ["a", "c"], [], [[0, 1]], [], [], 2, 2, None, False)]
@@ -34,6 +34,6 @@ def test_prune_result_summary():
         "stopped  done",
         "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
     ]
-    # xǁPruneResultǁsummary__mutmut_42 (max(2, ...)): the share is of the real count, even of one parameter
+    # the share is of the real count, even of one parameter
     one = PruneResult(None, [], 1.0, 1.0, 1, 1, 1, 1, 0.0, "relative", "x", {})
     assert "params   1 -> 1 (-0.0%)" in one.summary()

@@ -82,8 +82,8 @@ def test_cka_cluster_blocks_picks_within_clusters():
     assert cka_cluster_blocks(cka, 2, {0, 1, 2, 3}) == [1, 2]
 
 
-# prune/loop.py x_MPruner__plan_strategy__mutmut_2 (remaining = n + removed so far): after one
-# block of n=2 is accepted, the next attempt asks for the one block still to go, not three.
+# After one block of n=2 is accepted, the next attempt asks for the one block still to go (n
+# minus what was removed so far), not three.
 def test_strategy_asks_for_what_remains_of_n(tmp_path):
     g = torch.Generator().manual_seed(2)
     calib = [{"input_ids": torch.randint(3, 97, (3, 10), generator=g), "attention_mask": torch.ones(3, 10, dtype=torch.long)}
@@ -96,9 +96,9 @@ def test_strategy_asks_for_what_remains_of_n(tmp_path):
     assert [h.accepted for h in result.history] == [False, True, False]
 
 
-# prune/loop.py x_MPruner__plan_strategy__mutmut_6 (strategies.plan(None, ...): the contiguous
-# rule for every select): two identity blocks apart from each other (zero output projections,
-# Block Influence 0) are lowest-influence's pick; no contiguous run holds both.
+# The loop plans with the strategy it was given, not the contiguous rule for every select: two
+# identity blocks apart from each other (zero output projections, Block Influence 0) are
+# lowest-influence's pick; no contiguous run holds both.
 def test_lowest_influence_is_not_a_contiguous_run():
     model = tiny_lm("llama", layers=6)
     with torch.no_grad():

@@ -53,9 +53,9 @@ def _record_error(tmp_path, record=None, text=None) -> str:
     return str(info.value).replace(repr(str(path / P.WEIGHTS_NAME)), "W")
 
 
-# _record_for_25 / _28 (model_class's key or class), save_pruned_20..26 (mpruner.json's layout),
-# _28..31 (the metadata's "format": "pt", which transformers' safetensors loaders require):
-# the two copies of the record agree, mpruner.json is indent-2 sorted-key JSON (a stable diff).
+# The checkpoint's layout: the record names the model's class; its two copies (mpruner.json and
+# the weights' metadata) agree; mpruner.json is indent-2 sorted-key JSON (a stable diff); the
+# metadata says "format": "pt", which transformers' safetensors loaders require.
 def test_checkpoint_layout(tmp_path):
     pruned = mpruner.remove_layers(Net(), {"blocks": [1]})
     P.save_pruned(pruned, tmp_path)
@@ -67,8 +67,7 @@ def test_checkpoint_layout(tmp_path):
     assert meta["format"] == "pt" and meta[P.METADATA_KEY] == json.dumps(record, indent=2, sort_keys=True)
 
 
-# save_pruned_2 / _3 / _8 / _9 (the messages) and _10 / _12 / _14 (parents=True): a nested
-# directory is created; refusals name what they got.
+# A nested directory is created with its parents; refusals name what they got.
 def test_save_pruned_arguments(tmp_path):
     assert P.save_pruned(Net(), tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert (tmp_path / "a" / "b" / P.WEIGHTS_NAME).is_file()
@@ -81,8 +80,7 @@ def test_save_pruned_arguments(tmp_path):
     assert str(info.value) == f"path {str(tmp_path / 'file')!r} is a file; save_pruned writes a directory"
 
 
-# _record_problem_10 / _11 / _18..20 / _32..42 and the rest of its messages: each malformed
-# field is refused naming the file and the field; a block count of 0 is valid.
+# Each malformed field of a record is refused naming the file and the field, word for word.
 @pytest.mark.parametrize("change, message", [
     ({"adapter": ..., "steps": ...}, "it has no 'adapter', 'steps'"),
     ({"adapter": 5}, "'adapter' must be a string, got 5"),
@@ -148,9 +146,8 @@ def test_read_record_messages(tmp_path):
     assert str(info.value).endswith("); the checkpoint is damaged or was not written by mpruner.save_pruned")
 
 
-# _device_of_4 / _6 / _10..14: a model without parameters or buffers saves and loads (its
-# device falls back to the CPU). (_1 / _7 / _8 / _9, the CPU in place of the model's device,
-# are equivalent on a CPU-only machine; test_surgery's CUDA test covers them on a GPU.)
+# A model without parameters or buffers saves and loads (its device falls back to the CPU;
+# the CUDA test below covers a model on a GPU).
 def test_parameterless_model_round_trip(tmp_path):
     model = nn.Sequential(nn.ReLU(), nn.Tanh(), nn.ReLU())
     P.save_pruned(model, tmp_path)
@@ -300,8 +297,8 @@ def test_reloaded_model_carries_its_record(tmp_path):
     assert ATTRIBUTE not in P.load_pruned(tmp_path / "n", Net).__dict__
 
 
-# load_pruned_15 / _17 (the adapter found without the record's block lists): a model with two
-# block containers, pruned in the one it does not guess, reloads.
+# The adapter is found with the record's block lists: a model with two block containers,
+# pruned in the one it does not guess, reloads.
 def test_reload_of_a_model_with_two_block_containers(tmp_path):
     model = mpruner.remove_layers(_Extra(), {"extra": [0]})
     P.save_pruned(model, tmp_path)
@@ -310,8 +307,8 @@ def test_reload_of_a_model_with_two_block_containers(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
-# read_record_20 / _21 / _30: the error quoted is the reader's own, cut at 120 characters (a
-# damaged header) and 80 (the record's JSON): long enough to say what is wrong, never a page.
+# The error quoted is the reader's own, cut at 120 characters (a damaged header) and 80 (the
+# record's JSON): long enough to say what is wrong, never a page.
 def test_read_record_quotes_errors_cut_short(tmp_path):
     import struct
 
@@ -335,9 +332,8 @@ def test_read_record_quotes_errors_cut_short(tmp_path):
         f"W: the mpruner record in its metadata is not valid JSON ({str(want.value)[:80]})"
 
 
-# surgery/persist.py x__record_for__mutmut_5/6 (the adapter or its block lists lost) and
-# _15.._18 (the keys of the record of a model no adapter recognises garbled): the record a
-# never-pruned model is saved with, for a recognised and an unrecognised model.
+# The record a never-pruned model is saved with names its adapter and block lists, and for a
+# model no adapter recognises has no adapter, no block lists and no steps.
 def test_record_of_a_never_pruned_model(tmp_path):
     from mpruner.surgery.persist import adapter_for, read_record
 
