@@ -4,7 +4,8 @@
              [--kill-at N | --hang-at N] [--kill-rank R] [--timeout S] [--resume]
 
 With --kill-at N, rank R (default: every rank) SIGKILLs itself during its N-th evaluation;
-with --hang-at N it stops answering there (sleeps). --timeout is the process group's.
+with --hang-at N it stops answering there (sleeps until torchrun stops it, however long the
+process group's timeout). --timeout is the process group's, in seconds.
 Rank 0 writes OUT (the result summary and the final weights). The functions model, calib,
 train and evaluate are the same run's factories for ``mpruner prune --model FILE:model ...``.
 """
@@ -50,7 +51,8 @@ def run(ckpt, kill_at=0, kill_rank=None, resume=False, hang_at=0):
             if calls["n"] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if calls["n"] == hang_at:
-                time.sleep(600)
+                while True:  # torchrun stops this rank once another has failed
+                    time.sleep(60)
         return prune_job.accuracy(m, evald)
 
     pruner = mpruner.MPruner(model, [x for x, _ in train], evaluate,

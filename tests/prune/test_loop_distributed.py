@@ -1,10 +1,15 @@
 """The MPruner loop under torchrun (2 gloo ranks on the CPU), fine-tuning by DDP or FSDP:
 the same accepted removals, metric and weights as one process; a killed or hung rank ends the run with a clear error and
-an intact last checkpoint; resume with the same or another number of ranks."""
+an intact last checkpoint; resume with the same or another number of ranks.
+
+No time limit here is a guess at how fast this machine is: the hung rank's process-group
+timeout is a multiple of what a healthy rank takes, measured first on this machine as it is
+loaded now, and the subprocess limits only stop a run that never ends."""
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +22,7 @@ JOB = prune_job_torchrun.__file__
 pytestmark = pytest.mark.slow
 
 
-def torchrun(*args, nproc=2, timeout=300):
+def torchrun(*args, nproc=2, timeout=1800):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
@@ -38,8 +43,21 @@ def assert_same_run(got, ref):
 def reference(tmp_path_factory):
     from tests.helpers import prune_job_torchrun as job
 
+    start = time.perf_counter()
     _, result = job.run(str(tmp_path_factory.mktemp("ref") / "ckpt"))
-    return {"summary": result.to_dict(), "weights": {k: v.tolist() for k, v in result.model.state_dict().items()}}
+    return {"summary": result.to_dict(), "weights": {k: v.tolist() for k, v in result.model.state_dict().items()},
+            "seconds": time.perf_counter() - start}
+
+
+@pytest.fixture(scope="module")
+def healthy_wait(reference):
+    """The longest a healthy rank can keep another waiting at a collective, measured here, now: the
+    ranks start apart by up to one interpreter start (importing torch, mpruner and the job), and
+    between two collectives a rank does at most the whole run's work (the one-process reference)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import tests.helpers.prune_job_torchrun"], env=env, cwd=ROOT, check=True)
+    return time.perf_counter() - start + reference["seconds"]
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
@@ -77,9 +95,14 @@ def test_killed_rank_fails_the_run_then_one_process_resumes(tmp_path, reference)
     assert_same_run(got, reference)
 
 
-def test_hung_rank_times_out_then_two_ranks_resume(tmp_path, reference):
+def test_hung_rank_times_out_then_two_ranks_resume(tmp_path, reference, healthy_wait):
     ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
-    proc = torchrun(JOB, str(ckpt), str(out), "--hang-at", "3", "--kill-rank", "1", "--timeout", "15")
+    # Ten times the longest healthy wait (and at least a minute): a slow, loaded machine cannot
+    # make a healthy collective outlast it, while the hung rank (asleep until torchrun stops it)
+    # always does.
+    timeout = max(60.0, 10 * healthy_wait)
+    proc = torchrun(JOB, str(ckpt), str(out), "--hang-at", "3", "--kill-rank", "1", "--timeout", f"{timeout:.0f}",
+                    timeout=1800 + 3 * timeout)
     assert proc.returncode != 0
     assert "rank 0 of 2 lost another rank (it died, or did not answer within the process group's timeout)" \
         in proc.stderr, proc.stderr[-3000:]
