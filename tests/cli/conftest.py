@@ -1,3 +1,5 @@
+"""Fixtures of the command-line tests: a nets.py of factories, a tiny BERT encoder folder and a
+tiny LLaMA folder (the folders skip their tests where transformers or tokenizers is missing)."""
 import pytest
 import torch
 

@@ -1,7 +1,7 @@
-"""The engine's device (GPU) path, run here on CPU tensors (MPRUNER_ENGINE_PATH=device):
-the composite the GPU takes, with the CPU kernels. Same results as the CPU path, a fixed
-number of ATen calls per update() whatever L is, no host sync per batch (NaN/Inf raise at
-compute(), naming the layer and the batch)."""
+"""The minibatch sums' device (GPU) path (mpruner/engine/minibatch.py), run here on CPU tensors
+(MPRUNER_ENGINE_PATH=device): the composite the GPU takes, with the CPU kernels. Same results
+as the CPU path, a fixed number of ATen calls per update() whatever L is, no host sync per
+batch (NaN/Inf raise at compute(), naming the layer and the batch)."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode

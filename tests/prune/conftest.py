@@ -1,3 +1,4 @@
+"""Fixtures of the pruning tests."""
 import pytest
 
 from tests.helpers import prune_job
