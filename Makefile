@@ -77,7 +77,7 @@ demo: build
 	$(PY) -m mpruner demo $(DEMO_ARGS)
 
 bench: build
-	$(PY) -m pytest benchmarks/ --benchmark-only -q
+	$(PY) -m pytest benchmarks/ tests/bench/ --benchmark-only -q
 
 info: build
 

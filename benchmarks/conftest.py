@@ -1,10 +1,10 @@
-"""pytest-benchmark entry: ``pytest benchmarks/ --benchmark-only [--benchmark-json out.json]``.
+"""pytest-benchmark entry: ``pytest benchmarks/ tests/bench/ --benchmark-only [--benchmark-json out.json]``.
 
-Collects ``bench_*.py`` here as well as ``test_*.py``. The main test run (``pytest``,
-``make test``) collects only ``test_bench_suite.py`` from this directory, with
-``--benchmark-disable``: its correctness checks run once each, untimed. Shared test
-helpers live in importable modules (tests/layer_data.py), never in a conftest, so the
-two conftest modules never shadow each other.
+Collects ``bench_*.py`` here; the suite's rows and the checks of its machinery are
+``tests/bench/test_suite.py``, which the main test run (``pytest``, ``make test``) collects
+with ``--benchmark-disable``: its correctness checks run once each, untimed. Shared test
+helpers live in importable modules (tests/helpers/), never in a conftest, so the two
+conftest modules never shadow each other.
 """
 import pytest
 

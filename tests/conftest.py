@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from layer_data import SEEDS, structured_layers  # noqa: F401  (re-exported for old imports)
+from tests.helpers.layer_data import SEEDS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,7 +50,7 @@ def gen():
 
 @pytest.fixture(params=SEEDS)
 def seeded_gen(request):
-    """Like ``gen``, once per seed in layer_data.SEEDS: for the exactness tests."""
+    """Like ``gen``, once per seed in tests/helpers/layer_data.SEEDS: for the exactness tests."""
     return torch.Generator().manual_seed(request.param)
 
 

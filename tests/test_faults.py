@@ -1,11 +1,9 @@
-"""Faults injected into the pruning loop (tests/faults.py): SIGKILL at every stage and at each
+"""Faults injected into the pruning loop (tests/helpers/faults.py): SIGKILL at every stage and at each
 checkpoint rename, a full disk on every checkpoint write, damaged checkpoints, evaluate and
 finetune raising. After each: the caller's model is unchanged, the last complete checkpoint
 is intact, and resume=True reaches the uninterrupted run's result, weights bitwise."""
-import copy
 import errno
 import json
-import os
 import subprocess
 import sys
 
@@ -15,10 +13,10 @@ import torch
 import mpruner
 from mpruner.prune import checkpoint as ckpt
 
-import faults
-import prune_job
+from tests.helpers import faults
+from tests.helpers import prune_job
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+JOB = prune_job.__file__
 
 
 def _strip(summary):
@@ -28,7 +26,7 @@ def _strip(summary):
 
 
 def _job(ckpt_dir, out, *extra):
-    return subprocess.run([sys.executable, os.path.join(HERE, "prune_job.py"), str(ckpt_dir), str(out), *extra],
+    return subprocess.run([sys.executable, JOB, str(ckpt_dir), str(out), *extra],
                           capture_output=True, text=True, timeout=900)
 
 

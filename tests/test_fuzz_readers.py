@@ -1,4 +1,4 @@
-"""Fuzzing every file reader (tests/fuzz_targets.py) with hypothesis-driven mutations of a
+"""Fuzzing every file reader (tests/helpers/fuzz_targets.py) with hypothesis-driven mutations of a
 valid seed file: each must load, or refuse with its documented error naming the file.
 
 A short seeded run here; tools/fuzz_readers.py runs the same targets for minutes
@@ -12,7 +12,7 @@ pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fuzz_targets as F  # noqa: E402
+from tests.helpers import fuzz_targets as F  # noqa: E402
 
 SLOW = {"checkpoint state.json", "checkpoint weights", "load_pruned weights", "load_pruned record"}
 
@@ -80,24 +80,24 @@ def test_model_factory_specs_parse_or_refuse(spec, tmp_path_factory):
         assert "--model" in str(e) or "zz_no_such_module" in str(e) or isinstance(e, ModuleNotFoundError), str(e)
 
 
-# Inputs the fuzzers found (mutation programs for fuzz_targets.mutate, or whole files), kept
-# as regression tests: each once raised something other than the documented error.
-FOUND = [
+# Malformed inputs (mutation programs for fuzz_targets.mutate, or whole files) that each once
+# raised something other than the documented error; the comment says what that was.
+MALFORMED = [
     ("Analysis.load", b"\x01\x00"),             # undecodable UTF-8: UnicodeDecodeError without the path
     ("read_texts .txt", b"\x01\x00"),           # the same in the text reader
     ("read_texts .csv", b"\x01\x00"),
     ("read_texts .tsv", b"\x01\x00"),
     ("prune --train/--eval CSV", b"\x01\x00"),
     ("prune --train/--eval CSV", b"\x05text,label\nonly-one-field\n"),  # short row: None text
-    ("load_pruned record", b"\xeb\n"),          # (atheris) a record without 'adapter': KeyError
-    ("load_pruned record", b"!1"),               # (atheris) adapter null: the mismatch error lacked the file
+    ("load_pruned record", b"\xeb\n"),          # a record without 'adapter': KeyError
+    ("load_pruned record", b"!1"),               # adapter null: the mismatch error lacked the file
     ("load_pruned record", b"\n="),
-    ("load_pruned record", b"\n(\n("),          # (atheris) a step naming an unknown block list: TypeError
+    ("load_pruned record", b"\n(\n("),          # a step naming an unknown block list: TypeError
 ]
 
 
-@pytest.mark.parametrize("name,program", FOUND, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FOUND)])
-def test_inputs_found_by_fuzzing(seeds, name, program):
+@pytest.mark.parametrize("name,program", MALFORMED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MALFORMED)])
+def test_malformed_inputs_load_or_are_refused_naming_the_file(seeds, name, program):
     work, backup, path, seed = seeds(name)
     F.restore(work, backup)
     assert F.run_one(F.TARGETS[name], path, seed, program) in ("refused", "loaded")

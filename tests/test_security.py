@@ -14,7 +14,7 @@ import mpruner
 from mpruner.analysis.result import Analysis
 from mpruner.prune import checkpoint as ckpt
 
-import prune_job
+from tests.helpers import prune_job
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = sorted(p for d in ("mpruner", "tests", "benchmarks") for p in (ROOT / d).rglob("*.py"))

@@ -1,4 +1,4 @@
-"""Long fuzzing run of every file reader (tests/fuzz_targets.py), with atheris (libFuzzer).
+"""Long fuzzing run of every file reader (tests/helpers/fuzz_targets.py), with atheris (libFuzzer).
 
     python tools/fuzz_readers.py --seconds 120 [--targets "Analysis.load,read_texts .csv"]
 
@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results" / "reliability"
 
 
 def worker(name: str, seconds: int, engine: str) -> None:
-    import fuzz_targets
+    from tests.helpers import fuzz_targets
 
     target = fuzz_targets.TARGETS[name]
     base = Path(tempfile.mkdtemp(prefix="mpruner-fuzz-"))
@@ -58,7 +57,7 @@ def worker(name: str, seconds: int, engine: str) -> None:
 
 
 def main():
-    import fuzz_targets
+    from tests.helpers import fuzz_targets
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=int, default=120, help="per target (%(default)s)")

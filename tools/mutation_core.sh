@@ -5,7 +5,7 @@
 #   (workers, 2), MUTMUT_SECONDS (time limit of the run, default none: the mutants not reached
 #   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue),
 #   MUTMUT_RERUN (with MUTMUT_WORK: re-run its survivors against the current tests; the value
-#   lists test files added since, e.g. "tests/test_mutants_loop.py", or is empty), PYTHON.
+#   lists test files added since, e.g. "tests/prune/test_loop.py", or is empty), PYTHON.
 # Runs in a temporary copy of the tree (mutmut rewrites the sources it mutates), prints the
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
@@ -19,21 +19,22 @@ fi
 # "not slow", would make each mutant minutes); MUTMUT_TESTS overrides them.
 case "${MODULES[0]}" in
   */engine/cka.py|*/engine/reference.py)
-    DEFAULT_TESTS="tests/test_cka_api.py tests/test_accumulator.py tests/test_engine_ops.py tests/test_behaviours.py
-      tests/test_token_cka.py tests/test_rbf_convention.py tests/test_similarity_op.py tests/test_mutants.py
-      tests/test_mutants_engine.py" ;;
+    DEFAULT_TESTS="tests/engine/test_cka.py tests/engine/test_reference.py tests/engine/test_checks.py
+      tests/engine/test_accumulator.py tests/engine/test_ops.py tests/engine/test_token_cka.py
+      tests/engine/test_similarity.py tests/test_stacklevel.py" ;;
   */analysis/result.py)
-    DEFAULT_TESTS="tests/test_behaviours.py tests/test_analysis_io.py tests/test_fuzz_readers.py tests/test_mutants.py
-      tests/test_mutants_analysis.py" ;;
+    DEFAULT_TESTS="tests/analysis/test_result.py tests/analysis/test_plot.py tests/cli/test_analyze.py
+      tests/test_fuzz_readers.py" ;;
   */surgery/persist.py)
-    DEFAULT_TESTS="tests/test_surgery.py tests/test_security.py tests/test_fuzz_readers.py tests/test_behaviours.py
-      tests/test_mutants.py tests/test_mutants_surgery.py" ;;
+    DEFAULT_TESTS="tests/surgery/test_persist.py tests/surgery/test_remove.py tests/adapters/test_cnn.py
+      tests/adapters/test_generic.py tests/test_security.py tests/test_fuzz_readers.py" ;;
   */prune/loop.py)
-    DEFAULT_TESTS="tests/test_prune.py tests/test_behaviours.py tests/test_faults.py tests/test_security.py
-      tests/test_mutants.py tests/test_lm_loop.py tests/test_mutants_loop.py" ;;
-  *)
-    DEFAULT_TESTS="tests/test_behaviours.py tests/test_prune.py tests/test_cka_api.py tests/test_security.py
-      tests/test_faults.py tests/test_fuzz_readers.py tests/test_mutants.py" ;;
+    DEFAULT_TESTS="tests/prune/test_loop.py tests/prune/test_checkpoint.py tests/prune/test_cluster.py
+      tests/prune/test_strategies.py tests/prune/test_options.py tests/prune/test_records.py tests/test_faults.py
+      tests/test_security.py" ;;
+  *)  # prune/cluster.py, prune/checkpoint.py
+    DEFAULT_TESTS="tests/prune/test_cluster.py tests/prune/test_checkpoint.py tests/prune/test_loop.py
+      tests/test_security.py tests/test_faults.py tests/test_fuzz_readers.py" ;;
 esac
 TESTS="$(echo ${MUTMUT_TESTS:-$DEFAULT_TESTS})"  # (echo: one line, single spaces)
 if [ -n "${MUTMUT_WORK:-}" ]; then  # continue an earlier run there: only its unchecked mutants are run
@@ -49,10 +50,12 @@ rerun=()
 if [ -n "${MUTMUT_WORK:-}" ] && [ -n "${MUTMUT_RERUN+set}" ]; then
   # Re-run the earlier run's survivors (and mutants without a test or timed out) against the
   # current tests. Changing mutmut's test selection would discard every verdict, so test files
-  # added since (MUTMUT_RERUN) are imported by test_mutants.py, which the selection holds.
-  cp "$ROOT"/tests/*.py tests/
+  # added since (MUTMUT_RERUN) are imported by the selection's first test file.
+  cp -r "$ROOT"/tests/. tests/
+  first="${TESTS%% *}"
   for f in ${MUTMUT_RERUN}; do
-    echo "from $(basename "$f" .py) import *  # noqa: F401,F403  (added by mutation_core.sh)" >> tests/test_mutants.py
+    module=$(echo "${f%.py}" | tr / .)  # tests/prune/test_loop.py -> tests.prune.test_loop
+    echo "from $module import *  # noqa: F401,F403  (added by mutation_core.sh)" >> "$first"
   done
   mapfile -t rerun < <("$PY" -m mutmut results --all true 2>/dev/null |
     sed -n 's/^ *\([^ ]*\): \(survived\|no tests\|timeout\)$/\1/p')
@@ -73,7 +76,7 @@ pytest_add_cli_args =
     -m
     not slow
     --deselect
-    tests/test_engine_ops.py::test_compile_fullgraph_cka_matrix
+    tests/engine/test_ops.py::test_compile_fullgraph_cka_matrix
     -p
     no:cacheprovider
 also_copy =

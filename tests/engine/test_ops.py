@@ -1,0 +1,150 @@
+"""The raw torch.ops.mpruner operators: opcheck, torch.compile, kernel-level checks."""
+import numpy as np
+import pytest
+import torch
+
+import mpruner
+from mpruner.engine.ops import ops
+
+from tests.helpers import np_reference as NP
+from tests.helpers.layer_data import structured_layers
+
+
+def _grams(gen, L=3, n=21, dtype=torch.float64):
+    return torch.stack([torch.from_numpy(NP.gram(f.numpy())).to(dtype)
+                        for f in structured_layers(gen, n=n, dims=(5, 6, 7, 8)[:L])])
+
+
+def _poison_cuda_allocator(device):
+    # Freed blocks are reused by the caching allocator: outputs a kernel forgets
+    # to write then read as NaN instead of plausible zeros.
+    if device.type == "cuda":
+        torch.full((64 * 2**20,), float("nan"), device=device)
+        torch.cuda.synchronize()
+
+
+OPCHECK_CASES = {
+    "grams": lambda g: ([torch.randn(9, 4, generator=g), torch.randn(9, 6, generator=g)], "linear", 0.5, False),
+    "grams_rbf": lambda g: ([torch.randn(9, 4, generator=g), torch.randn(9, 6, generator=g)], "rbf", 0.7, False),
+    "center_gram": lambda g: (torch.randn(2, 7, 7, generator=g), True),
+    "hsic_matrix": lambda g: (torch.randn(3, 8, 8, generator=g), True),
+    "token_hsic": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), False),
+    "_token_hsic_fused": lambda g: ([torch.randn(3, 9, 5, generator=g), torch.randn(3, 9, 7, generator=g)],
+                                    torch.stack([torch.randperm(9, generator=g) for _ in range(3)]),
+                                    torch.tensor([9, 6, 5]), True, 2**20),
+    "_hsic_partials": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), True),
+    "_center_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.randn(2, 6, generator=g, dtype=torch.float64),
+                                torch.randn(2, generator=g, dtype=torch.float64), False),
+    "_rbf_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.rand(2, generator=g, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPCHECK_CASES))
+def test_opcheck(device, gen, case):
+    if case == "_token_hsic_fused" and device.type != "cpu":
+        pytest.skip("_token_hsic_fused is a CPU kernel; token_cka takes the grouped path on GPUs")
+    args = OPCHECK_CASES[case](gen)
+    args = tuple([a.to(device) for a in x] if isinstance(x, list) else x.to(device) if isinstance(x, torch.Tensor)
+                 else x for x in args)
+    op = getattr(ops, case.replace("_rbf", "") if case == "grams_rbf" else case).default
+    torch.library.opcheck(op, args)
+
+
+def test_compile_fullgraph_cka_matrix(gen):
+    feats = [f.float() for f in structured_layers(gen, n=32)]
+    fn = torch.compile(lambda fs: mpruner.cka_matrix(fs, unbiased=True), fullgraph=True)
+    torch.testing.assert_close(fn(feats), mpruner.cka_matrix(feats, unbiased=True))
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hsic_matrix_reads_only_upper_triangle(device, seeded_gen, unbiased, dtype):
+    grams = _grams(seeded_gen, dtype=dtype)
+    expected = np.array([[NP.hsic(a.double().numpy(), b.double().numpy(), unbiased) for b in grams] for a in grams])
+    poisoned = grams.clone()
+    low = torch.tril(torch.ones(21, 21, dtype=torch.bool), -1)
+    poisoned[:, low] = float("nan")
+    _poison_cuda_allocator(device)
+    got = ops.hsic_matrix(poisoned.to(device), unbiased)
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-6 if dtype == torch.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_token_hsic_ignores_padding(device, seeded_gen, unbiased):
+    L, B, T = 3, 4, 23
+    lengths = torch.tensor([23, 9, 17, 4])
+    grams = torch.full((L, B, T, T), float("nan"), dtype=torch.float64)
+    expected = np.zeros((B, L, L))
+    for b, n in enumerate(lengths.tolist()):
+        g = _grams(seeded_gen, L=L, n=n)
+        grams[:, b, :n, :n] = g
+        expected[b] = [[NP.hsic(x.numpy(), y.numpy(), unbiased) for y in g] for x in g]
+    _poison_cuda_allocator(device)
+    got = ops.token_hsic(grams.to(device), lengths.to(device), unbiased)
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hsic_partials_many_layers_and_rows(device, gen):
+    # Enough layers for several pair groups / register slots and rows for several tiles.
+    L, n = 70, 67
+    x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    grams = torch.stack([(x * (1 + l % 7)) @ (x * (1 + l % 5)).T for l in range(L)])
+    pairs, rows = ops._hsic_partials(grams[:, None].to(device), torch.tensor([n], device=device), True)
+    g = grams.clone()
+    g.diagonal(dim1=1, dim2=2).zero_()
+    torch.testing.assert_close(pairs[0].cpu(), torch.einsum("aij,bij->ab", g, g), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(rows[0].cpu(), g.sum(-1), rtol=1e-12, atol=1e-9)
+
+
+def test_triangular_grams_match_full(device, gen):
+    xs = [torch.randn(300, d, generator=gen).to(device) + 1 for d in (7, 33)]
+    full = ops.grams(xs, "linear", 0.5, False)
+    tri = ops.grams(xs, "linear", 0.5, True)
+    upper = torch.triu(torch.ones(300, 300, dtype=torch.bool, device=device))
+    assert torch.equal(full[:, upper], tri[:, upper])
+    torch.testing.assert_close(full, full.transpose(1, 2))
+
+
+def test_center_apply_and_rbf_kernels(device, gen):
+    g = _grams(gen, L=2, n=9)
+    for unbiased in (False, True):
+        got = mpruner.center_gram(g.to(device), unbiased).cpu()
+        for i in range(2):
+            np.testing.assert_allclose(got[i].numpy(), NP.center(g[i].numpy(), unbiased), atol=1e-10, rtol=0)
+    inv = torch.tensor([0.3, 0.05], dtype=torch.float64)
+    got = ops._rbf_apply(g.to(device), inv.to(device)).cpu()
+    for i in range(2):
+        d = torch.diagonal(g[i])
+        d2 = (d[:, None] + d[None, :] - 2 * g[i]).clamp_min(0)
+        torch.testing.assert_close(got[i], torch.exp(-d2 * inv[i]))
+
+
+def test_build_info():
+    info = mpruner.build_info()
+    assert info["version"] == mpruner.__version__
+    assert set(info) >= {"cuda", "cuda_version", "cuda_archs", "openmp", "openmp_max_threads"}
+    assert info["cuda"] == mpruner.cuda_built()
+
+
+def test_cuda_tensor_without_cuda_build_is_a_clear_error():
+    if mpruner.cuda_built() or not torch.cuda.is_available():
+        pytest.skip("needs a GPU and a CPU-only build")
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        ops.hsic_matrix(torch.randn(2, 5, 5, device="cuda"), False)
+
+
+def test_token_hsic_fused_rejects_bad_arguments(gen):
+    hs = [torch.randn(2, 6, 4, generator=gen), torch.randn(2, 6, 4, generator=gen)]
+    pos, n = torch.arange(6).expand(2, 6), torch.tensor([6, 5])
+    with pytest.raises(RuntimeError, match=r"positions\[1, 2\]=6 is outside \[0, 6\)"):
+        bad = pos.clone()
+        bad[1, 2] = 6
+        ops._token_hsic_fused(hs, bad, n, False, 2**20)
+    with pytest.raises(RuntimeError, match=r"lengths\[0\]=7 is outside"):
+        ops._token_hsic_fused(hs, pos, torch.tensor([7, 5]), False, 2**20)
+    with pytest.raises(RuntimeError, match=r"hidden\[1\] is Double but hidden\[0\] is Float"):
+        ops._token_hsic_fused([hs[0], hs[1].double()], pos, n, False, 2**20)
+    with pytest.raises(RuntimeError, match=r"hidden\[1\] must be \(B, T, D\)"):
+        ops._token_hsic_fused([hs[0], hs[1][:, :5]], pos, n, False, 2**20)
+    with pytest.raises(RuntimeError, match=r"max_gram_bytes must be > 0"):
+        ops._token_hsic_fused(hs, pos, n, False, 0)
