@@ -1,6 +1,6 @@
 """Which blocks of SmolLM2-135M to remove: every block-choice method at n = 4 and n = 8.
 
-    python benchmarks/bench_lm_select.py [--quick] [--calib-windows 8] [--heldout-texts 50]
+    python benchmarks/bench_lm_select.py [--quick] [--calib-windows 16] [--heldout-texts 50]
 
 For every method of ``mpruner.lm.choose_blocks`` (and MPruner's CKA clusters for reference):
 the chosen blocks, the held-out perplexity ratio unhealed, the same with the removed runs
@@ -74,7 +74,7 @@ def load(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--calib-windows", type=int, default=8, help="calibration windows of --seq-len tokens")
+    p.add_argument("--calib-windows", type=int, default=16, help="calibration windows of --seq-len tokens")
     p.add_argument("--replace-windows", type=int, default=64,
                    help="windows the linear replacement is fitted on (it needs >= 8 tokens per dimension)")
     p.add_argument("--seq-len", type=int, default=128)

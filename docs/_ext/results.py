@@ -314,6 +314,35 @@ def lm_demo_table() -> str:
                "|---|---|---:|---:|---:|")
 
 
+def lm_select_table(n: int) -> str:
+    """Every block-choice method at one n (lm_select.json): blocks, perplexity ratios, seconds."""
+    d = j("lm_select.json")
+    rows = []
+    for r in d["choices"]:
+        if r["n"] != n:
+            continue
+        b = (lambda s: f"**{s}**") if r["method"] == d["auto"] else (lambda s: s)
+        rows.append([b(r["method"]), _runs(r["blocks"]), b(x(r["ratio_unhealed"])),
+                     "–" if r["ratio_linear"] is None else x(r["ratio_linear"]), f"{r['seconds']:.0f} s"])
+    return _md(["method", "removed blocks", "unhealed / original", "linear replacement", "choice took"], rows,
+               "|---|---|---:|---:|---:|")
+
+
+SIGNAL_LABELS = {"cka": "1 − normalized CKA(input, output)", "influence": "Block Influence",
+                 "angular": "angular distance", "update": "relative update norm", "loo": "leave-one-out loss"}
+
+
+def lm_signal_table() -> str:
+    """Each per-block signal's Spearman correlation with the single-block damage (lm_select.json)."""
+    d = j("lm_select.json")
+    rows = []
+    for name, rho in sorted(d["spearman"].items(), key=lambda kv: -kv[1]):
+        base, _, variant = name.partition("-skip-first")
+        label = SIGNAL_LABELS.get(base.rstrip("-"), name) + (", first token left out" if "-skip-first" in name else "")
+        rows.append([label, f"{rho:.3f}"])
+    return _md(["signal (blocks 1–28)", "Spearman ρ with the single-block damage"], rows, "|---|---:|")
+
+
 def _runs(indices: List[int]) -> str:
     """[3, 4, 5, 8] -> '3–5, 8'."""
     out, start = [], None
@@ -405,6 +434,13 @@ def mutation_table() -> str:
     return _md(["module", "before the new tests", "after the new tests (last run)"], rows)
 
 
+def lm_select_goal(key: str) -> str:
+    g = j("lm_select.json").get("goals", {}).get(key)
+    if g is None:
+        return "not measured"
+    return f"{g['value']:.3f} against {g['goal']}: {'met' if g['met'] else 'not met'}"
+
+
 def namespace() -> Dict:
     """Everything a results template may use."""
     names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md",
@@ -412,7 +448,7 @@ def namespace() -> Dict:
              "profile_shares", "engine_table", "hook_table", "versions_table", "profile_table", "analysis_table",
              "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table",
              "pipeline_table", "pipeline_row", "pipeline_label", "fuzz_total", "fuzz_table", "property_total", "properties_table",
-             "mutation_table")
+             "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal")
     g = globals()
     return {n: g[n] for n in names}
 

@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
+import mpruner
+
 from mpruner.analysis import Analysis, analyze
 from tests.helpers import np_reference as R
+from tests.helpers.lm_blocks import IDENTITY, batches, massive, planted
 from tests.helpers.analysis_models import TokenNet, minibatch_reference, mlp, token_batches
 
 torch.set_num_threads(1)
@@ -257,3 +260,26 @@ def test_layer_that_does_not_run_or_runs_twice(gen):
         analyze(model, batches, layers="layers", forward=twice, progress=False)
     for m in model.modules():
         assert not m._forward_hooks
+
+
+# ---------------------------------------------------------------- normalize (decoder LMs' residual stream)
+def test_normalized_cka_sees_past_a_massive_dimension():
+    model = massive(planted("llama", layers=5))
+    data = batches(pad=False)
+    for b in data:
+        b["input_ids"][:, ::4] = 5  # the massive token appears in every sequence
+    raw = mpruner.analyze(model, data, view="tokens", normalize=None, progress=False)
+    norm = mpruner.analyze(model, data, view="tokens", progress=False)
+    assert norm.options["normalize"] == "rms" and raw.options["normalize"] is None  # decoder LM: rms by default
+    assert 1 - float(raw.adjacent().min()) < 1e-4  # saturated: every block looks redundant
+    adjacent = norm.adjacent()
+    assert float(adjacent[IDENTITY - 1]) == pytest.approx(1.0, abs=1e-9)  # the planted block is found ...
+    assert 1 - float(torch.cat([adjacent[:IDENTITY - 1], adjacent[IDENTITY:]]).max()) > 1e-3  # ... and told apart
+
+
+def test_normalize_is_off_by_default_for_other_models():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Linear(6, 6))
+    a = mpruner.analyze(net, [torch.randn(8, 6)], layers="", progress=False)
+    assert a.options["normalize"] is None
+    with pytest.raises(ValueError, match="normalize must be 'auto', 'rms' or None"):
+        mpruner.analyze(net, [torch.randn(8, 6)], layers="", normalize="l2", progress=False)

@@ -1,7 +1,10 @@
 """Analysis.plot: the heatmap (mpruner/analysis/plot.py), its labels and cluster outlines."""
 import pytest
 
+import mpruner
+
 from tests.helpers.analysis_models import example
+from tests.helpers.lm_blocks import planted, sampled
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -24,3 +27,17 @@ def test_plot_heatmap(tmp_path):
             a.plot(None, clusters=bad)
     with pytest.raises(ValueError, match="cross-model"):
         example(cross=True).plot(None, clusters=[[0, 1]])
+
+
+def test_angular_heatmap_is_labelled_with_its_metric(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mpruner.analysis.plot import plot_analysis
+
+    pytest.importorskip("transformers")
+    model = planted("llama", layers=6)
+    data = sampled(model, n=1)
+    a = mpruner.analyze(model, data, metric="angular", progress=False)
+    fig = plot_analysis(a, str(tmp_path / "a.png"))
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "angular distance (arccos cos / π)" in labels and "CKA" not in labels
+    assert "angular distance" in fig.axes[0].get_title()

@@ -1,8 +1,5 @@
 """mpruner.lm.linear_replacement: a fitted linear map folded into the previous block's MLP output
 projection stands in for a removed run; the model stays a plain Hugging Face model."""
-import os
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
@@ -10,12 +7,10 @@ import torch.nn as nn
 from mpruner.lm import linear_replacement
 from mpruner.lm.replace import _NormalEquations, _fold, runs
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-transformers = pytest.importorskip("transformers")
-from test_select import batches, planted, state  # noqa: E402
+from tests.helpers.lm_blocks import batches, planted, state
+from tests.helpers.tiny_lms import tiny_lm
 
-from _tiny_lms import tiny_lm  # noqa: E402
+transformers = pytest.importorskip("transformers")
 
 
 def logits(model, data):

@@ -2,8 +2,6 @@
 loss-driven methods equal brute force, normalized CKA sees past a massive dimension, and bad
 input is refused before any long work, the caller's model untouched."""
 import math
-import os
-import sys
 
 import pytest
 import torch
@@ -12,55 +10,10 @@ import mpruner
 from mpruner.lm import choose_blocks, rank_blocks
 from mpruner.lm.select import METHODS
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers.lm_blocks import IDENTITY, batches, planted, sampled, state
+from tests.helpers.tiny_lms import VOCAB, tiny_lm
+
 pytest.importorskip("transformers")
-from _tiny_lms import VOCAB, tiny_lm  # noqa: E402
-
-IDENTITY = 2  # the planted redundant block
-
-
-def batches(seed=0, n=3, batch=4, tokens=16, pad=True):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(3, VOCAB, (batch, tokens), generator=g)
-        mask = torch.ones_like(ids)
-        if pad:
-            mask[0, -5:] = 0  # padding on one sequence: never read
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
-
-
-def planted(family, layers=5, identity=IDENTITY, seed=0):
-    """A tiny LM whose block ``identity`` is exactly the identity (no attention, no MLP output)."""
-    model = tiny_lm(family, layers=layers, seed=seed)
-    block = model.model.layers[identity] if hasattr(model, "model") else model.transformer.h[identity]
-    with torch.no_grad():
-        for name, p in block.named_parameters():
-            if name.endswith(("o_proj.weight", "down_proj.weight", "c_proj.weight", "c_proj.bias")):
-                p.zero_()
-    return model
-
-
-def sampled(model, seed=0, n=3, batch=4, tokens=16, temperature=0.3):
-    """Batches sampled from the model itself at a low temperature: the full model predicts them
-    best, so removing a block that does anything raises the loss, as on real text for a trained
-    model (a random tiny LM's near-uniform predictions would leave that to chance)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.randint(3, VOCAB, (batch, 1), generator=g)
-            for _ in range(tokens - 1):
-                probs = (model(input_ids=ids).logits[:, -1] / temperature).softmax(-1)
-                ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], dim=1)
-            out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    return out
-
-
-def state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("method", METHODS)
@@ -115,36 +68,6 @@ def test_protect_keeps_the_ends_and_an_explicit_list():
     assert 0 not in choose_blocks(model, data, 2, method="update", progress=False)
     assert 0 in choose_blocks(model, data, 1, method="update", protect=None, progress=False)
     assert choose_blocks(model, data, 2, method="update", protect=[0, 1, 4], progress=False) == [2, 3]
-
-
-def massive(model, token=5, dim=3, value=2e4):
-    """Plants a massive activation: one token's embedding has one huge dimension, which the
-    residual stream carries through every block (Sun et al. 2024)."""
-    with torch.no_grad():
-        model.get_input_embeddings().weight[token, dim] = value
-    return model
-
-
-def test_normalized_cka_sees_past_a_massive_dimension():
-    model = massive(planted("llama", layers=5))
-    data = batches(pad=False)
-    for b in data:
-        b["input_ids"][:, ::4] = 5  # the massive token appears in every sequence
-    raw = mpruner.analyze(model, data, view="tokens", normalize=None, progress=False)
-    norm = mpruner.analyze(model, data, view="tokens", progress=False)
-    assert norm.options["normalize"] == "rms" and raw.options["normalize"] is None  # decoder LM: rms by default
-    assert 1 - float(raw.adjacent().min()) < 1e-4  # saturated: every block looks redundant
-    adjacent = norm.adjacent()
-    assert float(adjacent[IDENTITY - 1]) == pytest.approx(1.0, abs=1e-9)  # the planted block is found ...
-    assert 1 - float(torch.cat([adjacent[:IDENTITY - 1], adjacent[IDENTITY:]]).max()) > 1e-3  # ... and told apart
-
-
-def test_normalize_is_off_by_default_for_other_models():
-    net = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Linear(6, 6))
-    a = mpruner.analyze(net, [torch.randn(8, 6)], layers="", progress=False)
-    assert a.options["normalize"] is None
-    with pytest.raises(ValueError, match="normalize must be 'auto', 'rms' or None"):
-        mpruner.analyze(net, [torch.randn(8, 6)], layers="", normalize="l2", progress=False)
 
 
 def test_bad_input_is_refused_before_any_work():

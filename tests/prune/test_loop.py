@@ -35,7 +35,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
     ({"max_granularity": 0}, ValueError, "max_granularity must be an integer >= 1, got 0"),
     ({"max_granularity": 1.0}, ValueError, "max_granularity must be an integer >= 1, got 1.0"),
     ({"max_iterations": 0}, ValueError, "max_iterations must be an integer >= 1, got 0"),
-    ({"select": "x"}, ValueError, "select must be one of ('cluster', 'lowest-influence', 'contiguous'), got 'x'"),
+    ({"select": "x"}, ValueError, "select must be one of ('cluster', 'lowest-influence', 'contiguous', 'cka', "
+                                  "'influence', 'angular', 'update', 'loo', 'greedy', 'auto'), got 'x'"),
+    ({"replace": "cubic"}, ValueError, "replace must be one of (None, 'linear'), got 'cubic'"),
     ({"n": 1}, ValueError, "n / target_layers apply to select='lowest-influence' or 'contiguous'; "
                            "select='cluster' removes what the CKA clusters give"),
     ({"target_layers": 2}, ValueError, "n / target_layers apply to select='lowest-influence' or 'contiguous'; "

@@ -6,6 +6,7 @@ import torch
 
 import mpruner
 
+from tests.helpers.lm_blocks import IDENTITY, planted, sampled
 from tests.helpers.tiny_lms import tiny_lm
 
 
@@ -111,3 +112,29 @@ def test_lowest_influence_is_not_a_contiguous_run():
     result = mpruner.MPruner(model, calib, evaluate=lambda m: 1.0, select="lowest-influence", n=2,
                              progress=False).run()
     assert result.history[0].removed == [1, 4] and result.layers_after == 4
+
+
+# ---------------------------------------------------------------- ranking selections of mpruner.lm, replace='linear'
+def test_mpruner_takes_a_ranking_method_and_linear_replacement():
+    model = planted("llama", layers=5)
+    data = sampled(model, n=5)  # 320 tokens: the fitted 32 x 32 map has 10 per dimension
+    from mpruner.evaluation.loss import causal_lm_nll
+
+    def loss(m):
+        total, count = causal_lm_nll(m, data)
+        return total / count
+
+    result = mpruner.MPruner(model, data, loss, select="loo", n=1, replace="linear", higher_is_better=False,
+                             tolerance=0.5, progress=False, verbose=False).run()
+    assert result.history[0].removed == [IDENTITY] and result.history[0].accepted
+    assert result.history[0].similarity == "angular" and result.history[0].report()["score"] == \
+        result.history[0].threshold
+    assert result.layers_after == 4 and result.metric_after == pytest.approx(result.metric_before, abs=1e-6)
+
+
+def test_replace_is_refused_up_front_for_a_model_without_a_foldable_projection():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="replace='linear' folds .* declares none"):
+        mpruner.MPruner(net, [torch.randn(8, 4)], lambda m: 1.0, layers="", replace="linear", select="update", n=1)
+    with pytest.raises(ValueError, match="replace must be one of"):
+        mpruner.MPruner(net, [torch.randn(8, 4)], lambda m: 1.0, layers="", replace="quadratic")
