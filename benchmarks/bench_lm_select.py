@@ -37,6 +37,7 @@ from mpruner.lm.signals import block_signals  # noqa: E402
 from mpruner.lm.select import AUTO, METHODS  # noqa: E402
 from mpruner.prune.strategies import cka_cluster_blocks  # noqa: E402
 
+SWEEP_WINDOWS = (8, 64, 256)  # the linear replacement of auto's n = 8 choice, fitted on more and more tokens
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -62,14 +63,13 @@ def load(args):
     path = data.smollm2(progress=False)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    windows_needed = max(args.calib_windows, args.replace_windows)
+    windows_needed = max(args.calib_windows, args.replace_windows, max(SWEEP_WINDOWS))
     train = data.wikipedia_summaries("train", limit=windows_needed * args.seq_len // 40 + 20)
     windows = data.lm_batches(train, tok, seq_len=args.seq_len, batch_size=args.batch_size)
     windows = [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in windows]
     calib = windows[: max(1, args.calib_windows // args.batch_size)]
-    fit = windows[: max(1, args.replace_windows // args.batch_size)]
     held = data.corpus_ids(data.wikipedia_summaries("test", limit=args.heldout_texts), tok)
-    return model, tok, calib, fit, held
+    return model, tok, calib, windows, held
 
 
 def main(argv=None):
@@ -87,7 +87,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.methods, args.heldout_texts, args.calib_windows, args.replace_windows = "2", "cka,loo", 6, 4, 8
-    model, tok, calib, fit, held = load(args)
+    model, tok, calib, windows, held = load(args)
+    fit = windows[: max(1, args.replace_windows // args.batch_size)]
     blocks = model.model.layers
     ppl = lambda m: mpruner.perplexity(m, held, seq_len=256, batch_size=8, tokenizer=tok,  # noqa: E731
                                        progress=False).perplexity
@@ -142,6 +143,16 @@ def main(argv=None):
             print(f"  n={n} {method:<13} {chosen}  unhealed {unhealed:.3f}x  linear "
                   f"{'-' if replaced is None else f'{replaced:.3f}x'}  ({seconds:.0f} s)", flush=True)
             save()
+    auto8 = next((r for r in result["choices"] if r["n"] == 8 and r["method"] == AUTO), None)
+    if auto8 is not None and auto8["blocks"][0] > 0:
+        result["replacement_tokens"] = []
+        for w in SWEEP_WINDOWS:
+            part = windows[: max(1, w // args.batch_size)]
+            tokens = int(sum(b["attention_mask"].sum() for b in part))
+            ratio = ppl(linear_replacement(model, auto8["blocks"], part)) / base
+            result["replacement_tokens"].append({"tokens": tokens, "ratio_linear": ratio})
+            print(f"  linear replacement of {auto8['blocks']} from {tokens} tokens: {ratio:.3f}x", flush=True)
+        save()
     if not args.quick:
         damage = []
         for i in range(len(blocks)):
