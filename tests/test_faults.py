@@ -68,6 +68,31 @@ def test_sigkill_then_resume_reaches_the_same_result(reference, tmp_path, point,
     assert got["weights"] == reference["weights"]  # bitwise: JSON floats round-trip exactly
 
 
+# (kill point, pass, the loop's fine-tuning steps in the resumed process) with the healing state
+# written after every step but an attempt's last: build() takes 24 steps, each attempt 8. Step 35
+# is attempt 1's third, after 2 saved states: 6 steps when resumed. Healing write 11 is attempt 1's
+# fourth (attempt 0 writes 7): killed before its rename, the state after step 3 stands: 5 steps.
+HEALING_KILLS = [("finetune step", 35, 6), ("healing state write, before rename", 11, 5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,n,steps", HEALING_KILLS, ids=[f"{p}-{n}" for p, n, _ in HEALING_KILLS])
+def test_a_killed_healing_resumes_from_its_own_checkpoint(reference, tmp_path, point, n, steps):
+    """The resumed run takes only the steps the killed healing had not checkpointed, and ends with
+    the uninterrupted run's result, bitwise."""
+    every = ("--heal-every", "0")
+    proc = _job(tmp_path / "ck", tmp_path / "out.json", "--kill-in", f"{point}:{n}", *every)
+    assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
+    assert (tmp_path / "ck" / "healing.pt").is_file()
+    proc = _job(tmp_path / "ck", tmp_path / "out.json", "--resume", *every)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert _strip(got["summary"]) == _strip(reference["summary"])
+    assert got["weights"] == reference["weights"]
+    assert reference["steps"] == 8 + 8 and got["steps"] == steps  # not the 8 of a healing started over
+    assert not (tmp_path / "ck" / "healing.pt").exists()  # removed once the healing finished
+
+
 # ---------------------------------------------------------------- in-process faults
 @pytest.fixture(scope="module")
 def task():

@@ -21,6 +21,7 @@ ALLOWED = {
     "stacklevel": set(),
     "moved": set(),            # old import paths, resolved by name at run time
     "progress": set(),
+    "hardware": set(),         # what the CPU can do, read at run time
     "engine": BASE,
     "adapters": BASE,
     "data": set(),
@@ -28,7 +29,7 @@ ALLOWED = {
     "analysis": BASE | {"engine", "adapters", "data", "distributed", "moved"},
     "surgery": BASE | {"adapters"},
     "evaluation": BASE | {"adapters", "data", "distributed"},
-    "training": BASE | {"adapters"},
+    "training": BASE | {"adapters", "surgery", "hardware"},
     "sparsity": BASE | {"adapters", "analysis"},
     "width": BASE | {"adapters", "surgery"},
     "prune": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
@@ -36,9 +37,9 @@ ALLOWED = {
     "lm": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "data", "distributed"},
     "bench": BASE | {"engine"},
     "demos": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
-                     "distributed", "prune", "lm", "progress"},
+                     "distributed", "prune", "lm", "progress", "hardware"},
     "cli": BASE | {"engine", "adapters", "analysis", "surgery", "training", "evaluation", "sparsity", "width", "data",
-                   "distributed", "prune", "lm", "bench", "demos", "progress"},
+                   "distributed", "prune", "lm", "bench", "demos", "progress", "hardware"},
 }
 MAX_LINES = 400  # a module longer than this does more than one job
 

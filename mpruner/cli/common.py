@@ -155,3 +155,15 @@ def check_resume(args) -> None:
     if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint", "state.json")):
         raise ValueError(f"--resume: there is no checkpoint in {os.path.join(args.out, 'checkpoint')} to continue "
                          f"from; run without --resume to start, or pass the --out of the interrupted run")
+
+
+# --tolerance's default depends on the metric: one accuracy point, or 10% more perplexity.
+TOLERANCE_DEFAULTS = {"accuracy": 0.01, "perplexity": 0.1}
+
+
+def tolerance_of(args) -> float:
+    """--tolerance, or its default for the metric that judges this run."""
+    if args.tolerance is not None:
+        return args.tolerance
+    causal = getattr(args, "task", "classification") == "causal-lm"
+    return TOLERANCE_DEFAULTS["perplexity" if causal else "accuracy"]

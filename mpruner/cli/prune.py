@@ -10,7 +10,7 @@ import textwrap
 from ..progress import no_library_bars
 from ..prune.options import TOLERANCE_MODES, flags as option_flags, option
 from .common import (auto_layers, check_out_dir, check_resume, check_source, cli_message, is_factory, load_factory,
-                     positive_int, threshold_value, tolerance_value)
+                     positive_int, threshold_value, tolerance_of, tolerance_value)
 
 PRUNE_EXAMPLES = """examples:
   mpruner prune --model ./my-bert-classifier --calib calib.txt --train train.csv --eval test.csv --out runs/bert
@@ -35,6 +35,11 @@ def _loop_options(p):
     g = p.add_argument_group("the MPruner loop")
     for name, parse in LOOP_OPTIONS.items():
         field = option(name)
+        if name == "tolerance":
+            g.add_argument(field.metadata["flag"], default=None, **parse,
+                           help=field.metadata["doc"] + " (default: 0.01 absolute for accuracy, i.e. one point; 0.1 "
+                                "relative for perplexity, i.e. at most 10%% above the original's)")
+            continue
         g.add_argument(field.metadata["flag"], default=field.default, **parse,
                        help=field.metadata["doc"] + ("; also seeds a new classification head and recovery fine-tuning"
                                                      if name == "seed" else "") + " (default: %(default)s)")
@@ -268,11 +273,14 @@ def cmd_prune(args) -> int:
         if wants_stages(args):
             return run_pipeline(args, model, calib, evaluate, finetune, layers)
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers, **options,
-                         threshold=args.threshold, tolerance=args.tolerance,
+                         threshold=args.threshold, tolerance=tolerance_of(args),
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,
                          max_iterations=args.max_iterations, view=args.view, seed=args.seed,
                          checkpoint_dir=os.path.join(args.out, "checkpoint"), progress=not args.no_progress)
-        result = pruner.run(resume=args.resume)
+        try:
+            result = pruner.run(resume=args.resume)
+        except KeyboardInterrupt:
+            return interrupted(args, pruner)
         if not pruner.ranks.is_main:  # rank 0 writes the report
             return 0
         summary = write_report(result, args.out, extra={"model_source": args.model}, tokenizer=tokenizer)
@@ -281,4 +289,39 @@ def cmd_prune(args) -> int:
         return 1
     print(result.summary())
     print(f"wrote {args.out}: summary.json, history.json, heatmaps, model/ ({summary['model_saved_with']})")
+    if result.nothing_removed():
+        print(f"mpruner prune: {result.nothing_removed()}")  # the last line says why
     return 0
+
+
+def resume_command(argv=None) -> str:
+    """The command line that continues this run: the same one, with --resume."""
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["mpruner"] + argv)
+
+
+def interrupted(args, pruner) -> int:
+    """Ctrl-C: what the checkpoint holds and the exact command that resumes it (exit status 130)."""
+    from ..training.healing_state import FILE
+
+    if not pruner.ranks.is_main:
+        return 130
+    directory = os.path.join(args.out, "checkpoint")
+    state = os.path.join(directory, "state.json")
+    lines = ["", "mpruner prune: interrupted."]
+    if os.path.isfile(state):
+        accepted = sum(1 for h in pruner.history if h.accepted)
+        lines.append(f"  saved in {directory}: the model after {accepted} accepted removal(s) "
+                     f"({pruner._num_layers(pruner.model)} of {pruner.layers_before} blocks) and the state of "
+                     f"{len(pruner.history)} finished attempt(s)")
+    else:
+        lines.append(f"  nothing was finished yet, so {directory} holds no checkpoint: --resume starts over")
+    if os.path.isfile(os.path.join(directory, FILE)):
+        lines.append(f"  and the healing in progress ({os.path.join(directory, FILE)}): it continues where it stopped")
+    lines.append(f"  resume with: {resume_command()}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return 130

@@ -2,15 +2,35 @@
 
 The text file (``--data``, one document per line) is split in file order: the last
 ``--heldout`` lines (default 10%) are the perplexity text, the rest feeds the analysis
-(calibration windows) and the healing (LoRA with ``--lora-r``, or full fine-tuning with
-``--lora-r 0``; none without ``--max-steps``).
+(calibration windows) and the healing (distillation from the original model, by default, with
+LoRA adapters, the blocks around each cut, the last blocks, or everything: ``--heal-train``), for
+``--heal-tokens`` tokens or ``--max-steps`` steps per attempt (no healing without either).
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 from ..prune.options import option
 from ..prune.strategies import SELECTIONS
+
+
+def token_count(value: str) -> int:
+    from ..training.budget import parse_tokens
+
+    try:
+        return parse_tokens(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def train_mode(value: str) -> str:
+    from ..training.partial import check_train
+
+    try:
+        return check_train(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_lm_options(p) -> None:
@@ -34,6 +54,19 @@ def add_lm_options(p) -> None:
     g.add_argument("--heldout", type=float, default=0.1, help="fraction of --data lines for perplexity (default: %(default)s)")
     g.add_argument("--calib-windows", type=int, default=32, help="windows for the analysis (default: %(default)s)")
     g.add_argument("--lora-r", type=int, default=8, help="LoRA rank for healing; 0: full fine-tuning (default: %(default)s)")
+    g.add_argument("--heal-tokens", type=token_count,
+                   help="healing budget of each attempt in real tokens, e.g. 300k or 1.5M; turns healing on (as "
+                        "--max-steps does); the bar shows tokens/s and the ETA (default: none)")
+    g.add_argument("--heal-train", type=train_mode,
+                   help="what healing trains: lora (adapters, rank --lora-r), all, around-cuts (the kept blocks next "
+                        "to each cut, plus the norms) or last:K (the last K blocks, final norm, LM head) (default: "
+                        "lora, or all with --lora-r 0)")
+    g.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                   help="heal by distillation from the original model (KL divergence to its next-token "
+                        "distribution, temperature 2) rather than by the plain next-token loss (default: on)")
+    g.add_argument("--heal-checkpoint-every", type=float, default=300.0,
+                   help="seconds between checkpoints of the healing in progress in --out/checkpoint, so a killed "
+                        "run resumes losing at most that (default: %(default)s)")
 
 
 def build_causal_lm(args):
@@ -75,13 +108,23 @@ def build_causal_lm(args):
                           progress=progress).perplexity
 
     finetune = None
-    if args.max_steps:
-        lora = None if args.lora_r == 0 else dict(r=args.lora_r, alpha=2 * args.lora_r)
+    if args.max_steps or args.heal_tokens:
+        train = args.heal_train or ("all" if args.lora_r == 0 else "lora")
+        if args.heal_train == "lora" and args.lora_r == 0:
+            raise ValueError("--heal-train lora needs a LoRA rank: --lora-r 8 (or another value >= 1)")
+        lora = dict(r=args.lora_r, alpha=2 * args.lora_r) if train == "lora" else None
         if lora is not None and getattr(args, "fsdp", False):
             raise ValueError("--fsdp shards full fine-tuning; LoRA healing trains only small adapters: "
-                             "pass --lora-r 0 with --fsdp, or drop --fsdp")
-        finetune = Finetuner(windows, epochs=args.epochs, lr=args.lr, max_steps=args.max_steps, progress=progress,
-                             lora=lora, fsdp=True if getattr(args, "fsdp", False) else None, seed=args.seed)
+                             "pass --heal-train all (or --lora-r 0) with --fsdp, or drop --fsdp")
+        epochs = args.epochs
+        if args.heal_tokens:  # passes over the windows enough for the budget
+            tokens = sum(int(b["attention_mask"].sum()) for b in windows)
+            epochs = max(epochs, -(-args.heal_tokens // max(1, tokens)))
+        finetune = Finetuner(windows, epochs=epochs, lr=args.lr, max_steps=args.max_steps, progress=progress,
+                             train=train, lora=lora, fsdp=True if getattr(args, "fsdp", False) else None,
+                             seed=args.seed, max_tokens=args.heal_tokens,
+                             distill=dict(teacher=model) if args.distill else None,
+                             checkpoint_every=args.heal_checkpoint_every)
     options = dict(higher_is_better=False, select=args.select, replace=args.replace)
     if args.select != "cluster":
         options.update(n=args.n, target_layers=args.target_layers)

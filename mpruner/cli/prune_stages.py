@@ -21,12 +21,13 @@ def wants_stages(args) -> bool:
 
 def run_pipeline(args, model, calib, evaluate, finetune, layers=None) -> int:
     from ..prune.pipeline import Pipeline, write_pipeline_report
+    from .common import tolerance_of
 
     calib = list(calib)
     depth_kwargs = dict(layers=args.layers if layers is None else layers, threshold=args.threshold if args.threshold == "auto" else float(args.threshold),
                         max_granularity=args.max_granularity, max_iterations=args.max_iterations, view=args.view)
     pipe = Pipeline(model, calib, evaluate, finetune=finetune, depth=not args.no_depth, width=args.width,
-                    sparsity=args.sparsity, pattern=args.pattern, tolerance=args.tolerance,
+                    sparsity=args.sparsity, pattern=args.pattern, tolerance=tolerance_of(args),
                     tolerance_mode=args.tolerance_mode, checkpoint_dir=os.path.join(args.out, "checkpoint"),
                     example_inputs=calib[0], progress=not args.no_progress, depth_kwargs=depth_kwargs,
                     seed=args.seed)

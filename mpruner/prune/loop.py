@@ -1,6 +1,7 @@
 """The MPruner loop: analyse -> cluster -> remove -> fine-tune -> evaluate -> accept or roll back."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -53,7 +54,9 @@ class MPruner(AttemptPlanning):
         tolerance: allowed metric drop against the ORIGINAL model's metric.
         tolerance_mode: ``"absolute"`` (metric >= before - tolerance) or ``"relative"``
             (metric >= before * (1 - tolerance)); with ``higher_is_better=False`` the bounds
-            are metric <= before + tolerance and metric <= before * (1 + tolerance).
+            are metric <= before + tolerance and metric <= before * (1 + tolerance). Default
+            ``"auto"``: absolute for a higher-is-better metric (accuracy), relative for a
+            lower-is-better one (perplexity: ``tolerance=0.1`` allows 10% more).
         higher_is_better: False for a metric where lower is better (perplexity, loss).
         max_granularity: largest step k (removes ``cluster[1::k]``) tried after rejections.
         max_iterations: most attempts (each = one removal + fine-tune + evaluation).
@@ -250,7 +253,8 @@ class MPruner(AttemptPlanning):
         if self.finetune is not None:
             torch.manual_seed(self.seed + self.iteration)
             t = time.perf_counter()
-            self._timed("finetune", self.finetune, candidate)
+            with self._healing_checkpoint(removed):
+                self._timed("finetune", self.finetune, candidate)
             secs["finetune"] = time.perf_counter() - t
         t = time.perf_counter()
         metric = self.ranks.metric(float(self._timed("evaluate", self.evaluate, candidate)))
@@ -278,6 +282,15 @@ class MPruner(AttemptPlanning):
                 self.granularity += 1  # a finer step next (_plan stops past max_granularity)
             self._save(model_changed=False)
         return record
+
+    def _healing_checkpoint(self, removed):
+        """A Finetuner healing this attempt checkpoints into the run's directory, so a resumed run
+        continues the attempt's healing instead of starting it over."""
+        if self.checkpoint_dir is None:
+            return contextlib.nullcontext()
+        from ..training.healing_state import healing_checkpoint
+
+        return healing_checkpoint(self.checkpoint_dir, f"attempt {self.iteration}: remove {sorted(removed)}")
 
     def _bound(self) -> float:
         sign = 1 if self.higher_is_better else -1  # lower is better: the bound lies above
@@ -309,6 +322,7 @@ class MPruner(AttemptPlanning):
             metric_after=self.metric_current, layers_before=self.layers_before,
             layers_after=self._num_layers(self.model), params_before=self.params_before,
             params_after=_params(self.model), tolerance=self.tolerance, tolerance_mode=self.tolerance_mode,
+            higher_is_better=self.higher_is_better,
             stop_reason=self.stop_reason, seconds=dict(self.seconds), stats_before=stats_before,
             stats_after=stats_after)
 

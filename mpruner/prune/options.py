@@ -14,7 +14,7 @@ from typing import Optional, Union
 from .cluster import METHODS as CLUSTER_METHODS
 from .strategies import SELECTIONS
 
-TOLERANCE_MODES = ("absolute", "relative")
+TOLERANCE_MODES = ("auto", "absolute", "relative")
 REPLACEMENTS = (None, "linear")
 # Options the constructor also takes by position, in this order (after model, calib_data, evaluate, finetune).
 POSITIONAL = ("layers", "threshold", "tolerance", "max_granularity", "max_iterations", "view", "checkpoint_dir",
@@ -41,9 +41,11 @@ class PruneOptions:
     checkpoint_dir: object = _option(None, "--out", doc="where every attempt is checkpointed")
     example_inputs: object = _option(None, None, doc="for MACs and latency before and after")
     progress: bool = _option(True, "--no-progress", doc="progress bars")
-    tolerance_mode: str = _option("absolute", "--tolerance-mode", True,
+    tolerance_mode: str = _option("auto", "--tolerance-mode", True,
                                   "absolute: metric >= before - tolerance; relative: metric >= before * "
-                                  "(1 - tolerance)")
+                                  "(1 - tolerance) (perplexity: metric <= before * (1 + tolerance)); auto: "
+                                  "absolute for a higher-is-better metric such as accuracy, relative for a "
+                                  "lower-is-better one such as perplexity")
     cluster_method: str = _option("anchor", None, True, "anchor (MPruner) or adjacent clusters")
     analyze_kwargs: Optional[dict] = _option(None, None, doc="extra arguments of mpruner.analyze")
     seed: int = _option(0, "--seed", True, "attempt i's recovery fine-tuning starts from torch.manual_seed(seed + i)")
@@ -71,6 +73,8 @@ class PruneOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.tolerance_mode == "auto":  # resolved now: checkpoints record what the run used
+            self.tolerance_mode = "absolute" if self.higher_is_better else "relative"
         if self.replace not in REPLACEMENTS:
             raise ValueError(f"replace must be one of {REPLACEMENTS}, got {self.replace!r}")
         self.tolerance = float(self.tolerance)

@@ -78,7 +78,8 @@ class Pipeline:
             ``width_kwargs`` go to it); needs ``example_inputs``.
         sparsity / pattern: Wanda's fraction (e.g. 0.5) or N:M pattern (``"2:4"``); both None: no
             sparsity stage (``wanda_kwargs`` go to ``mpruner.sparsity.wanda``).
-        tolerance, tolerance_mode: the acceptance test against the original metric, for every stage.
+        tolerance, tolerance_mode: the acceptance test against the original metric, for every stage
+            (``"auto"``: ``"absolute"``, as the pipeline's metrics are higher-is-better).
         checkpoint_dir: each finished stage's state and model; ``run(resume=True)`` continues.
         example_inputs: for width pruning's tracing and each stage's MACs / latency.
         share_calibration: when Wanda runs in one pass (``wanda_kwargs={"sequential": False}``) on
@@ -88,7 +89,7 @@ class Pipeline:
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
                  finetune: Optional[Callable[[nn.Module], None]] = None, *, depth: bool = True,
                  width: Optional[float] = None, sparsity: Optional[float] = None, pattern: Optional[str] = None,
-                 tolerance: float = 0.01, tolerance_mode: str = "absolute", checkpoint_dir=None,
+                 tolerance: float = 0.01, tolerance_mode: str = "auto", checkpoint_dir=None,
                  example_inputs=None, progress: bool = True, depth_kwargs: Optional[dict] = None,
                  width_kwargs: Optional[dict] = None, wanda_kwargs: Optional[dict] = None,
                  share_calibration: bool = True, seed: int = 0):
@@ -104,8 +105,10 @@ class Pipeline:
             from ..sparsity.wanda import _check_sparsity, parse_pattern
 
             _check_sparsity(sparsity, parse_pattern(pattern))  # bad values fail here, before any work
-        if tolerance_mode not in ("absolute", "relative"):
-            raise ValueError(f"tolerance_mode must be 'absolute' or 'relative', got {tolerance_mode!r}")
+        if tolerance_mode not in ("auto", "absolute", "relative"):
+            raise ValueError(f"tolerance_mode must be 'auto', 'absolute' or 'relative', got {tolerance_mode!r}")
+        if tolerance_mode == "auto":  # the metric is higher-is-better here (accuracy)
+            tolerance_mode = "absolute"
         self.original, self.calib_data, self.evaluate, self.finetune = model, calib_data, evaluate, finetune
         self.depth, self.width, self.sparsity, self.pattern = depth, width, sparsity, pattern
         self.tolerance, self.tolerance_mode = float(tolerance), tolerance_mode

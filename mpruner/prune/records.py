@@ -58,6 +58,28 @@ class PruneResult:
     seconds: Dict[str, float]
     stats_before: Optional[dict] = None
     stats_after: Optional[dict] = None
+    higher_is_better: bool = True
+
+    @property
+    def bound(self) -> float:
+        """The worst metric the run accepted: the original's, moved by the tolerance."""
+        sign = 1 if self.higher_is_better else -1
+        if self.tolerance_mode == "absolute":
+            return self.metric_before - sign * self.tolerance
+        return self.metric_before * (1 - sign * self.tolerance)
+
+    def nothing_removed(self) -> Optional[str]:
+        """Why a run removed no block (None when it removed some): one line with the fix."""
+        if self.layers_after < self.layers_before:
+            return None
+        tried = [h for h in self.history if h.metric is not None]
+        if not tried:
+            return f"nothing removed: {self.stop_reason}"
+        pick = max if self.higher_is_better else min
+        best = pick(h.metric for h in tried)
+        return (f"nothing removed: all {len(tried)} attempt(s) were rolled back; the best metric {best:.4f} is past "
+                f"the bound {self.bound:.4f} (original {self.metric_before:.4f}, tolerance {self.tolerance} "
+                f"{self.tolerance_mode}): allow more (--tolerance), heal longer, or remove fewer blocks")
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "model"}
@@ -79,8 +101,10 @@ class PruneResult:
             f"layers   {self.layers_before} -> {self.layers_after}",
             f"params   {self.params_before:,} -> {self.params_after:,} (-{pct:.1f}%)",
             f"metric   {self.metric_before:.4f} -> {self.metric_after:.4f} "
-            f"(tolerance {self.tolerance} {self.tolerance_mode})",
+            f"(tolerance {self.tolerance} {self.tolerance_mode}: bound {self.bound:.4f})",
             f"stopped  {self.stop_reason}",
             "time     " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
         ]
+        if self.nothing_removed():
+            lines.append(self.nothing_removed())
         return "\n".join(lines)

@@ -44,7 +44,8 @@ def _replace_of(kind, n, after):
 
     def replace(src, dst, *a, **k):
         name = os.path.basename(os.fspath(dst))
-        hit = (kind == "state" and name == "state.json") or (kind == "model" and name.startswith("model-"))
+        hit = (kind == "state" and name == "state.json") or (kind == "model" and name.startswith("model-")) or \
+            (kind == "healing" and name == "healing.pt")
         if hit:
             calls["n"] += 1
             if calls["n"] == n and not after:
@@ -91,11 +92,13 @@ def kill_point(name: str, n: int):
         return _replace_of("model", n, after=False)
     if name == "between model and state renames":
         return _replace_of("model", n, after=True)
+    if name == "healing state write, before rename":
+        return _replace_of("healing", n, after=False)
     raise ValueError(f"unknown kill point {name!r}; known: {KILL_POINTS}")
 
 
 KILL_POINTS = ("analysis", "surgery", "finetune step", "state write, before rename", "state write, after rename",
-               "model write, before rename", "between model and state renames")
+               "model write, before rename", "between model and state renames", "healing state write, before rename")
 
 
 @contextlib.contextmanager

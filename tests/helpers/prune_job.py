@@ -5,7 +5,8 @@
 With --kill-at N the process SIGKILLs itself during the N-th evaluation, i.e. in
 the middle of an attempt, as a crash or an OOM kill would; with --kill-in "POINT:N"
 at the N-th pass of a kill point of tests/helpers/faults.py (analysis, surgery, a fine-tuning
-step, each checkpoint rename). Imported as ``tests.helpers.prune_job`` by the tests.
+step, each checkpoint rename, the healing state's rename); --heal-every S writes the healing state
+at most every S seconds (0: after every step). Imported as ``tests.helpers.prune_job`` by the tests.
 """
 import argparse
 import json
@@ -91,6 +92,7 @@ def main():
     p.add_argument("--kill-at", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--kill-in", default="")
+    p.add_argument("--heal-every", type=float, default=300.0, help="Finetuner checkpoint_every (seconds)")
     args = p.parse_args()
     import contextlib
 
@@ -102,6 +104,10 @@ def main():
         armed = faults.kill_point(point, int(n))
     model, train, evald = build()
     calls = {"n": 0}
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    steps = {"n": 0}  # the fine-tuning steps this process takes (a resumed healing takes only the rest)
+    register_optimizer_step_post_hook(lambda *a: steps.__setitem__("n", steps["n"] + 1))
 
     def evaluate(m):
         calls["n"] += 1
@@ -110,14 +116,15 @@ def main():
         return accuracy(m, evald)
 
     pruner = mpruner.MPruner(model, [x for x, _ in train], evaluate,
-                             finetune=mpruner.Finetuner(train, epochs=1, lr=1e-3, progress=False),
+                             finetune=mpruner.Finetuner(train, epochs=1, lr=1e-3, progress=False,
+                                                        checkpoint_every=args.heal_every),
                              layers="blocks", threshold=0.95, tolerance=0.05, view="flatten",
                              checkpoint_dir=args.ckpt, progress=False)
     with armed:
         result = pruner.run(resume=args.resume)
     weights = {k: v.tolist() for k, v in result.model.state_dict().items()}
     with open(args.out, "w") as f:
-        json.dump({"summary": result.to_dict(), "weights": weights}, f)
+        json.dump({"summary": result.to_dict(), "weights": weights, "steps": steps["n"]}, f)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises")
     ({"tolerance": -1}, ValueError, "tolerance must be a number >= 0, got -1"),
     ({"tolerance": "a"}, ValueError, "tolerance must be a number >= 0, got 'a'"),
     ({"higher_is_better": 1}, TypeError, "higher_is_better must be True or False, got 1"),
-    ({"tolerance_mode": "x"}, ValueError, "tolerance_mode must be one of ('absolute', 'relative'), got 'x'"),
+    ({"tolerance_mode": "x"}, ValueError, "tolerance_mode must be one of ('auto', 'absolute', 'relative'), got 'x'"),
     ({"cluster_method": "x"}, ValueError, "cluster_method must be one of ('anchor', 'adjacent'), got 'x'"),
     ({"max_granularity": 0}, ValueError, "max_granularity must be an integer >= 1, got 0"),
     ({"max_granularity": 1.0}, ValueError, "max_granularity must be an integer >= 1, got 1.0"),

@@ -30,7 +30,7 @@ def test_prune_result_summary():
         "",
         "layers   3 -> 2",
         "params   1,000 -> 750 (-25.0%)",
-        "metric   0.9500 -> 0.9000 (tolerance 0.01 absolute)",
+        "metric   0.9500 -> 0.9000 (tolerance 0.01 absolute: bound 0.9400)",
         "stopped  done",
         "time     analyze 1.2s, finetune 0.0s, evaluate 2.0s",
     ]

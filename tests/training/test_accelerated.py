@@ -78,6 +78,34 @@ def failing_evaluation(rank):
 FSDP = {"fsdp": True, "fsdp-root": {"wrap": "root", "reshard_after_forward": False}}
 
 
+def _lm_batches():
+    from tests.helpers.tiny_lms import VOCAB
+
+    g = torch.Generator().manual_seed(6)
+    out = []
+    for B in (4, 3, 4):
+        ids = torch.randint(3, VOCAB, (B, 9), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 6:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
+    return out
+
+
+def distill_train(fsdp=None):
+    """Healing by distillation with the hidden term and accumulation: every rank runs the teacher on
+    its own share of each batch."""
+    from tests.helpers.tiny_lms import tiny_lm
+
+    teacher = tiny_lm("llama", layers=4).double()
+    student = mpruner.remove_layers(teacher, [1])
+    loss = mpruner.Finetuner(_lm_batches(), lr=1e-2, progress=False, fsdp=fsdp, gradient_accumulation_steps=2,
+                             distill=dict(teacher=teacher, alpha=0.5, hidden=0.5))(student)
+    out = {"loss": loss, "params": {k: v.detach().clone() for k, v in student.named_parameters()}}
+    if fsdp is None:
+        out["grads"] = {k: v.grad.clone() for k, v in student.named_parameters()}
+    return out
+
+
 def _worker(rank, world, port, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -87,6 +115,8 @@ def _worker(rank, world, port, out_dir):
         results = {name: train(name) for name in CASES}
         for mode, fsdp in FSDP.items():
             results.update({f"{mode}/{name}": train(name, fsdp=fsdp) for name in CASES})
+        results["distill"] = distill_train()
+        results["fsdp/distill"] = distill_train(fsdp=True)
         results["eval"] = evaluations(distributed="auto")
         results["eval_failure"] = failing_evaluation(rank)
         from mpruner.training.sharded import shard_copy
@@ -126,6 +156,18 @@ def test_two_ranks_take_the_single_process_steps(two_ranks, name, mode):
             for param, value in ref[key].items():
                 torch.testing.assert_close(got[key][param], value, rtol=0, atol=1e-12, msg=f"{key} {param} rank {rank}")
         assert got["loss"] == pytest.approx(ref["loss"], abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_distill_as_one_process(two_ranks, mode):
+    """Each rank's teacher on its share of the batch: the single-process healing step."""
+    ref = distill_train()
+    for rank in range(2):
+        got = two_ranks[rank]["distill" if mode == "ddp" else "fsdp/distill"]
+        for key in ("grads", "params"):
+            for param, value in ref[key].items() if key in got else ():
+                torch.testing.assert_close(got[key][param], value, rtol=0, atol=1e-10, msg=f"{key} {param} {rank}")
+        assert got["loss"] == pytest.approx(ref["loss"], abs=1e-10)
 
 
 def test_evaluation_is_sharded_and_summed(two_ranks):
