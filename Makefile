@@ -54,7 +54,7 @@ build: deps
 	@echo "building mpruner._C (log: $(VENV)/build.log)"
 	@$(PIP) install --no-build-isolation -e . -v >$(VENV)/build.log 2>&1 || { \
 	  tail -60 $(VENV)/build.log; echo "mpruner: the build failed; full log in $(VENV)/build.log"; exit 1; }
-	@grep -A6 "mpruner build configuration" $(VENV)/build.log | sed 's/^ *//' || true
+	@grep -A7 "mpruner build configuration" $(VENV)/build.log | sed 's/^ *//' || true
 	@$(PY) -c "import mpruner._C" || { echo "mpruner._C does not import; see $(VENV)/build.log"; exit 1; }
 	@$(PY) -m mpruner info
 

@@ -22,10 +22,11 @@
 namespace mpruner {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> hsic_partials(const at::Tensor& grams, const at::Tensor& lengths, bool unbiased) {
+std::tuple<at::Tensor, at::Tensor> hsic_partials(const at::Tensor& grams, const std::optional<at::Tensor>& lengths,
+                                                 bool unbiased) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mpruner::_hsic_partials", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, bool)>();
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, bool)>();
   return op.call(grams, lengths, unbiased);
 }
 
@@ -36,11 +37,18 @@ at::Tensor center_apply(const at::Tensor& k, const at::Tensor& rowsums, const at
   return op.call(k, rowsums, totals, unbiased);
 }
 
-at::Tensor rbf_apply(const at::Tensor& g, const at::Tensor& inv_two_sigma2) {
+at::Tensor rbf_apply(const at::Tensor& g, const at::Tensor& diag, const at::Tensor& inv_two_sigma2) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mpruner::_rbf_apply", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return op.call(g, inv_two_sigma2);
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(g, diag, inv_two_sigma2);
+}
+
+at::Tensor rbf_bandwidths(const at::Tensor& g, double sigma) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mpruner::_rbf_bandwidths", "")
+                       .typed<at::Tensor(const at::Tensor&, double, c10::string_view)>();
+  return op.call(g, sigma, "auto");
 }
 
 void check_min_samples(int64_t n, bool unbiased, const char* what) {
@@ -62,33 +70,25 @@ bool plain_cpu_tensor(const at::Tensor& x) {
   return x.is_cpu() && !x.requires_grad() && !wrapped && !mode;
 }
 
-// lengths[b] must lie in [0, T]: checked here, once and alike on every device (the
-// CUDA kernel could only clamp, and combine_sums divides by the raw values). One
-// small device read per call; skipped for tensors without data (fake, meta).
-void check_lengths(const at::Tensor& lengths, int64_t T, const char* op) {
-  const auto ks = lengths.key_set();
-  if (lengths.is_meta() || ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
-      c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) || lengths.numel() == 0)
-    return;
-  at::Tensor len = lengths.to(at::kLong);
-  if (!((len < 0) | (len > T)).any().item<bool>()) return;
-  at::Tensor host = len.cpu();
-  const int64_t* v = host.data_ptr<int64_t>();
-  for (int64_t b = 0; b < host.numel(); ++b)
-    TORCH_CHECK(v[b] >= 0 && v[b] <= T, "mpruner.", op, ": lengths[", b, "]=", v[b], " is outside [0, ", T,
-                "]; each length counts the valid tokens of its sequence");
-}
-
 // HSIC from the kernel's sums, vectorised over (B, L, L); mirrors math::hsic_from_sums.
-at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, const at::Tensor& lengths, bool unbiased) {
+// n: the lengths as a (B, 1, 1) tensor, or one number for every sequence (hsic_matrix).
+template <typename N>
+at::Tensor combine_sums_n(const at::Tensor& pairs, const at::Tensor& rowsums, const N& n, bool unbiased) {
   at::Tensor s = rowsums.sum(-1);                                  // (B, L)
   at::Tensor rr = at::bmm(rowsums, rowsums.transpose(1, 2));       // (B, L, L)
   at::Tensor ss = s.unsqueeze(2) * s.unsqueeze(1);                 // (B, L, L)
-  at::Tensor n = lengths.to(at::kDouble).view({-1, 1, 1});
   if (unbiased) {
     return (pairs + ss / ((n - 1) * (n - 2)) - rr * (2.0 / (n - 2))) / (n * (n - 3));
   }
   return (pairs - rr * (2.0 / n) + ss / (n * n)) / ((n - 1) * (n - 1));
+}
+
+at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, const at::Tensor& lengths, bool unbiased) {
+  return combine_sums_n(pairs, rowsums, lengths.to(at::kDouble).view({-1, 1, 1}), unbiased);
+}
+
+at::Tensor combine_sums(const at::Tensor& pairs, const at::Tensor& rowsums, int64_t n, bool unbiased) {
+  return combine_sums_n(pairs, rowsums, static_cast<double>(n), unbiased);
 }
 
 // The device path (every backend but the CPU's per-layer one): batched, a fixed
@@ -122,37 +122,6 @@ void triangular_bmm_into(at::Tensor& out, const at::Tensor& xc) {
     at::Tensor dst = out.narrow(1, r0, rows).narrow(2, r0, n - r0);
     at::bmm_out(dst, xc.narrow(1, r0, rows), xc.narrow(1, r0, n - r0).transpose(1, 2));
   }
-}
-
-// Bandwidth of the RBF kernel as in the canonical CKA reference (Kornblith et al.
-// 2019, gram_rbf): sigma^2 * the median of ALL n^2 squared distances of the batch,
-// diagonal zeros included, the mean of the two middle values for an even count
-// (np.median). Only the upper triangle of g is read (the CPU leaves the lower one
-// unset). The full list is n zeros followed by every off-diagonal distance twice,
-// so its k-th value is an order statistic of the upper triangle (math::
-// rbf_median_rank). The distances are formed in the Gram's dtype one layer chunk
-// at a time, so memory stays within about max_bytes whatever L is.
-at::Tensor rbf_inverse_bandwidths(const at::Tensor& g, double sigma, int64_t max_bytes = int64_t(256) << 20) {
-  const int64_t L = g.size(0), n = g.size(1);
-  const int64_t nn = n * n;
-  const int64_t lo = nn % 2 == 0 ? nn / 2 - 1 : nn / 2, hi = nn / 2;  // 0-based middle positions
-  const int64_t per_layer = nn * g.element_size() * 4;                   // d2, its temporaries, kthvalue's copy
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(L, max_bytes / std::max<int64_t>(per_layer, 1)));
-  std::vector<at::Tensor> meds;
-  for (int64_t l0 = 0; l0 < L; l0 += chunk) {
-    at::Tensor gc = g.narrow(0, l0, std::min(chunk, L - l0));
-    at::Tensor diag = gc.diagonal(0, 1, 2);  // (c, n)
-    // Strict upper triangle: d2; everything else 0 (sorted first, as the mapping expects).
-    at::Tensor d2 = (diag.unsqueeze(2) + diag.unsqueeze(1) - 2.0 * gc).clamp_min_(0.0).triu_(1).reshape({gc.size(0), nn});
-    auto kth = [&](int64_t pos) {  // pos-th (0-based) value of the full n^2 list
-      const int64_t rank = math::rbf_median_rank(pos, n);  // index into the masked list
-      return std::get<0>(d2.kthvalue(rank + 1, 1)).to(at::kDouble);
-    };
-    meds.push_back(lo == hi ? kth(lo) : 0.5 * (kth(lo) + kth(hi)));
-  }
-  at::Tensor med = meds.size() == 1 ? meds[0] : at::cat(meds);
-  // All-identical samples (median 0) give a constant kernel, whose HSIC is 0.
-  return at::where(med > 0, 1.0 / (2.0 * sigma * sigma * med), at::zeros_like(med));
 }
 
 at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, bool triangular) {
@@ -221,8 +190,8 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
   if (kernel == "rbf") {
     TORCH_CHECK(n >= 2, "mpruner.grams: the RBF kernel needs n >= 2 samples, got ", n);
     TORCH_CHECK(sigma > 0, "mpruner.grams: sigma must be > 0, got ", sigma);
-    at::Tensor inv = rbf_inverse_bandwidths(out, sigma);
-    out = rbf_apply(out, inv);
+    at::Tensor inv = rbf_bandwidths(out, sigma);  // csrc/rbf_bandwidth.cpp
+    out = rbf_apply(out, out.diagonal(0, 1, 2).to(at::kDouble), inv);
   }
   return out;
 }
@@ -248,9 +217,9 @@ at::Tensor hsic_matrix_impl(const at::Tensor& grams, bool unbiased) {
   const int64_t n = grams.size(-1);
   check_min_samples(n, unbiased, "hsic_matrix: grams");
   at::Tensor g = grams.scalar_type() == at::kDouble ? grams : grams.to(at::kFloat);
-  at::Tensor lengths = at::full({1}, n, grams.options().dtype(at::kLong));
-  auto partials = hsic_partials(g.unsqueeze(1).contiguous(), lengths, unbiased);
-  return combine_sums(std::get<0>(partials), std::get<1>(partials), lengths, unbiased).squeeze(0);
+  // No lengths: nothing to check or read back (the accumulator's update() never waits).
+  auto partials = hsic_partials(g.unsqueeze(1).contiguous(), std::nullopt, unbiased);
+  return combine_sums(std::get<0>(partials), std::get<1>(partials), n, unbiased).squeeze(0);
 }
 
 at::Tensor token_hsic_impl(const at::Tensor& grams, const at::Tensor& lengths, bool unbiased) {
@@ -259,7 +228,7 @@ at::Tensor token_hsic_impl(const at::Tensor& grams, const at::Tensor& lengths, b
   TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == grams.size(1), "mpruner.token_hsic: lengths must be (B,) with B=",
               grams.size(1), ", got shape ", lengths.sizes());
   check_same_device(grams, lengths, "grams", "lengths");
-  check_lengths(lengths, grams.size(-1), "token_hsic");
+  // lengths are checked by _hsic_partials (every backend, one read on a device), before use here.
   at::Tensor g = grams.scalar_type() == at::kDouble ? grams : grams.to(at::kFloat);
   auto partials = hsic_partials(g.contiguous(), lengths.to(at::kLong), unbiased);
   return combine_sums(std::get<0>(partials), std::get<1>(partials), lengths, unbiased);

@@ -19,12 +19,25 @@ TORCH_LIBRARY(mpruner, m) {
 
   // Backend kernels.
   // Upper-triangle sums for every layer pair and row sums, in float64:
-  // pairs (B, L, L) = sum_ij K_a,ij K_b,ij, rowsums (B, L, T).
-  m.def("_hsic_partials(Tensor grams, Tensor lengths, bool unbiased) -> (Tensor, Tensor)");
+  // pairs (B, L, L) = sum_ij K_a,ij K_b,ij, rowsums (B, L, T). Sequence b's first lengths[b]
+  // rows and columns are valid (checked to lie in [0, T]); no lengths: all T.
+  m.def("_hsic_partials(Tensor grams, Tensor? lengths, bool unbiased) -> (Tensor, Tensor)");
+  // The accumulator's epilogue in one pass (CKAAccumulator on a device with
+  // MPRUNER_FUSED_EPILOGUE=1): HSIC (L, L) of one batch of n samples from _hsic_partials'
+  // pairs (L, L) and rowsums (L, T), then either (skip=False) sums += HSIC, thr_sums +=
+  // (thr_factor * scale)^2 and flags[l] = index for the first batch whose self-HSIC is not
+  // finite, or (skip=True) the same sums unless any self-HSIC is not finite, which instead
+  // adds (1, n) to flags[L:L+2] (skipped batches, their samples). flags is (L + 2,) int64.
+  m.def("_hsic_finish(Tensor pairs, Tensor rowsums, int n, bool unbiased, Tensor scale, float thr_factor, "
+        "Tensor index, bool skip, Tensor(a!) sums, Tensor(b!) thr_sums, Tensor(c!) flags) -> ()");
   // Centering of (B, n, n) Grams given float64 row sums (B, n) and totals (B,).
   m.def("_center_apply(Tensor k, Tensor rowsums, Tensor totals, bool unbiased) -> Tensor");
-  // RBF Gram from a linear Gram (B, n, n) and 1/(2 sigma^2) per matrix (B,), float64.
-  m.def("_rbf_apply(Tensor g, Tensor inv_two_sigma2) -> Tensor");
+  // RBF Gram from a linear Gram (B, n, n), its diagonal (B, n) (the squared norms, read
+  // once rather than gathered per element) and 1/(2 sigma^2) per matrix (B,), float64.
+  m.def("_rbf_apply(Tensor g, Tensor diag, Tensor inv_two_sigma2) -> Tensor");
+  // 1/(2 sigma^2 median d^2) of L linear Grams (L, n, n) -> (L,) float64 (composite):
+  // select = "sort" (kthvalue), "radix" (float32: two bit-pattern histograms) or "auto".
+  m.def("_rbf_bandwidths(Tensor g, float sigma, str select=\"auto\") -> Tensor");
   // G layers (n, d) of one width (dtype float32/float64), each minus its per-feature
   // mean, stacked -> (G, n, d). CUDA: two launches whatever G is.
   m.def("_center_features(Tensor[] xs, ScalarType dtype) -> Tensor");

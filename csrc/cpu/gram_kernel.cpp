@@ -40,25 +40,26 @@ at::Tensor center_apply_cpu(const at::Tensor& k_in, const at::Tensor& rowsums_in
   return out;
 }
 
-at::Tensor rbf_apply_cpu(const at::Tensor& g_in, const at::Tensor& inv_in) {
-  check_rbf_args(g_in, inv_in);
+at::Tensor rbf_apply_cpu(const at::Tensor& g_in, const at::Tensor& diag_in, const at::Tensor& inv_in) {
+  check_rbf_args(g_in, diag_in, inv_in);
   const int64_t B = g_in.size(0), n = g_in.size(1);
   at::Tensor g = g_in.contiguous();
+  at::Tensor diag = diag_in.to(at::kDouble).contiguous();
   at::Tensor inv = inv_in.to(at::kDouble).contiguous();
   at::Tensor out = at::empty_like(g);
   if (g.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "mpruner_rbf_apply_cpu", [&] {
     const scalar_t* src = g.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    const double* dp = diag.data_ptr<double>();
     const double* ip = inv.data_ptr<double>();
     at::parallel_for(0, B * n, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t row = r0; row < r1; ++row) {
-        const int64_t b = row / n, i = row % n;
-        const scalar_t* m = src + b * n * n;
-        const double gii = static_cast<double>(m[i * n + i]);
+        const int64_t b = row / n;
+        const double* d = dp + b * n;  // the squared norms, contiguous: no strided gather per element
+        const double gii = dp[row];
         for (int64_t j = 0; j < n; ++j)
-          dst[row * n + j] = static_cast<scalar_t>(
-              math::rbf_entry(static_cast<double>(m[i * n + j]), gii, static_cast<double>(m[j * n + j]), ip[b]));
+          dst[row * n + j] = static_cast<scalar_t>(math::rbf_entry(static_cast<double>(src[row * n + j]), gii, d[j], ip[b]));
       }
     });
   });

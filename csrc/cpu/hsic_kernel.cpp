@@ -73,20 +73,17 @@ void partials_kernel(const at::Tensor& grams, const at::Tensor& lengths, bool un
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> hsic_partials_cpu(const at::Tensor& grams_in, const at::Tensor& lengths_in,
-                                                     bool unbiased) {
+std::tuple<at::Tensor, at::Tensor> hsic_partials_cpu(const at::Tensor& grams_in,
+                                                     const std::optional<at::Tensor>& lengths_in, bool unbiased) {
   check_partials_args(grams_in, lengths_in);
   const int64_t L = grams_in.size(0), B = grams_in.size(1), T = grams_in.size(2);
   at::Tensor grams = grams_in.contiguous();
-  at::Tensor lengths = lengths_in.to(at::kLong).contiguous();
+  at::Tensor lengths = lengths_in.has_value() ? lengths_in->to(at::kLong).contiguous()
+                                              : at::full({B}, T, grams.options().dtype(at::kLong));
   auto opts = grams.options().dtype(at::kDouble);
   at::Tensor pairs = at::zeros({B, L, L}, opts);
   at::Tensor rowsums = at::zeros({B, L, T}, opts);
   if (grams.numel() == 0) return {pairs, rowsums};
-  const int64_t* len = lengths.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    TORCH_CHECK(len[b] >= 0 && len[b] <= T, "mpruner._hsic_partials: lengths[", b, "]=", len[b],
-                " is outside [0, ", T, "]");
   AT_DISPATCH_FLOATING_TYPES(grams.scalar_type(), "mpruner_hsic_partials_cpu",
                              [&] { partials_kernel<scalar_t>(grams, lengths, unbiased, pairs, rowsums); });
   // Mirror the upper triangle of each pair matrix.
@@ -94,9 +91,53 @@ std::tuple<at::Tensor, at::Tensor> hsic_partials_cpu(const at::Tensor& grams_in,
   return {pairs, rowsums};
 }
 
+// The fused epilogue, on the host: the same helpers (math::) the CUDA kernel calls.
+void hsic_finish_cpu(const at::Tensor& pairs_in, const at::Tensor& rowsums_in, int64_t n, bool unbiased,
+                     const at::Tensor& scale_in, double thr_factor, const at::Tensor& index, bool skip, at::Tensor& sums,
+                     at::Tensor& thr_sums, at::Tensor& flags) {
+  check_finish_args(pairs_in, rowsums_in, n, scale_in, index, sums, thr_sums, flags);
+  const int64_t L = pairs_in.size(0), T = rowsums_in.size(1);
+  at::Tensor pairs = pairs_in.contiguous(), rowsums = rowsums_in.contiguous(), scale = scale_in.contiguous();
+  const double* P = pairs.data_ptr<double>();
+  const double* R = rowsums.data_ptr<double>();
+  double* S = sums.data_ptr<double>();
+  double* thr = thr_sums.data_ptr<double>();
+  int64_t* F = flags.data_ptr<int64_t>();
+  std::vector<double> total(L), self(L);
+  auto dot = [&](int64_t a, int64_t b) { return cpu::dot1(R + a * T, R + b * T, n); };
+  for (int64_t a = 0; a < L; ++a) {
+    total[a] = 0.0;
+    for (int64_t i = 0; i < n; ++i) total[a] += R[a * T + i];
+  }
+  bool any_bad = false;
+  for (int64_t a = 0; a < L; ++a) {
+    self[a] = math::hsic_from_sums(P[a * L + a], dot(a, a), total[a], total[a], n, unbiased);
+    any_bad = any_bad || !math::is_finite(self[a]);
+  }
+  if (skip && any_bad) {
+    F[L] += 1;
+    F[L + 1] += n;
+    return;
+  }
+  const int64_t batch = index.item<int64_t>();  // a CPU tensor: no device to wait for
+  if (!skip)
+    for (int64_t a = 0; a < L; ++a) F[a] = math::first_bad_batch(F[a], self[a], batch);
+  const double* sc = scale.data_ptr<double>();
+  for (int64_t a = 0; a < L; ++a) {
+    thr[a] += math::degeneracy_threshold(sc[a], thr_factor);
+    S[a * L + a] += self[a];
+    for (int64_t b = a + 1; b < L; ++b) {
+      const double v = math::hsic_from_sums(P[a * L + b], dot(a, b), total[a], total[b], n, unbiased);
+      S[a * L + b] += v;
+      S[b * L + a] += v;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mpruner
 
 TORCH_LIBRARY_IMPL(mpruner, CPU, m) {
   m.impl("_hsic_partials", &mpruner::hsic_partials_cpu);
+  m.impl("_hsic_finish", &mpruner::hsic_finish_cpu);
 }

@@ -54,15 +54,23 @@ class CKAAccumulator:
             ``num_skipped``).
         precision: ``"highest"`` or ``"tf32"`` for CUDA float32 GEMMs.
         max_exact_bytes: memory bound of the exact estimator (default 4 GiB).
+        cuda_graph: on a CUDA device, replay ``update()`` from a CUDA graph captured per input
+            shape (minibatch estimator; costs one batch's activations of device memory). Other
+            devices run eagerly.
     """
 
     def __init__(self, kernel: str = "linear", unbiased: bool = True, sigma: Optional[float] = None,
                  device=None, estimator: str = "minibatch", *, layer_names: Optional[Sequence[str]] = None,
-                 nan_policy: str = "raise", precision: str = "highest", max_exact_bytes: int = 4 * 2**30):
+                 nan_policy: str = "raise", precision: str = "highest", max_exact_bytes: int = 4 * 2**30,
+                 cuda_graph: bool = False):
         checks.check_choice(kernel, checks.KERNELS, "kernel")
         checks.check_choice(estimator, ESTIMATORS, "estimator")
         checks.check_choice(nan_policy, checks.NAN_POLICIES, "nan_policy")
         checks.check_choice(precision, checks.PRECISIONS, "precision")
+        if cuda_graph and estimator != "minibatch":
+            raise ValueError("cuda_graph=True replays the minibatch estimator's update; use estimator='minibatch' "
+                             "or cuda_graph=False")
+        self.cuda_graph = bool(cuda_graph)
         if estimator == "exact" and kernel != "linear":
             raise ValueError("estimator='exact' works in feature space and supports only kernel='linear'; "
                              "use estimator='minibatch' for the RBF kernel")
@@ -76,12 +84,17 @@ class CKAAccumulator:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forgets all batches (keeps the options)."""
-        self._est = ESTIMATOR_CLASSES[self.estimator](self.kernel, self.unbiased, self.sigma, self.precision,
-                                                      self.nan_policy, self.max_exact_bytes)
+        self._est = self._new_estimator()
         self._shape: Optional[tuple] = None             # (L, M)
         self._num_batches = 0
         self._num_samples = 0
         self._num_skipped = 0
+
+    def _new_estimator(self):
+        args = (self.kernel, self.unbiased, self.sigma, self.precision, self.nan_policy, self.max_exact_bytes)
+        if self.cuda_graph:
+            return ESTIMATOR_CLASSES[self.estimator](*args, cuda_graph=True)
+        return ESTIMATOR_CLASSES[self.estimator](*args)
 
     # Counters: reading one settles the device-side skips (one device->host read, never per batch).
     num_batches = _SettledCounter("_num_batches", "Batches accumulated (skipped ones not included).")
@@ -97,8 +110,7 @@ class CKAAccumulator:
         self._num_samples -= samples
         self._num_skipped += skipped
         if self._num_batches == 0:  # every batch was skipped: nothing accumulated
-            self._est = ESTIMATOR_CLASSES[self.estimator](self.kernel, self.unbiased, self.sigma, self.precision,
-                                                          self.nan_policy, self.max_exact_bytes)
+            self._est = self._new_estimator()
             self._shape = None
 
     @property
@@ -135,7 +147,9 @@ class CKAAccumulator:
         if self.device is None:
             self.device = xs[0].device
         n = xs[0].shape[0]
-        index = self.num_batches + self.num_skipped if batch is None else int(batch)
+        # Batches passed so far, from the raw counters: a device-side skip moves one batch from
+        # one to the other, so their sum is known without settling (a device read per batch).
+        index = self._num_batches + self._num_skipped if batch is None else int(batch)
         if not self._est.update(xs, names, index):
             self._num_skipped += 1
             return

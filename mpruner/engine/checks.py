@@ -112,6 +112,16 @@ def device_path(device: torch.device) -> bool:
     return device.type != "cpu" or os.environ.get("MPRUNER_ENGINE_PATH") == "device"
 
 
+def fused_epilogue() -> bool:
+    """``MPRUNER_FUSED_EPILOGUE=1``: the device path does everything after the HSIC pass (HSIC
+    from the sums, NaN/Inf bookkeeping, accumulation) in one kernel, ``_hsic_finish``, instead of
+    about a dozen ATen calls; a switch until a GPU run decides between the two."""
+    value = os.environ.get("MPRUNER_FUSED_EPILOGUE", "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"MPRUNER_FUSED_EPILOGUE must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def compiling() -> bool:
     return torch.compiler.is_compiling()
 

@@ -95,17 +95,22 @@ def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float
     with checks.gemm_precision(precision, xs[0].device):
         grams = ops.grams(xs, kernel, sigma, True)
     h = ops.hsic_matrix(grams, unbiased)
-    n = xs[0].shape[0]
-    eps = torch.finfo(grams.dtype).eps
+    scale, factor = degeneracy_scale(xs, kernel, grams.dtype)
+    return h, (factor * scale) ** 2
+
+
+def degeneracy_scale(xs: List[torch.Tensor], kernel: str, gram_dtype: torch.dtype) -> Tuple[torch.Tensor, float]:
+    """(scale (L,) float64, factor): a layer is degenerate when its self-HSIC is at most (factor * scale)^2."""
+    eps = torch.finfo(gram_dtype).eps
     if kernel == "rbf":  # kernel values are at most 1
-        scale = h.new_ones(len(xs))  # float64, on h's device
+        scale = torch.ones(len(xs), dtype=torch.float64, device=xs[0].device)
     else:
         # Rough per-layer magnitude from a few samples (a full pass would cost more than
         # the HSIC reduction); a constant layer's HSIC sits ~20 orders of magnitude lower.
         # One multi-tensor norm over views of the first rows: a few launches whatever L is.
-        m = min(n, 8)
+        m = min(xs[0].shape[0], 8)
         scale = torch.stack(torch._foreach_norm([x[:m] for x in xs], 2, dtype=torch.float64)).pow(2) / m
-    return h, (DEGENERATE_FACTOR * eps * eps * scale) ** 2
+    return scale, DEGENERATE_FACTOR * eps * eps
 
 
 class NonFiniteError(ValueError):

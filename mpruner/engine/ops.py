@@ -22,10 +22,15 @@ ops = torch.ops.mpruner
 
 
 @torch.library.register_fake("mpruner::_hsic_partials")
-def _hsic_partials_fake(grams, lengths, unbiased):
+def _hsic_partials_fake(grams, lengths, unbiased):  # lengths: (B,) or None (all T)
     L, B, T, _ = grams.shape
     return (grams.new_empty((B, L, L), dtype=torch.float64),
             grams.new_empty((B, L, T), dtype=torch.float64))
+
+
+@torch.library.register_fake("mpruner::_hsic_finish")
+def _hsic_finish_fake(pairs, rowsums, n, unbiased, scale, thr_factor, index, skip, sums, thr_sums, flags):
+    return None  # updates sums, thr_sums and flags in place
 
 
 @torch.library.register_fake("mpruner::_center_apply")
@@ -34,7 +39,7 @@ def _center_apply_fake(k, rowsums, totals, unbiased):
 
 
 @torch.library.register_fake("mpruner::_rbf_apply")
-def _rbf_apply_fake(g, inv_two_sigma2):
+def _rbf_apply_fake(g, diag, inv_two_sigma2):
     return torch.empty_like(g)
 
 

@@ -147,6 +147,17 @@ void test_shared_math() {
                 "hsic_from_sums");
   }
   check_close(mpruner::math::rbf_entry(1.0, 2.0, 3.0, 0.25), std::exp(-0.75), 1e-15, "rbf_entry");
+  check_close(mpruner::math::rbf_entry(1.0, 1.0, 1.0 - 1e-17, 0.25), 1.0, 1e-15, "rbf_entry clamps rounding");
+  const double nan = std::nan("");
+  if (!std::isnan(mpruner::math::rbf_entry(nan, 1.0, 1.0, 0.25)) || !std::isnan(mpruner::math::rbf_entry(1.0, nan, 1.0, 0.0)))
+    std::printf("FAIL: rbf_entry must keep a NaN distance NaN\n"), ++failures;
+  // The fused epilogue's helpers.
+  if (mpruner::math::is_finite(nan) || mpruner::math::is_finite(INFINITY) || !mpruner::math::is_finite(-3.5))
+    std::printf("FAIL: is_finite\n"), ++failures;
+  if (mpruner::math::first_bad_batch(-1, nan, 7) != 7 || mpruner::math::first_bad_batch(3, nan, 7) != 3 ||
+      mpruner::math::first_bad_batch(-1, 2.0, 7) != -1)
+    std::printf("FAIL: first_bad_batch\n"), ++failures;
+  check_close(mpruner::math::degeneracy_threshold(3.0, 2.0), 36.0, 1e-15, "degeneracy_threshold");
 }
 
 }  // namespace

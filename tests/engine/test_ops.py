@@ -35,7 +35,15 @@ OPCHECK_CASES = {
     "_hsic_partials": lambda g: (torch.randn(2, 3, 9, 9, generator=g), torch.tensor([9, 6, 5]), True),
     "_center_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.randn(2, 6, generator=g, dtype=torch.float64),
                                 torch.randn(2, generator=g, dtype=torch.float64), False),
-    "_rbf_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.rand(2, generator=g, dtype=torch.float64)),
+    "_hsic_partials_all_rows": lambda g: (torch.randn(2, 3, 9, 9, generator=g), None, False),
+    "_rbf_apply": lambda g: (torch.randn(2, 6, 6, generator=g), torch.rand(2, 6, generator=g, dtype=torch.float64),
+                             torch.rand(2, generator=g, dtype=torch.float64)),
+    "_rbf_bandwidths": lambda g: (torch.randn(3, 7, 7, generator=g).abs(), 0.5, "sort"),
+    "_hsic_finish": lambda g: (torch.randn(3, 3, generator=g, dtype=torch.float64),
+                               torch.randn(3, 9, generator=g, dtype=torch.float64), 8, True,
+                               torch.rand(3, generator=g, dtype=torch.float64), 1e-12,
+                               torch.tensor(4), False, torch.zeros(3, 3, dtype=torch.float64),
+                               torch.zeros(3, dtype=torch.float64), torch.tensor([-1, -1, -1, 0, 0])),
 }
 
 
@@ -46,7 +54,8 @@ def test_opcheck(device, gen, case):
     args = OPCHECK_CASES[case](gen)
     args = tuple([a.to(device) for a in x] if isinstance(x, list) else x.to(device) if isinstance(x, torch.Tensor)
                  else x for x in args)
-    op = getattr(ops, case.replace("_rbf", "") if case == "grams_rbf" else case).default
+    name = {"grams_rbf": "grams", "_hsic_partials_all_rows": "_hsic_partials"}.get(case, case)
+    op = getattr(ops, name).default
     torch.library.opcheck(op, args)
 
 
@@ -58,7 +67,7 @@ def test_compile_fullgraph_cka_matrix(gen):
 
 @pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_hsic_matrix_reads_only_upper_triangle(device, seeded_gen, unbiased, dtype):
+def test_hsic_matrix_reads_only_upper_triangle(device, seeded_gen, unbiased, dtype, hsic_kernel):
     grams = _grams(seeded_gen, dtype=dtype)
     expected = np.array([[NP.hsic(a.double().numpy(), b.double().numpy(), unbiased) for b in grams] for a in grams])
     poisoned = grams.clone()
@@ -70,7 +79,7 @@ def test_hsic_matrix_reads_only_upper_triangle(device, seeded_gen, unbiased, dty
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
-def test_token_hsic_ignores_padding(device, seeded_gen, unbiased):
+def test_token_hsic_ignores_padding(device, seeded_gen, unbiased, hsic_kernel):
     L, B, T = 3, 4, 23
     lengths = torch.tensor([23, 9, 17, 4])
     grams = torch.full((L, B, T, T), float("nan"), dtype=torch.float64)
@@ -84,7 +93,7 @@ def test_token_hsic_ignores_padding(device, seeded_gen, unbiased):
     np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_hsic_partials_many_layers_and_rows(device, gen):
+def test_hsic_partials_many_layers_and_rows(device, gen, hsic_kernel):
     # Enough layers for several pair groups / register slots and rows for several tiles.
     L, n = 70, 67
     x = torch.randn(n, 5, generator=gen, dtype=torch.float64)
@@ -112,11 +121,97 @@ def test_center_apply_and_rbf_kernels(device, gen):
         for i in range(2):
             np.testing.assert_allclose(got[i].numpy(), NP.center(g[i].numpy(), unbiased), atol=1e-10, rtol=0)
     inv = torch.tensor([0.3, 0.05], dtype=torch.float64)
-    got = ops._rbf_apply(g.to(device), inv.to(device)).cpu()
+    diag = torch.diagonal(g, dim1=1, dim2=2)
+    got = ops._rbf_apply(g.to(device), diag.to(device), inv.to(device)).cpu()
     for i in range(2):
         d = torch.diagonal(g[i])
         d2 = (d[:, None] + d[None, :] - 2 * g[i]).clamp_min(0)
         torch.testing.assert_close(got[i], torch.exp(-d2 * inv[i]))
+    # The squared norms come from the diag argument, not from g's own diagonal.
+    other = diag + torch.rand(2, 9, generator=gen, dtype=torch.float64)
+    got = ops._rbf_apply(g.to(device), other.to(device), inv.to(device)).cpu()
+    for i in range(2):
+        d2 = (other[i][:, None] + other[i][None, :] - 2 * g[i]).clamp_min(0)
+        torch.testing.assert_close(got[i], torch.exp(-d2 * inv[i]))
+    with pytest.raises(RuntimeError, match=r"diag must be \(B, n\) = \(2, 9\)"):
+        ops._rbf_apply(g.to(device), diag[:, :5].to(device), inv.to(device))
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_hsic_partials_rejects_lengths_outside_the_grams(device, gen, bad):
+    """A direct call with lengths[b] > T would read past the Grams (the CUDA kernel indexes by it):
+    the shared argument check stops it on every backend, naming the entry and the bound."""
+    grams = torch.randn(2, 3, 9, 9, generator=gen).to(device)
+    with pytest.raises(RuntimeError, match=rf"lengths\[1\]={bad} is outside \[0, 9\]"):
+        ops._hsic_partials(grams, torch.tensor([9, bad, 4], device=device), False)
+    with pytest.raises(RuntimeError, match=r"lengths must be integers"):
+        ops._hsic_partials(grams, torch.tensor([9.0, 3.0, 4.0], device=device), False)
+    with pytest.raises(RuntimeError, match=rf"lengths\[1\]={bad} is outside"):
+        ops.token_hsic(grams, torch.tensor([9, bad, 4], device=device), False)
+
+
+def test_hsic_partials_without_lengths_takes_every_row(device, gen):
+    grams = torch.randn(3, 2, 11, 11, generator=gen, dtype=torch.float64).to(device)
+    grams = grams + grams.transpose(-1, -2)
+    for unbiased in (False, True):
+        full = ops._hsic_partials(grams, torch.tensor([11, 11], device=device), unbiased)
+        none = ops._hsic_partials(grams, None, unbiased)
+        for a, b in zip(full, none):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.fixture(params=["tiled", "blocked"])
+def hsic_kernel(request, device, monkeypatch):
+    """Both CUDA reductions (MPRUNER_HSIC_KERNEL); the CPU has one kernel and runs once."""
+    if device.type == "cpu" and request.param != "tiled":
+        pytest.skip("the switch selects a CUDA kernel")
+    monkeypatch.setenv("MPRUNER_HSIC_KERNEL", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("budget", [None, 49152])  # the device's shared memory, or a small one: layer blocks
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_a_300_layer_matrix(device, gen, unbiased, monkeypatch, hsic_kernel, budget):
+    """More layers than one GPU thread block stages at once (256 was the old CUDA cap; a small
+    MPRUNER_HSIC_SHARED_BYTES makes many layer blocks): the CUDA kernels and the CPU give the
+    float64 reference's matrix."""
+    if budget is not None:
+        if device.type == "cpu":
+            pytest.skip("MPRUNER_HSIC_SHARED_BYTES bounds the CUDA kernels' shared memory")
+        monkeypatch.setenv("MPRUNER_HSIC_SHARED_BYTES", str(budget))
+    L, n = 300, 12
+    z = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    feats = [z @ torch.randn(3, 4, generator=gen, dtype=torch.float64) + 0.5 * torch.randn(n, 4, generator=gen,
+             dtype=torch.float64) for _ in range(L)]
+    want = mpruner.reference.cka_matrix(feats, "linear", unbiased)
+    got = mpruner.cka_matrix([f.to(device) for f in feats], unbiased=unbiased).cpu()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    monkeypatch.setenv("MPRUNER_ENGINE_PATH", "device")
+    acc = mpruner.CKAAccumulator(unbiased=unbiased)
+    acc.update([f.to(device) for f in feats])
+    torch.testing.assert_close(acc.compute().cpu(), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("select", ["sort", "radix"])
+def test_rbf_bandwidths_select_the_median_exactly(device, gen, select):
+    """Both selections give the float32 distances' exact median (np.median of all n^2 entries),
+    with ties: duplicated samples make many equal distances and zeros."""
+    for n in (2, 5, 40, 301):
+        x = torch.randn(n, 6, generator=gen)
+        x[n // 2:] = x[: n - n // 2].clone()  # every sample twice (or nearly): ties, and zero distances
+        g = (x @ x.T)[None].repeat(2, 1, 1)
+        g[1] *= 3.0
+        got = ops._rbf_bandwidths(g.to(device), 0.5, select).cpu()
+        for i in range(2):
+            d = torch.diagonal(g[i])
+            d2 = (d[:, None] + d[None, :] - 2.0 * g[i]).clamp_min(0.0)
+            med = np.median(d2.numpy().astype(np.float64))
+            want = 1.0 / (2 * 0.25 * med) if med > 0 else 0.0
+            assert got[i].item() == pytest.approx(want, rel=1e-12), (n, i, select)
+    with pytest.raises(RuntimeError, match=r"select='radix' needs float32"):
+        ops._rbf_bandwidths(torch.eye(4, dtype=torch.float64)[None].to(device), 0.5, "radix")
+    with pytest.raises(RuntimeError, match=r"select must be 'auto', 'sort' or 'radix'"):
+        ops._rbf_bandwidths(torch.eye(4)[None].to(device), 0.5, "heap")
 
 
 def test_build_info():

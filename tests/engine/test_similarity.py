@@ -108,3 +108,22 @@ def test_wrapper_errors():
         mpruner.engine.token_cosine([torch.randn(2, 3, 4)], view="mean")
     with pytest.raises(ValueError, match="no real token"):
         mpruner.engine.token_cosine([torch.randn(2, 3, 4)], torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("K, D", [(1, 5), (3, 70), (40, 300)])  # a warp per pair ... a thread per pair;
+def test_cosine_sums_match_float64_and_repeat_bitwise(device, K, D):  # several feature slices per token
+    """Many tokens per thread block (N > 1024 blocks' worth), the sums added in a fixed order: the
+    same inputs give bitwise the same sums, equal to a float64 computation."""
+    g = torch.Generator().manual_seed(K * 1000 + D)
+    base = torch.randn(3, 700, D, generator=g)
+    hs = [(base + 0.5 * k * torch.randn(3, 700, D, generator=g)).to(device) for k in range(K)]
+    rows = torch.randperm(3 * 700, generator=g)[:1900].to(device)
+    cos, ang = torch.ops.mpruner._cosine_sums(hs, rows)
+    again = torch.ops.mpruner._cosine_sums(hs, rows)
+    assert torch.equal(cos, again[0]) and torch.equal(ang, again[1])
+    flat = torch.stack([h.reshape(-1, D)[rows.long()].double().cpu() for h in hs])  # (K, N, D)
+    unit = flat / flat.norm(dim=-1, keepdim=True)
+    want = torch.einsum("and,bnd->abn", unit, unit).clamp(-1, 1)
+    torch.testing.assert_close(cos.cpu(), want.sum(-1), rtol=1e-9, atol=1e-9)
+    # arccos is ill-conditioned near cos = 1 (a layer with itself): a looser bound on the angles
+    torch.testing.assert_close(ang.cpu(), (torch.arccos(want) / torch.pi).sum(-1), rtol=1e-6, atol=1e-4)

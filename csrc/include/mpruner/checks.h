@@ -2,6 +2,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <optional>
 
 namespace mpruner {
 
@@ -21,14 +24,63 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
               " is on ", b.device(), "; move both to one device");
 }
 
-// Arguments of the backend kernels, checked alike by every backend.
-inline void check_partials_args(const at::Tensor& grams, const at::Tensor& lengths) {
+// lengths[b] must lie in [0, T] before any kernel reads a Gram: checked here, alike on every
+// backend (the CUDA kernels index by it; combine_sums divides by it). A CPU tensor is read in
+// place; a device tensor costs one small read (only sequences of a given length pay it:
+// hsic_matrix passes no lengths); tensors without data (fake, meta) are not read.
+inline void check_length_values(const at::Tensor& lengths, int64_t T) {
+  const auto ks = lengths.key_set();
+  if (lengths.is_meta() || ks.has(c10::DispatchKey::Python) || ks.has(c10::DispatchKey::Functionalize) ||
+      c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) || lengths.numel() == 0)
+    return;
+  at::Tensor len = lengths.to(at::kLong);
+  if (!len.is_cpu()) {
+    if (!((len < 0) | (len > T)).any().item<bool>()) return;
+    len = len.cpu();
+  }
+  len = len.contiguous();
+  const int64_t* v = len.data_ptr<int64_t>();
+  for (int64_t b = 0; b < len.numel(); ++b)
+    TORCH_CHECK(v[b] >= 0 && v[b] <= T, "mpruner: lengths[", b, "]=", v[b], " is outside [0, ", T,
+                "]; each length counts the valid tokens of its sequence (at most the padded length T)");
+}
+
+// Arguments of _hsic_partials, checked alike by every backend. No lengths: every sequence has
+// all T entries.
+inline void check_partials_args(const at::Tensor& grams, const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(grams.dim() == 4, "mpruner._hsic_partials: grams must be (L, B, T, T), got ", grams.sizes());
   check_square_last(grams, "_hsic_partials: grams");
   check_float_tensor(grams, "_hsic_partials: grams");
-  check_same_device(grams, lengths, "grams", "lengths");
-  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == grams.size(1), "mpruner._hsic_partials: lengths must be (B,) with B=",
-              grams.size(1), ", got ", lengths.sizes());
+  if (!lengths.has_value()) return;
+  check_same_device(grams, *lengths, "grams", "lengths");
+  TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == grams.size(1), "mpruner._hsic_partials: lengths must be (B,) with B=",
+              grams.size(1), ", got ", lengths->sizes());
+  TORCH_CHECK(!at::isFloatingType(lengths->scalar_type()) && !at::isComplexType(lengths->scalar_type()),
+              "mpruner._hsic_partials: lengths must be integers, got ", lengths->scalar_type());
+  check_length_values(*lengths, grams.size(2));
+}
+
+// _hsic_finish: one batch's sums of L layers and the accumulator's state, all on one device.
+inline void check_finish_args(const at::Tensor& pairs, const at::Tensor& rowsums, int64_t n, const at::Tensor& scale,
+                              const at::Tensor& index, const at::Tensor& sums, const at::Tensor& thr_sums,
+                              const at::Tensor& flags) {
+  const int64_t L = pairs.size(0);
+  TORCH_CHECK(pairs.dim() == 2 && pairs.size(1) == L && pairs.scalar_type() == at::kDouble,
+              "mpruner._hsic_finish: pairs must be (L, L) float64, got ", pairs.sizes(), " ", pairs.scalar_type());
+  TORCH_CHECK(rowsums.dim() == 2 && rowsums.size(0) == L && rowsums.size(1) >= n && rowsums.scalar_type() == at::kDouble,
+              "mpruner._hsic_finish: rowsums must be (L, T >= n) float64, got ", rowsums.sizes());
+  TORCH_CHECK(n >= 2, "mpruner._hsic_finish: n must be >= 2, got ", n);
+  TORCH_CHECK(scale.sizes() == at::IntArrayRef({L}) && scale.scalar_type() == at::kDouble,
+              "mpruner._hsic_finish: scale must be (L,) float64");
+  TORCH_CHECK(index.dim() == 0 && index.scalar_type() == at::kLong, "mpruner._hsic_finish: index must be a 0-d int64");
+  TORCH_CHECK(sums.sizes() == pairs.sizes() && sums.scalar_type() == at::kDouble && sums.is_contiguous(),
+              "mpruner._hsic_finish: sums must be (L, L) contiguous float64");
+  TORCH_CHECK(thr_sums.sizes() == at::IntArrayRef({L}) && thr_sums.scalar_type() == at::kDouble &&
+                  thr_sums.is_contiguous(), "mpruner._hsic_finish: thr_sums must be (L,) contiguous float64");
+  TORCH_CHECK(flags.sizes() == at::IntArrayRef({L + 2}) && flags.scalar_type() == at::kLong && flags.is_contiguous(),
+              "mpruner._hsic_finish: flags must be (L + 2,) contiguous int64");
+  for (const at::Tensor* t : {&rowsums, &scale, &index, &sums, &thr_sums, &flags})
+    check_same_device(pairs, *t, "pairs", "the other arguments");
 }
 
 inline void check_center_args(const at::Tensor& k, const at::Tensor& rowsums, const at::Tensor& totals) {
@@ -42,11 +94,14 @@ inline void check_center_args(const at::Tensor& k, const at::Tensor& rowsums, co
               "mpruner._center_apply: rowsums must be (B, n) and totals (B,)");
 }
 
-inline void check_rbf_args(const at::Tensor& g, const at::Tensor& inv) {
+inline void check_rbf_args(const at::Tensor& g, const at::Tensor& diag, const at::Tensor& inv) {
   TORCH_CHECK(g.dim() == 3, "mpruner._rbf_apply: g must be (B, n, n), got ", g.sizes());
   check_square_last(g, "_rbf_apply: g");
   check_float_tensor(g, "_rbf_apply: g");
+  check_same_device(g, diag, "g", "diag");
   check_same_device(g, inv, "g", "inv_two_sigma2");
+  TORCH_CHECK(diag.sizes() == at::IntArrayRef({g.size(0), g.size(1)}), "mpruner._rbf_apply: diag must be (B, n) = (",
+              g.size(0), ", ", g.size(1), "), got ", diag.sizes());
   TORCH_CHECK(inv.dim() == 1 && inv.size(0) == g.size(0), "mpruner._rbf_apply: inv_two_sigma2 must be (B,)");
 }
 

@@ -68,10 +68,11 @@ MPRUNER_HD double hsic_from_sums(double p, double rr, double s_k, double s_l, in
 }
 
 // RBF kernel entry from a linear Gram: exp(-||x_i - x_j||^2 / (2 sigma^2)),
-// ||x_i - x_j||^2 = g_ii + g_jj - 2 g_ij (clamped: rounding can make it negative).
+// ||x_i - x_j||^2 = g_ii + g_jj - 2 g_ij (clamped: rounding can make it negative; a NaN
+// stays NaN, so that NaN activations show in the self-HSIC as with the linear kernel).
 MPRUNER_HD double rbf_entry(double g_ij, double g_ii, double g_jj, double inv_two_sigma2) {
   double d2 = g_ii + g_jj - 2.0 * g_ij;
-  d2 = d2 > 0.0 ? d2 : 0.0;
+  d2 = d2 < 0.0 ? 0.0 : d2;
   return exp(-d2 * inv_two_sigma2);
 }
 
@@ -87,6 +88,24 @@ MPRUNER_HD double triangle_weight(int64_t i, int64_t j) {
 MPRUNER_HD int64_t rbf_median_rank(int64_t pos, int64_t n) {
   if (pos < n) return pos;  // one of the diagonal zeros; any of the z leading zeros
   return n * (n + 1) / 2 + (pos - n) / 2;
+}
+
+// ---------------------------------------------------------------- the fused epilogue
+// (_hsic_finish: HSIC from the sums, the NaN/Inf bookkeeping and the accumulation in one pass.)
+
+// Finite without <cmath>'s overload set (host and device alike): NaN - NaN and inf - inf are NaN.
+MPRUNER_HD bool is_finite(double x) { return x - x == 0.0; }
+
+// The degeneracy threshold of a layer whose rough squared magnitude is `scale`
+// (mpruner.engine.cka: (DEGENERATE_FACTOR eps^2 scale)^2, factor = DEGENERATE_FACTOR eps^2).
+MPRUNER_HD double degeneracy_threshold(double scale, double factor) {
+  const double t = factor * scale;
+  return t * t;
+}
+
+// nan_policy="raise": the first batch whose self-HSIC is not finite, per layer (-1: none yet).
+MPRUNER_HD int64_t first_bad_batch(int64_t flag, double self_hsic, int64_t index) {
+  return (flag < 0 && !is_finite(self_hsic)) ? index : flag;
 }
 
 }  // namespace math

@@ -51,5 +51,34 @@ MPRUNER_HD int64_t token_offset(int64_t row, int64_t T, int64_t s0, int64_t s1) 
   return (row / T) * s0 + (row % T) * s1;
 }
 
+// ---------------------------------------------------------------- CUDA geometry
+// Lanes that share one pair's dot product: a power of two in [1, 32], as many as the block's
+// threads allow for all P pairs at once (few tensors: a warp per pair; many: a thread per pair).
+MPRUNER_HD int lanes_per_pair(int64_t P, int threads) {
+  int lanes = 32;
+  while (lanes > 1 && int64_t(threads / lanes) < P) lanes /= 2;
+  return lanes;
+}
+
+// Features of one token staged per pass, for all K tensors within `bytes` of shared memory:
+// at most D; else one more than a multiple of 32, so that threads reading tensors a and b at
+// the same feature fall into different banks.
+MPRUNER_HD int64_t stage_width(int64_t K, int64_t D, int64_t bytes, int64_t elem_size) {
+  int64_t w = bytes / (K * elem_size);
+  if (w >= D) return D;
+  w = (w - 1) / 32 * 32 + 1;
+  return w >= 1 ? w : 1;
+}
+
+// Thread blocks over the N tokens: each takes a contiguous run (tiling::split_rows) and writes
+// its own partial sums, added in block order afterwards (no atomics: bitwise reproducible).
+// A function of N and P only, never of the device, and the partial sums stay within ~64 MiB.
+MPRUNER_HD int64_t token_blocks(int64_t N, int64_t P) {
+  int64_t g = N < 1024 ? N : 1024;
+  const int64_t cap = (int64_t(64) << 20) / (16 * (P > 0 ? P : 1));
+  if (g > cap) g = cap;
+  return g >= 1 ? g : 1;
+}
+
 }  // namespace sim
 }  // namespace mpruner

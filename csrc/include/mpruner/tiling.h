@@ -38,24 +38,61 @@ MPRUNER_HD void triangle_coords(int64_t t, int64_t nt, int64_t& I, int64_t& J) {
 
 MPRUNER_HD int64_t num_tiles(int64_t T) { return (T + kTile - 1) / kTile; }
 
-// Layer pairs (a, b), a <= b, go to threads in chunks of up to R consecutive b of
-// one row a: the thread loads layer a's value once per column for R products.
-MPRUNER_HD int64_t chunks_in_row(int64_t a, int64_t L, int64_t R) { return (L - a + R - 1) / R; }
+// ---------------------------------------------------------------- layer blocks
+// One thread block stages the tile rows of every layer it reads in shared memory, so the layers
+// one block can take are capped by the device's opt-in shared memory (about 446 on sm_90 for the
+// tiled kernel). Beyond that the L layers go in blocks of Lb (half the cap, so that two blocks fit
+// together): grid z runs over block pairs (X, Y), X <= Y. Block pair (X, X) stages X's layers and
+// computes their pairs a <= b (the triangle); (X, Y), X < Y, stages X's then Y's layers and
+// computes the cross pairs only (a rectangle). Staged layer s of (X, Y) is global layer
+// staged_layer(s, ...); the row sums of a layer come from its (X, X) block pair alone.
+MPRUNER_HD int64_t layer_block_size(int64_t L, int64_t cap) {
+  if (L <= cap) return L;
+  const int64_t half = cap / 2;
+  return half > 0 ? half : 1;
+}
 
-MPRUNER_HD int64_t num_chunks(int64_t L, int64_t R) {
+MPRUNER_HD int64_t layer_blocks(int64_t L, int64_t Lb) { return (L + Lb - 1) / Lb; }
+
+MPRUNER_HD int64_t block_layers(int64_t X, int64_t L, int64_t Lb) {
+  const int64_t left = L - X * Lb;
+  return left < Lb ? left : Lb;
+}
+
+// Layers staged by block pair (X, Y): X's alone on the diagonal, X's and Y's off it.
+MPRUNER_HD int64_t staged_count(int64_t X, int64_t Y, int64_t L, int64_t Lb) {
+  return X == Y ? block_layers(X, L, Lb) : block_layers(X, L, Lb) + block_layers(Y, L, Lb);
+}
+
+MPRUNER_HD int64_t staged_layer(int64_t s, int64_t X, int64_t Y, int64_t L, int64_t Lb) {
+  const int64_t nx = block_layers(X, L, Lb);
+  return s < nx ? X * Lb + s : Y * Lb + (s - nx);
+}
+
+// Layer pairs (a, b) of a block pair go to threads in chunks of up to R consecutive b of one row
+// a: the thread loads layer a's value once per column for R products. Rows a < nx (X's staged
+// layers); row a's b run from a (triangle, `same`) or from nx (rectangle) up to S.
+MPRUNER_HD int64_t first_pair_b(int64_t a, int64_t nx, bool same) { return same ? a : nx; }
+
+MPRUNER_HD int64_t chunks_in_row(int64_t a, int64_t nx, int64_t S, bool same, int64_t R) {
+  return (S - first_pair_b(a, nx, same) + R - 1) / R;
+}
+
+MPRUNER_HD int64_t num_chunks(int64_t nx, int64_t S, bool same, int64_t R) {
   int64_t c = 0;
-  for (int64_t a = 0; a < L; ++a) c += chunks_in_row(a, L, R);
+  for (int64_t a = 0; a < nx; ++a) c += chunks_in_row(a, nx, S, same, R);
   return c;
 }
 
 // Chunk c -> its row a, first b and number of pairs (0 when c is past the end).
-MPRUNER_HD void chunk_coords(int64_t c, int64_t L, int64_t R, int& a, int& b0, int& count) {
-  for (int64_t row = 0; row < L; ++row) {
-    const int64_t k = chunks_in_row(row, L, R);
+MPRUNER_HD void chunk_coords(int64_t c, int64_t nx, int64_t S, bool same, int64_t R, int& a, int& b0, int& count) {
+  for (int64_t row = 0; row < nx; ++row) {
+    const int64_t k = chunks_in_row(row, nx, S, same, R);
     if (c < k) {
+      const int64_t first = first_pair_b(row, nx, same) + c * R;
+      const int64_t left = S - first;
       a = static_cast<int>(row);
-      b0 = static_cast<int>(row + c * R);
-      const int64_t left = L - (row + c * R);
+      b0 = static_cast<int>(first);
       count = static_cast<int>(left < R ? left : R);
       return;
     }
@@ -66,17 +103,41 @@ MPRUNER_HD void chunk_coords(int64_t c, int64_t L, int64_t R, int& a, int& b0, i
   count = 0;
 }
 
-// Pairs per thread from the real pair count: the smallest R in {1, 2, 4, 8, 16} whose
-// chunks fit one block's threads (one pass over the Grams); past that R = 16 and
-// several pair groups.
-MPRUNER_HD int pairs_per_thread(int64_t L) {
+// The single-block forms (all L layers staged, the triangle).
+MPRUNER_HD int64_t chunks_in_row(int64_t a, int64_t L, int64_t R) { return chunks_in_row(a, L, L, true, R); }
+MPRUNER_HD int64_t num_chunks(int64_t L, int64_t R) { return num_chunks(L, L, true, R); }
+MPRUNER_HD void chunk_coords(int64_t c, int64_t L, int64_t R, int& a, int& b0, int& count) {
+  chunk_coords(c, L, L, true, R, a, b0, count);
+}
+
+// Pairs per thread: the smallest R in {1, 2, 4, 8, 16} whose chunks fit one block's threads
+// (one pass over the Grams); past that R = 16 and several pair groups. With layer blocks the
+// largest block pair decides (the rectangle of two full blocks).
+MPRUNER_HD int64_t max_chunks(int64_t L, int64_t Lb, int64_t R) {
+  return L <= Lb ? num_chunks(L, R) : num_chunks(Lb, 2 * Lb, false, R);
+}
+
+MPRUNER_HD int pairs_per_thread(int64_t L, int64_t Lb) {
   for (int R = 1; R < kMaxChunkPairs; R *= 2)
-    if (num_chunks(L, R) <= kHsicThreads) return R;
+    if (max_chunks(L, Lb, R) <= kHsicThreads) return R;
   return kMaxChunkPairs;
 }
 
-MPRUNER_HD int64_t pair_groups(int64_t L) {
-  return (num_chunks(L, pairs_per_thread(L)) + kHsicThreads - 1) / kHsicThreads;
+MPRUNER_HD int64_t pair_groups(int64_t L, int64_t Lb) {
+  return (max_chunks(L, Lb, pairs_per_thread(L, Lb)) + kHsicThreads - 1) / kHsicThreads;
+}
+
+MPRUNER_HD int pairs_per_thread(int64_t L) { return pairs_per_thread(L, L); }
+MPRUNER_HD int64_t pair_groups(int64_t L) { return pair_groups(L, L); }
+
+// Layers one block of a kernel can stage: shared bytes over the bytes each layer takes.
+MPRUNER_HD int64_t layers_per_block(int64_t shared_bytes, int64_t bytes_per_layer) {
+  return shared_bytes / bytes_per_layer;
+}
+
+// Sequence b's valid length: lengths[b], or all T when no lengths are given (hsic_matrix).
+MPRUNER_HD int64_t sequence_length(const int64_t* lengths, int64_t b, int64_t T) {
+  return lengths == nullptr ? T : lengths[b];
 }
 
 // Per-tile partial row sums: each tile (I, J) of sequence b writes, per layer l,
