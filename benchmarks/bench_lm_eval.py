@@ -1,6 +1,6 @@
 """lm-evaluation-harness against mpruner.perplexity on SmolLM2-135M: the two conventions, with numbers.
 
-    python benchmarks/bench_lm_eval.py [--docs 400] [--seq-len 128] [--out benchmarks/results]
+    python benchmarks/bench_lm_eval.py [--docs 400] [--cloze-limit N] [--seq-len 128] [--out benchmarks/results]
 
 On the held-out Wikipedia summaries (the ``mpruner_wiki_perplexity`` task, first ``--docs``):
 
@@ -53,6 +53,7 @@ def main(argv=None):
     p.add_argument("--docs", type=int, default=400)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cloze-limit", type=int, help="cloze items (default: all 290)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
     import transformers
@@ -89,6 +90,7 @@ def main(argv=None):
 
     t = time.perf_counter()
     cloze = mpruner.lm.evaluate(model, tok, "mpruner_wiki_cloze", batch_size=args.batch_size, progress=False,
+                                limit=args.cloze_limit,
                                 log_samples=False)["results"]["mpruner_wiki_cloze"]
     seconds["lm_eval_cloze"] = time.perf_counter() - t
 

