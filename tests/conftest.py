@@ -7,7 +7,10 @@ import torch
 
 from tests.helpers.layer_data import SEEDS
 
+# Nothing reaches the network: no model hub, no data-set hub (lm-eval's local tasks read JSON files).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 try:  # property tests: a short seeded profile by default, `--hypothesis-profile long` for thousands
     from hypothesis import HealthCheck, settings

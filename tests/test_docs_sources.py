@@ -198,6 +198,16 @@ def test_pipeline_tables_come_from_the_results(scenario):
                f"{r['metric']:.4f} | {r['drop_points']:+.1f} | {r['drop_points_vs_control']:+.1f} |" in text, r["row"]
 
 
+def test_lm_eval_crosscheck_comes_from_the_results():
+    d = _json("lm_eval_crosscheck.json")
+    text = PAGES["results"]
+    assert f"| {d['lm_eval']['tokens']:,} | {d['lm_eval']['token_perplexity']:.3f} |" in text
+    assert f"| {d['mpruner_per_document']['tokens']:,} | {d['mpruner_per_document']['token_perplexity']:.3f} |" in text
+    for r in d["mpruner_joined"].values():
+        assert f"| {r['tokens']:,} | {r['perplexity']:.3f} |" in text
+    assert f"**{d['lm_eval']['word_perplexity']:.3f}**" in text and f"**{d['cloze']['acc']:.3f}**" in text
+
+
 def test_every_results_file_is_shown():
     # Each committed results file is named on a rendered page (its tables or its provenance line).
     shown = "\n".join(PAGES.values())

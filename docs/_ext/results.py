@@ -328,6 +328,21 @@ def lm_select_table(n: int) -> str:
                "|---|---|---:|---:|---:|")
 
 
+def lm_eval_table() -> str:
+    """lm-eval's perplexity and mpruner.perplexity on the same documents (lm_eval_crosscheck.json)."""
+    d = j("lm_eval_crosscheck.json")
+    h, per, joined = d["lm_eval"], d["mpruner_per_document"], d["mpruner_joined"]
+    rows = [[f"lm-eval `mpruner_wiki_perplexity`: each document after the prefix token `{md(d['prefix_token'])}`",
+             num(h["tokens"]), f"{h['token_perplexity']:.3f}"],
+            ["`mpruner.perplexity` on [prefix] + each document, one window each (lm-eval's convention)",
+             num(per["tokens"]), f"{per['token_perplexity']:.3f}"]]
+    for key, label in (("default", "the default window"), ("demo", "the LM demo's window")):
+        r = joined[key]
+        rows.append([f"`mpruner.perplexity` on the documents joined by EOS, windows of {r['seq_len']} ({label}), "
+                     f"BOS {'per window' if r['add_bos'] else 'never'}", num(r["tokens"]), f"{r['perplexity']:.3f}"])
+    return _md(["convention", "predicted tokens", "token perplexity"], rows, "|---|---:|---:|")
+
+
 SIGNAL_LABELS = {"cka": "1 − normalized CKA(input, output)", "influence": "Block Influence",
                  "angular": "angular distance", "update": "relative update norm", "loo": "leave-one-out loss"}
 
@@ -448,7 +463,7 @@ def namespace() -> Dict:
              "profile_shares", "engine_table", "hook_table", "versions_table", "profile_table", "analysis_table",
              "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table",
              "pipeline_table", "pipeline_row", "pipeline_label", "fuzz_total", "fuzz_table", "property_total", "properties_table",
-             "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal")
+             "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal", "lm_eval_table")
     g = globals()
     return {n: g[n] for n in names}
 

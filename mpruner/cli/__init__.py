@@ -36,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for the model card
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -99,6 +99,9 @@ def add_parser(sub) -> None:
     from .prune_lm import add_lm_options
 
     add_lm_options(p)
+    from .judge import add_judge_options
+
+    add_judge_options(p)
     p.set_defaults(func=cmd_prune)
 
 
@@ -257,6 +260,9 @@ def cmd_prune(args) -> int:
                                  "torchrun --nproc_per_node N -m mpruner prune ... (N >= 2), or drop --fsdp")
         if args.no_progress:
             no_library_bars()
+        from .judge import command_line, make_judge, metric_label
+
+        judge = make_judge(args)  # --judge lm-eval:TASK: its tasks checked and read before the model loads
         print(f"mpruner prune: loading {args.model}", flush=True)
         options, tokenizer = {}, None
         torch.manual_seed(args.seed)  # what the model initialises afresh (a new classification head) is seeded
@@ -264,6 +270,8 @@ def cmd_prune(args) -> int:
             from .prune_lm import build_causal_lm
 
             model, calib, evaluate, finetune, options = build_causal_lm(args)
+            if judge is not None:
+                evaluate, options["higher_is_better"] = judge, judge.higher_is_better
         else:
             model, calib, evaluate, finetune, tokenizer = _build(args)
         Ranks.current().sync_weights(model)  # under torchrun every rank starts from rank 0's weights
@@ -283,7 +291,11 @@ def cmd_prune(args) -> int:
             return interrupted(args, pruner)
         if not pruner.ranks.is_main:  # rank 0 writes the report
             return 0
-        summary = write_report(result, args.out, extra={"model_source": args.model}, tokenizer=tokenizer)
+        from ..prune.outputs import recipe
+
+        summary = write_report(result, args.out, extra={"model_source": args.model, **metric_label(args, judge)},
+                               tokenizer=tokenizer, card={"recipe": recipe(pruner.options),
+                                                          "command": command_line(args)})
     except (ValueError, TypeError, FileNotFoundError, ImportError, AttributeError) as e:
         print(f"mpruner prune: error: {flag_message(e)}", file=sys.stderr)
         return 1

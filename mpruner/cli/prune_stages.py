@@ -32,7 +32,11 @@ def run_pipeline(args, model, calib, evaluate, finetune, layers=None) -> int:
                     example_inputs=calib[0], progress=not args.no_progress, depth_kwargs=depth_kwargs,
                     seed=args.seed)
     result = pipe.run(resume=args.resume)
-    summary = write_pipeline_report(result, args.out, extra={"model_source": args.model})
+    from .judge import command_line, metric_label
+
+    judge = evaluate if isinstance(getattr(evaluate, "higher_is_better", None), bool) else None
+    summary = write_pipeline_report(result, args.out, extra={"model_source": args.model, **metric_label(args, judge)},
+                                    card={"command": command_line(args)})
     print(result.summary())
     print(f"wrote {args.out}: summary.json (every stage), model/ ({summary['model_saved_with']})")
     return 0

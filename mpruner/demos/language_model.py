@@ -99,7 +99,7 @@ def run_lm_demo(out: os.PathLike = "runs/demo-lm", quick: bool = False, progress
     }
     start, _ = strategies.best_run(ang.run_distance(n), n, candidates)
     picks["contiguous"] = list(range(start, start + n))
-    rows = []
+    rows, best = [], None
     for name in STRATEGIES:
         removed = picks[name]
         pruned = remove_layers(base, {"model.layers": removed})
@@ -117,11 +117,16 @@ def run_lm_demo(out: os.PathLike = "runs/demo-lm", quick: bool = False, progress
                      "seconds": time.perf_counter() - t})
         log(f"  {name:<17} remove {removed}: ppl {pruned_ppl:.3f} -> healed {healed_ppl:.3f} "
             f"({healed_ppl / before.perplexity:.3f}x)")
+        if best is None or healed_ppl < best[0]:
+            best = (healed_ppl, pruned)  # the folder keeps the strategy with the lowest healed perplexity
         del pruned
         seconds["total"] = time.perf_counter() - t0
         # Written after every strategy: an interrupted run still leaves what it measured.
         summary = _summary(cfg, quick, base, before, rows, cka, ang, seconds, n, done=len(rows) == len(STRATEGIES))
         _write(out, summary)
+    from .lm_card import save_chosen
+
+    save_chosen(out, best[1], tok, summary, base)
     log(format_table(summary))
     return summary
 

@@ -47,7 +47,8 @@ class MPruner(AttemptPlanning):
         model: the model to prune; it is never modified (the loop works on copies).
         calib_data: batches for the CKA analysis (see ``mpruner.analyze``).
         evaluate: ``evaluate(model) -> float``, higher is better unless ``higher_is_better=False``
-            (e.g. perplexity: ``lambda m: mpruner.perplexity(m, ids).perplexity``).
+            (e.g. perplexity: ``lambda m: mpruner.perplexity(m, ids).perplexity``); a judge with a
+            ``higher_is_better`` attribute (:func:`mpruner.lm.task_metric`) sets the direction itself.
         finetune: ``finetune(model) -> None`` trains in place (e.g. ``mpruner.Finetuner``); None skips recovery.
         layers: ``"auto"`` (the first block list) or a block-list name from ``mpruner.find_blocks``.
         threshold: CKA threshold for clustering, or ``"auto"`` (the highest adjacent similarity, >= 0.9).
@@ -92,6 +93,12 @@ class MPruner(AttemptPlanning):
             raise TypeError("evaluate must be a callable evaluate(model) -> float (higher is better)")
         if finetune is not None and not callable(finetune):
             raise TypeError("finetune must be a callable finetune(model) -> None, a mpruner.Finetuner, or None")
+        judged = getattr(evaluate, "higher_is_better", None)  # a judge that knows its direction (lm.task_metric)
+        if isinstance(judged, bool):
+            if options.get("higher_is_better", judged) != judged:
+                raise ValueError(f"evaluate ({evaluate!r}) is {'higher' if judged else 'lower'} is better, but "
+                                 f"higher_is_better={options['higher_is_better']}; drop higher_is_better")
+            options = {**options, "higher_is_better": judged}
         self.options = opts = PruneOptions.from_call(args, options)  # every option checked here
         self.original = model
         self.calib_data, self.evaluate, self.finetune = calib_data, evaluate, finetune

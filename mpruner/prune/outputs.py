@@ -9,8 +9,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..surgery import save_pruned
+from ..surgery import save_pruned, write_model_card
 from .loop import PruneResult
+from .options import PruneOptions
 
 
 def save_model(model: nn.Module, path: Path) -> str:
@@ -23,12 +24,27 @@ def save_model(model: nn.Module, path: Path) -> str:
     return "save_pruned"
 
 
+def recipe(options: PruneOptions) -> dict:
+    """The options of a run as a model card lists them: those that are plain values (not the
+    example inputs, not callables), ``None`` left out."""
+    out = {}
+    for name, value in vars(options).items():
+        if name in ("example_inputs", "checkpoint_dir", "progress", "verbose") or value is None:
+            continue
+        if isinstance(value, (str, int, float, bool)) or (isinstance(value, dict) and all(
+                isinstance(v, (str, int, float, bool, type(None))) for v in value.values())):
+            out[name] = value
+    return out
+
+
 def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = None, heatmaps: bool = True,
-                 tokenizer=None) -> dict:
+                 tokenizer=None, card: Optional[dict] = None) -> dict:
     """Writes ``summary.json``, ``summary.txt``, ``history.json``, ``iter-<attempt>.png`` and ``model/`` into ``out``.
 
     ``tokenizer`` (or a processor: anything with ``save_pretrained``) is saved beside the
     model, so ``model/`` reloads as a usable model (``AutoTokenizer.from_pretrained(out/model)``).
+    ``model/README.md`` is its model card, with the numbers of ``summary.json`` (``card``: more
+    keyword arguments of :func:`mpruner.surgery.model_card`: ``recipe``, ``command``, ``base_model``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +78,7 @@ def write_report(result: PruneResult, out: os.PathLike, extra: Optional[dict] = 
         summary.update(extra)
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
+    write_model_card(out / "model", result.model, summary, **(card or {}))
     with open(out / "history.json", "w") as f:
         json.dump([h.report() for h in result.history], f, indent=1)
     (out / "summary.txt").write_text(result.summary() + "\n")

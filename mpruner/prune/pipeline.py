@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..sparsity import count_nonzero, frozen_copy, refresh_masked_weights, wanda
-from ..surgery import load_pruned, model_stats, save_pruned
+from ..surgery import load_pruned, model_stats, save_pruned, write_model_card
 from ..surgery.stats import format_count
 from . import checkpoint as ckpt
 from .loop import MPruner, PruneResult
@@ -97,6 +97,10 @@ class Pipeline:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(evaluate):
             raise TypeError("evaluate must be a callable evaluate(model) -> float (higher is better)")
+        if getattr(evaluate, "higher_is_better", True) is False:
+            raise ValueError(f"the pipeline accepts each stage by a higher-is-better metric; evaluate ({evaluate!r}) is "
+                             "lower is better: judge by an accuracy (e.g. mpruner.lm.task_metric('mpruner_wiki_cloze', "
+                             "tokenizer))")
         if width is not None and example_inputs is None:
             raise ValueError("width pruning traces the model: pass example_inputs (one batch)")
         if width is not None and not (isinstance(width, (int, float)) and 0 < width < 1):
@@ -204,8 +208,9 @@ class Pipeline:
         frozen = frozen_copy(model)  # prune masks folded: plain weights, plain loaders
         if hasattr(frozen, "save_pretrained"):
             frozen.save_pretrained(str(tmp))
+            write_model_card(tmp, frozen, self._card_summary(stages), stages=self._stages_run(stages))
         else:
-            save_pruned(frozen, tmp)
+            save_pruned(frozen, tmp, card={"summary": self._card_summary(stages), "stages": self._stages_run(stages)})
         shutil.rmtree(d / name, ignore_errors=True)
         tmp.rename(d / name)
         ckpt.write_json_atomic(d / STATE, {"version": 1, "options": self._options(), "done": done,
@@ -214,6 +219,18 @@ class Pipeline:
         for old in d.glob("stage-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+
+    def _card_summary(self, stages) -> dict:
+        done = [s for s in stages if s is not None]
+        accepted = [s for s in done if s.accepted]
+        return {"metric_before": self.metric_before, "metric_after": accepted[-1].metric if accepted else None,
+                "tolerance": self.tolerance, "tolerance_mode": self.tolerance_mode,
+                "params_before": sum(p.numel() for p in self.original.parameters()),
+                "stages": [asdict(s) for s in done]}
+
+    @staticmethod
+    def _stages_run(stages) -> List[str]:
+        return [s.name for s in stages if s is not None and s.name != "dense" and s.accepted]
 
     def _load(self):
         state = ckpt.read_state_file(self.checkpoint_dir / STATE) if self.checkpoint_dir else None
@@ -271,13 +288,16 @@ class Pipeline:
         frozen = frozen_copy(model)
         if hasattr(frozen, "save_pretrained"):
             frozen.save_pretrained(str(path))
+            write_model_card(path, frozen, stages=self.stage_names)
             return "save_pretrained"
-        save_pruned(frozen, path)
+        save_pruned(frozen, path, card={"stages": self.stage_names})
         return "save_pruned"
 
 
-def write_pipeline_report(result: PipelineResult, out, extra: Optional[dict] = None) -> dict:
-    """``summary.json`` (every stage: params, non-zeros, MACs, latency, metric), ``summary.txt`` and ``model/``."""
+def write_pipeline_report(result: PipelineResult, out, extra: Optional[dict] = None,
+                          card: Optional[dict] = None) -> dict:
+    """``summary.json`` (every stage: params, non-zeros, MACs, latency, metric), ``summary.txt`` and ``model/``
+    with its model card ``README.md`` (``card``: more arguments of :func:`mpruner.surgery.model_card`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frozen = frozen_copy(result.model)
@@ -292,5 +312,11 @@ def write_pipeline_report(result: PipelineResult, out, extra: Optional[dict] = N
         summary["depth"] = {k: v for k, v in result.depth.to_dict().items() if k != "history"}
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=str)
+    card_summary = {**summary, "params_before": result.stages[0].params if result.stages else None}
+    if result.depth is not None:
+        card_summary.update(layers_before=result.depth.layers_before, layers_after=result.depth.layers_after,
+                            tolerance=result.depth.tolerance, tolerance_mode=result.depth.tolerance_mode)
+    write_model_card(out / "model", frozen, card_summary,
+                     stages=[s.name for s in result.stages if s.name != "dense" and s.accepted], **(card or {}))
     (out / "summary.txt").write_text(result.summary() + "\n")
     return summary

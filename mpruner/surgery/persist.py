@@ -4,7 +4,9 @@ A checkpoint is a directory with
 
 * ``model.safetensors``: the weights (shared tensors such as tied embeddings
   stored once), with the removal record in its metadata;
-* ``mpruner.json``: the same record, readable by people and tools.
+* ``mpruner.json``: the same record, readable by people and tools;
+* ``README.md``: a model card (Hugging Face YAML metadata and what was removed,
+  :mod:`mpruner.surgery.card`).
 
 The copy inside the weights file is the authoritative one: it is written in the
 same ``os.replace`` as the weights, so an interrupted save can never pair new
@@ -16,13 +18,14 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
+from .card import write_model_card
 from .record import ATTRIBUTE, get_record
 from .remove import adapter_for, remove_layers
 from .reshape import apply_shapes
@@ -57,11 +60,14 @@ def _atomic_write(final: Path, write: Callable[[str], None]) -> None:
             temporary.unlink()
 
 
-def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+def save_pruned(model: nn.Module, path: Union[str, os.PathLike], card: Optional[dict] = None) -> Path:
     """Save ``model``'s weights and removal record to the directory ``path``.
 
     For models without ``save_pretrained`` (torchvision, EfficientNet, your
     own). Reload with ``load_pruned(path, model_factory)``. Returns the path.
+    A model card ``README.md`` is written beside them (``card``: the keyword
+    arguments of :func:`mpruner.surgery.card.model_card`, e.g. ``{"summary": ...}``);
+    a README.md that mpruner did not write is kept.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -74,6 +80,7 @@ def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
     metadata = {"format": "pt", METADATA_KEY: text}
     _atomic_write(directory / WEIGHTS_NAME, lambda f: save_model(model, f, metadata=metadata))
     _atomic_write(directory / RECORD_NAME, lambda f: Path(f).write_text(text + "\n"))
+    write_model_card(directory, model, **(card or {}))
     return directory
 
 

@@ -24,7 +24,7 @@ def test_torchvision_resnet_remove_save_load(tmp_path):
     assert out.shape == (2, 10)
 
     save_pruned(pruned, tmp_path / "ckpt")
-    assert sorted(os.listdir(tmp_path / "ckpt")) == ["model.safetensors", "mpruner.json"]
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["README.md", "model.safetensors", "mpruner.json"]  # + model card
     record = json.loads((tmp_path / "ckpt" / "mpruner.json").read_text())
     assert record["steps"] == [{"layer1..layer4": [1, 3, 7]}] and record["adapter"] == "torchvision-resnet"
     assert read_record(tmp_path / "ckpt") == record

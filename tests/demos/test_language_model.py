@@ -21,3 +21,13 @@ def test_lm_demo_end_to_end_tiny(tmp_path):
     run = s["strategies"][0]["removed"]
     assert run[1] == run[0] + 1  # contiguous means contiguous
     assert s["complete"] and (tmp_path / "lm_summary.json").exists() and s["chosen"] in {r["strategy"] for r in s["strategies"]}
+    # The chosen model is saved with its tokenizer and a model card carrying the summary's numbers.
+    hub = pytest.importorskip("huggingface_hub")
+    import transformers as T
+
+    card = hub.ModelCard.load(tmp_path / "model" / "README.md").data.to_dict()
+    chosen = next(r for r in s["strategies"] if r["strategy"] == s["chosen"])
+    assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card["mpruner"]["metric_before"] == s["ppl_original"]
+    assert card["mpruner"]["metric_after"] == chosen["ppl_healed"]
+    assert T.AutoModelForCausalLM.from_pretrained(tmp_path / "model").config.num_hidden_layers == 28

@@ -57,6 +57,15 @@ def test_all_stages_accepted_and_recorded(tmp_path):
     assert [s["name"] for s in summary["stages"]] == ["dense", "depth", "width", "sparsity"]
     back = T.BertForSequenceClassification.from_pretrained(tmp_path / "out" / "model")
     assert sparsity.count_nonzero(back) == sparse.nonzero
+    hub = pytest.importorskip("huggingface_hub")
+    data = hub.ModelCard.load(tmp_path / "out" / "model" / "README.md").data.to_dict()
+    assert data["tags"] == ["pruned", "mpruner", "depth", "width", "sparsity"]
+    assert data["pipeline_tag"] == "text-classification" and data["library_name"] == "transformers"
+    numbers = data["mpruner"]
+    assert numbers["metric_before"] == summary["metric_before"] and numbers["metric_after"] == summary["metric_after"]
+    assert [s["nonzero"] for s in numbers["stages"]] == [s["nonzero"] for s in summary["stages"]]
+    assert numbers["weight_sparsity"] > 0.4  # Wanda's 50% of the linear weights (embeddings are no layer)
+    assert hub.ModelCard.load(tmp_path / "ck" / "stage-04" / "README.md").data.to_dict()["mpruner"]["stages"]
 
 
 @pytest.mark.slow
