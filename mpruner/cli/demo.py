@@ -1,6 +1,7 @@
 """``mpruner demo``: MPruner end to end on a real pretrained model, offline."""
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import textwrap
@@ -26,7 +27,9 @@ def add_parser(sub) -> None:
                    help="continue an interrupted demo from --out/checkpoint (refused when there is none) "
                         "(default: start afresh)")
     d.add_argument("--threshold", type=threshold_value, help="CKA threshold in (0, 1], or 'auto' (default: auto)")
-    d.add_argument("--tolerance", type=tolerance_value, help="allowed accuracy drop (default: 0.01)")
+    d.add_argument("--tolerance", type=tolerance_value,
+                   help="allowed accuracy drop for text and vision (default: 0.01); for lm the allowed relative "
+                        "perplexity increase of every goal (default: each goal's own, 0.30 at 8 blocks, 0.10 at 4)")
     d.add_argument("--no-progress", action="store_true",
                    help="no progress bars; one line per stage and attempt is still printed (default: bars on)")
     d.set_defaults(func=cmd_demo)
@@ -37,10 +40,14 @@ def cmd_demo(args) -> int:
 
     try:
         check_out_dir(args.out)
-        check_resume(args)
         if args.scenario == "lm":
-            run_lm_demo(args.out, quick=args.quick, progress=not args.no_progress, tolerance=args.tolerance)
+            if args.resume and not glob.glob(os.path.join(args.out, "n*-checkpoint", "state.json")):
+                raise ValueError(f"--resume: there is no checkpoint in {args.out}/n*-checkpoint to continue from; run "
+                                 f"without --resume to start, or pass the --out of the interrupted run")
+            run_lm_demo(args.out, quick=args.quick, progress=not args.no_progress, tolerance=args.tolerance,
+                        resume=args.resume)
             return 0
+        check_resume(args)
         run_demo(args.scenario, args.out, quick=args.quick, progress=not args.no_progress, resume=args.resume,
                  threshold=args.threshold, tolerance=args.tolerance)
     except (ImportError, FileNotFoundError, ValueError) as e:

@@ -46,13 +46,16 @@ def add_lm_options(p) -> None:
                         "calibration loss), greedy (SLEB: one block per round by calibration loss), auto (the "
                         "best on SmolLM2-135M) (default: %(default)s)")
     g.add_argument("--replace", choices=("linear",), default=option("replace").default,
-                   help="linear: each removed run of blocks is replaced by a linear map fitted on the calibration "
-                        "windows and folded into the previous block's MLP output projection (default: plain removal)")
+                   help="linear: each removed run of blocks is replaced by a linear map fitted on --replace-windows "
+                        "calibration windows and folded into the previous block's MLP output projection (default: plain removal)")
     g.add_argument("--n", type=int, help="blocks to remove (every --select but cluster) (default: none; give --n or --target-layers)")
     g.add_argument("--target-layers", type=int, help="depth to reach instead of --n (default: none)")
     g.add_argument("--seq-len", type=int, default=256, help="tokens per window (default: %(default)s)")
     g.add_argument("--heldout", type=float, default=0.1, help="fraction of --data lines for perplexity (default: %(default)s)")
     g.add_argument("--calib-windows", type=int, default=32, help="windows for the analysis (default: %(default)s)")
+    g.add_argument("--replace-windows", type=int, default=32,
+                   help="windows the linear maps of --replace linear are fitted on (they need >= 8 tokens per "
+                        "dimension of the residual stream: 4,608 for SmolLM2-135M) (default: %(default)s)")
     g.add_argument("--lora-r", type=int, default=8, help="LoRA rank for healing; 0: full fine-tuning (default: %(default)s)")
     g.add_argument("--heal-tokens", type=token_count,
                    help="healing budget of each attempt in real tokens, e.g. 300k or 1.5M; turns healing on (as "
@@ -126,6 +129,9 @@ def build_causal_lm(args):
                              distill=dict(teacher=model) if args.distill else None,
                              checkpoint_every=args.heal_checkpoint_every)
     options = dict(higher_is_better=False, select=args.select, replace=args.replace)
+    if args.replace:
+        options["replace_data"] = [{k: v for k, v in b.items() if k != "labels"} for b in windows][
+            : max(1, args.replace_windows // args.batch_size)]
     if args.select != "cluster":
         options.update(n=args.n, target_layers=args.target_layers)
     return model, calib, evaluate, finetune, options

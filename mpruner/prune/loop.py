@@ -83,6 +83,9 @@ class MPruner(AttemptPlanning):
             ``calib_data`` and folded into the previous block (:func:`mpruner.lm.linear_replacement`;
             decoder LMs of the LLaMA, Qwen2, Mistral, Qwen3, Phi-3 and GPT-2 families); default
             None: plain removal.
+        replace_data: the batches the linear maps are fitted on (default ``calib_data``): the fit
+            needs at least 8 tokens per dimension of the residual stream, often more than the
+            block choice needs.
     """
 
     def __init__(self, model: nn.Module, calib_data: Iterable, evaluate: Callable[[nn.Module], float],
@@ -110,7 +113,7 @@ class MPruner(AttemptPlanning):
         self.cluster_method, self.analyze_kwargs, self.seed = opts.cluster_method, dict(opts.analyze_kwargs or {}), \
             opts.seed
         self.select, self.n, self.target_layers = opts.select, opts.n, opts.target_layers
-        self.replace = opts.replace
+        self.replace, self.replace_data = opts.replace, opts.replace_data
         if self.replace is not None:
             _check_replaceable(model)
         self.checkpoint_dir = None if opts.checkpoint_dir is None else Path(opts.checkpoint_dir)
@@ -253,7 +256,8 @@ class MPruner(AttemptPlanning):
         if self.replace == "linear":
             from ..lm import linear_replacement
 
-            candidate = linear_replacement(self.model, removed, self.calib_data)
+            candidate = linear_replacement(self.model, removed, self.calib_data if self.replace_data is None
+                                           else self.replace_data)
         else:
             candidate = remove_layers(self.model, {self.block_list: removed})
         secs = {}

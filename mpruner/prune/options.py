@@ -56,6 +56,7 @@ class PruneOptions:
     target_layers: Optional[int] = _option(None, "--target-layers", doc="depth to reach instead of n")
     replace: Optional[str] = _option(None, "--replace", True,
                                      "'linear': each removed run replaced by a fitted linear map (decoder LMs)")
+    replace_data: object = _option(None, None, doc="batches the linear maps are fitted on (default: calib_data)")
 
     def __post_init__(self):
         t = self.threshold

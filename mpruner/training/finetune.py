@@ -308,7 +308,8 @@ class Finetuner:
                 interrupted):
         last_mean = math.nan
         while progress["epoch"] < self.epochs and not self._done(progress):
-            for index, group in enumerate(_groups(self.train_data, self.gradient_accumulation_steps)):
+            for index, (group, last_group) in enumerate(_with_last(_groups(self.train_data,
+                                                                        self.gradient_accumulation_steps))):
                 if index < progress["groups"]:
                     continue  # consumed before the run was interrupted
                 progress["losses"].extend(self._step(accelerator, wrapped, opt, params, group, progress["step"],
@@ -322,7 +323,8 @@ class Finetuner:
                 self._watch(trained, progress, tokens)
                 if self._done(progress):
                     break
-                if state is not None and (state.due() or interrupted()):
+                final = last_group and progress["epoch"] + 1 >= self.epochs  # its state would be removed at once
+                if state is not None and (interrupted() or (not final and state.due())):
                     progress["curve"] = list(self.curve)
                     state.save(trained, opt, sched, progress)
                 if interrupted():
@@ -376,6 +378,19 @@ class Finetuner:
         accelerator.clip_grad_norm_(params, self.max_grad_norm)
         opt.step()
         return losses
+
+
+def _with_last(items: Iterable):
+    """(item, is_last) pairs, looking one item ahead."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
 
 
 def _groups(batches: Iterable, size: int):

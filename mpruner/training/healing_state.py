@@ -69,11 +69,12 @@ class HealingState:
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a damaged file: start over rather than lose the run
             import warnings
 
-            warnings.warn(f"{self.path} could not be read ({type(error).__name__}: {error}); healing starts over",
+            first = (str(error).splitlines() or [""])[0][:200]  # torch's unpickling errors run to pages
+            warnings.warn(f"{self.path} could not be read ({type(error).__name__}: {first}); healing starts over",
                           RuntimeWarning, stacklevel=3)
             return None
         if state.get("key") != self.key:

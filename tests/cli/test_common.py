@@ -21,6 +21,7 @@ from tests.helpers.cli import run
     (["demo", "--threshold", "1.5"], "--threshold"),
     (["demo", "--out", "afile"], "--out 'afile' is an existing file"),
     (["demo", "--resume", "--out", "fresh"], "--resume: there is no checkpoint"),
+    (["demo", "--scenario", "lm", "--resume", "--out", "fresh"], "--resume: there is no checkpoint in fresh/n*-checkpoint"),
 ])
 def test_mistakes_are_refused_before_the_model_loads(nets, capsys, tmp_path, argv, expected):
     _, marker = nets

@@ -72,3 +72,72 @@ def test_cli_refuses_an_encoder_for_causal_lm_before_loading(tmp_path, capsys):
                "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "needs a causal (decoder-only) language model" in err and "'bert'" in err
+
+
+# ---------------------------------------------------------------- healing, tolerance, interruptions
+def _lm_args(lm_dir, out, *extra):
+    return ["prune", "--model", str(lm_dir), "--task", "causal-lm", "--data", str(lm_dir / "corpus.txt"),
+            "--select", "contiguous", "--n", "2", "--seq-len", "16", "--batch-size", "4", "--out", str(out),
+            "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("train", ["around-cuts", "last:1", "lora"])
+def test_heal_tokens_distills_within_the_budget(lm_dir, tmp_path, capsys, monkeypatch, train):
+    from mpruner.training import Finetuner
+
+    made = []
+    real_call = Finetuner.__call__
+
+    def spy(self, model):
+        made.append(self)
+        return real_call(self, model)
+
+    monkeypatch.setattr(Finetuner, "__call__", spy)
+    rc = main(_lm_args(lm_dir, tmp_path / "run", "--heal-tokens", "100", "--heal-train", train,
+                       "--tolerance", "10"))
+    assert rc == 0, capsys.readouterr().err
+    tuner = made[0]
+    assert tuner.max_tokens == 100 and tuner.train == train and tuner.distill is not None
+    assert tuner.distill.teacher.config.num_hidden_layers == 5  # the original model teaches
+    assert (train == "lora") == (tuner.lora is not None)
+
+
+def test_no_distill_and_bad_heal_values(lm_dir, tmp_path, capsys, monkeypatch):
+    from mpruner.training import Finetuner
+
+    made = []
+    monkeypatch.setattr(Finetuner, "__call__", lambda self, model: made.append(self))
+    assert main(_lm_args(lm_dir, tmp_path / "a", "--heal-tokens", "1k", "--no-distill", "--tolerance", "10")) == 0
+    assert made[0].distill is None and made[0].max_tokens == 1000
+    for bad, message in ((["--heal-tokens", "lots"], "token count"), (["--heal-train", "some"], "train must be one of")):
+        with pytest.raises(SystemExit):
+            main(_lm_args(lm_dir, tmp_path / "b", *bad))
+        assert message in capsys.readouterr().err
+
+
+def test_perplexity_defaults_to_a_relative_tolerance_and_says_why_nothing_was_removed(lm_dir, tmp_path, capsys):
+    rc = main(_lm_args(lm_dir, tmp_path / "run"))  # no --tolerance: 10% more perplexity, relative
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["tolerance"] == 0.1 and summary["tolerance_mode"] == "relative"
+    assert "(tolerance 0.1 relative: bound" in out
+    if summary["layers_after"] == summary["layers_before"]:
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("mpruner prune: nothing removed:") and "--tolerance" in last
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(lm_dir, tmp_path, capsys, monkeypatch):
+    from mpruner.prune import MPruner
+
+    def interrupted(self, resume=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MPruner, "run", interrupted)
+    monkeypatch.setattr("sys.argv", ["mpruner"] + _lm_args(lm_dir, tmp_path / "run"))
+    rc = main(_lm_args(lm_dir, tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert rc == 130 and "mpruner prune: interrupted." in err and "Traceback" not in err
+    assert "holds no checkpoint" in err
+    resume = err.strip().splitlines()[-1]
+    assert resume.startswith("  resume with: mpruner prune --model") and resume.endswith("--resume")

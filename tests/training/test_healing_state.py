@@ -54,7 +54,7 @@ def test_ctrl_c_saves_the_finished_step_and_a_new_call_continues_it(tmp_path, un
     with pytest.raises(KeyboardInterrupt, match="after step 2"):
         _tuner(tmp_path, eval_every=1, eval_fn=ctrl_c_at_step_2)(model)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    saved = torch.load(tmp_path / FILE, weights_only=False)
+    saved = torch.load(tmp_path / FILE, weights_only=True)
     assert saved["progress"]["step"] == 2 and saved["progress"]["tokens"] == 32
     again = copy.deepcopy(start)  # the attempt starts again from the same model
     _tuner(tmp_path)(again)
