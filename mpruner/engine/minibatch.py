@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import checks
-from .cka import check_finite, layer_hsic, nonfinite_error
+from .cka import check_finite, nonfinite_error, shifted_layer_hsic
 
 
 class MinibatchSums:
@@ -31,6 +31,10 @@ class MinibatchSums:
         self.thresholds: Optional[torch.Tensor] = None  # (K,) summed like the HSIC
         self.first_bad: Optional[torch.Tensor] = None   # (K,) first batch with NaN/Inf per layer, -1: none
         self.pending: Optional[torch.Tensor] = None     # (skipped batches, their samples) counted on the device
+        # The features' shift for the next batch's Grams: the previous batch's column means
+        # (flat float64, every layer's d values). Known before the pass, so one pass forms
+        # the GEMM's input; HSIC ignores it, float32 Grams need it near the mean.
+        self.shift: Optional[torch.Tensor] = None
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -38,7 +42,10 @@ class MinibatchSums:
 
     def update(self, xs: List[torch.Tensor], names: Sequence[str], index: int) -> bool:
         """Adds one batch; False when it was skipped on the host (``nan_policy="skip"``)."""
-        h, thr = layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision)
+        shift = self.shift
+        if shift is not None and (shift.device != xs[0].device or shift.numel() != sum(x.shape[1] for x in xs)):
+            shift = None  # another device or other widths: start again from the first rows
+        h, thr, next_shift = shifted_layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision, shift)
         on_device = checks.device_path(h.device) and not checks.compiling()
         if on_device and self.nan_policy == "raise":
             bad = ~torch.isfinite(torch.diagonal(h))
@@ -53,12 +60,15 @@ class MinibatchSums:
             h, thr = torch.where(skip, zero, h), torch.where(skip, zero, thr)
             counts = torch.stack([skip, skip]).to(torch.long) * torch.tensor([1, xs[0].shape[0]], device=h.device)
             self.pending = counts if self.pending is None else self.pending + counts
+            if shift is not None:  # a skipped batch leaves the shift as it was, too
+                next_shift = torch.where(skip, shift, next_shift)
         else:
             bad = check_finite(h)
             if bad:
                 if self.nan_policy == "skip":
-                    return False
+                    return False  # the shift stays as it was
                 raise nonfinite_error(bad, names, f" (batch {index})", index)
+        self.shift = next_shift
         if self.sums is None:
             self.sums, self.thresholds = h.clone(), thr.clone()
         else:
@@ -106,8 +116,13 @@ class MinibatchSums:
         """The samples over all ranks after an all-reduce (the sums need no count)."""
 
     def state_dict(self) -> Dict:
-        return {"hsic": self.sums.clone(), "thresholds": self.thresholds.clone()}
+        state = {"hsic": self.sums.clone(), "thresholds": self.thresholds.clone()}
+        if self.shift is not None:  # so that a resumed accumulator forms the same Grams
+            state["shift"] = self.shift.clone()
+        return state
 
     def load_state_dict(self, state: Dict, device, max_bytes: int) -> None:
         self.sums = state["hsic"].to(device or state["hsic"].device, torch.float64).clone()
         self.thresholds = state["thresholds"].to(self.sums.device, torch.float64).clone()
+        shift = state.get("shift")
+        self.shift = None if shift is None else shift.to(self.sums.device, torch.float64).clone()
