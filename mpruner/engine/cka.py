@@ -109,18 +109,17 @@ def shifted_layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigm
                        shift: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``layer_hsic`` with the features shifted by ``shift`` (flat (sum d_l,); None: each
     layer's first row) in the pass that forms the GEMM's input. Also returns the column
-    means of these layers as the next batch's shift (flat float64; where a column is not
-    finite, the old shift is kept, so one bad batch does not spoil the next ones)."""
+    means of these layers as the next batch's shift (flat float64)."""
     device = xs[0].device
     with checks.gemm_precision(precision, device):
         block = gram_strategy.block_for(xs, precision, kernel)
         grams, colsums = ops.grams_shifted(xs, shift, kernel, sigma, True, precision, block)
     h = ops.hsic_matrix(grams, unbiased)
     n = xs[0].shape[0]
-    base = torch.cat([x[0] for x in xs]).double() if shift is None else shift.double()
-    base = torch.where(torch.isfinite(base), base, 0.0)  # any finite shift is valid; 0 is one
-    moved = base + colsums / n
-    next_shift = torch.where(torch.isfinite(moved), moved, base)
+    # Any finite shift is valid: where a column is not finite (NaN/Inf activations), 0 is
+    # taken, so one bad batch does not spoil the next ones. Two ATen calls per batch.
+    base = torch.cat([x[0] for x in xs]).double() if shift is None else shift
+    next_shift = torch.nan_to_num(torch.add(base, colsums, alpha=1.0 / n), nan=0.0, posinf=0.0, neginf=0.0)
     eps = torch.finfo(grams.dtype).eps
     if kernel == "rbf":  # kernel values are at most 1
         scale = h.new_ones(len(xs))  # float64, on h's device
