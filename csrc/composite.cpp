@@ -145,7 +145,9 @@ void batched_gram_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b
       at::bmm_out(dst, x, y.transpose(1, 2), dst.scalar_type());
     }
   };
-  if (block <= 0 || block >= n) {
+  // bfloat16 operands (CUDA "medium") take one full product into the contiguous output: the
+  // dtype-converting bmm is not asked to write strided block-row views.
+  if (block <= 0 || block >= n || a.scalar_type() != out.scalar_type()) {
     product(out, a, b);
     return;
   }
