@@ -31,9 +31,8 @@ class MinibatchSums:
         self.thresholds: Optional[torch.Tensor] = None  # (K,) summed like the HSIC
         self.first_bad: Optional[torch.Tensor] = None   # (K,) first batch with NaN/Inf per layer, -1: none
         self.pending: Optional[torch.Tensor] = None     # (skipped batches, their samples) counted on the device
-        # The features' shift for the next batch's Grams: the previous batch's column means
-        # (flat float64, every layer's d values). Known before the pass, so one pass forms
-        # the GEMM's input; HSIC ignores it, float32 Grams need it near the mean.
+        # The column means of the last batch (flat float64), kept in the state; the Grams
+        # themselves are shifted by each batch's own first row (see update).
         self.shift: Optional[torch.Tensor] = None
 
     @property
@@ -42,9 +41,10 @@ class MinibatchSums:
 
     def update(self, xs: List[torch.Tensor], names: Sequence[str], index: int) -> bool:
         """Adds one batch; False when it was skipped on the host (``nan_policy="skip"``)."""
-        shift = self.shift
-        if shift is not None and (shift.device != xs[0].device or shift.numel() != sum(x.shape[1] for x in xs)):
-            shift = None  # another device or other widths: start again from the first rows
+        # Each batch is shifted by its own first row: a shift from earlier batches would make a
+        # batch's float32 Grams depend on which batches came before, so ranks of a sharded run
+        # (or a resumed one) would differ from one process in the last bits.
+        shift = None
         h, thr, next_shift = shifted_layer_hsic(xs, self.kernel, self.unbiased, self.sigma, self.precision, shift)
         on_device = checks.device_path(h.device) and not checks.compiling()
         if on_device and self.nan_policy == "raise":
