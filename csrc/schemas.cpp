@@ -4,8 +4,9 @@
 
 TORCH_LIBRARY(mpruner, m) {
   // Public ops (CompositeImplicitAutograd: device-agnostic ATen + the kernels below).
-  // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Features are
-  // centered before the product. `triangular` allows leaving the strict lower
+  // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Each layer's features
+  // are shifted by its first row before the product (HSIC and CKA are invariant to it;
+  // grams_shifted takes any shift, e.g. the means). `triangular` allows leaving the strict lower
   // triangle unset (CPU: half the GEMM work) for consumers that read only the
   // upper one; other backends compute full Grams in one batched GEMM per width.
   //
