@@ -64,6 +64,8 @@ def _measurable(xs: Sequence[torch.Tensor]) -> bool:
     x = xs[0]
     if torch.compiler.is_compiling() or x.device.type == "meta" or _get_current_dispatch_mode() is not None:
         return False
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False  # a CUDA graph being captured (cuda_graph=True) cannot synchronise
     try:
         from torch._subclasses.fake_tensor import is_fake
 

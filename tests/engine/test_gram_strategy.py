@@ -82,3 +82,15 @@ def test_traced_calls_take_the_default_without_measuring(monkeypatch, gen):
     monkeypatch.setattr(S, "_measure", lambda *a: pytest.fail("measured under torch.compile"))
     fn = torch.compile(lambda fs: mpruner.cka_matrix(fs), fullgraph=True)
     torch.testing.assert_close(fn(feats), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and mpruner.cuda_built()), reason="needs a GPU build")
+def test_a_cuda_graph_capture_takes_the_default_without_measuring(monkeypatch, gen):
+    # cuda_graph=True captures update(): measuring there would synchronise and break the capture.
+    xs = [x.cuda() for x in _layers(gen)]
+    monkeypatch.setattr(S, "_measure", lambda *a: pytest.fail("measured while a CUDA graph was captured"))
+    torch.cuda.synchronize()
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        block = S.block_for(xs, "highest")
+    assert block == -1 and not S.cached()
