@@ -43,7 +43,6 @@ inline void shift_rows_any(const at::Tensor& x, const at::Tensor& s, int64_t r0,
     const in_t* xp = x.data_ptr<in_t>();
     const in_t* sp = s.data_ptr<in_t>();
     auto run = [&](auto* op) {
-      using out_t = std::remove_pointer_t<decltype(op)>;
       if (split == shift::kNone) {
         shift_rows<shift::kNone>(xp, x.stride(0), sp, r0, r1, d, op, out.stride(0), colsum);
       } else if (split == shift::kRound) {
