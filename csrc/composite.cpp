@@ -3,8 +3,6 @@
 // Registered as CompositeImplicitAutograd, so torch.compile and fake tensors see
 // through them to the kernels' fake implementations.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
@@ -17,7 +15,6 @@
 
 #include "mpruner/checks.h"
 #include "mpruner/hsic_math.h"
-#include "mpruner/triangular_gram.h"
 
 namespace mpruner {
 namespace {
@@ -100,34 +97,74 @@ bool device_path(const at::Tensor& x) {
   return v != nullptr && std::string(v) == "device";
 }
 
-at::Tensor center_features(at::TensorList xs, at::ScalarType dtype) {
+std::tuple<at::Tensor, at::Tensor> shift_features(at::TensorList xs, const c10::optional<at::Tensor>& shift,
+                                                  at::ScalarType dtype, c10::string_view split) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("mpruner::_center_features", "")
-                       .typed<at::Tensor(at::TensorList, at::ScalarType)>();
-  return op.call(xs, dtype);
+                       .findSchemaOrThrow("mpruner::_shift_features", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, const c10::optional<at::Tensor>&,
+                                                                 at::ScalarType, c10::string_view)>();
+  return op.call(xs, shift, dtype, split);
 }
 
-// Upper triangle of the (G, n, n) Grams of xc (G, n, d) by block-row batched GEMMs:
-// rows [r0, r0 + b) only meet columns >= r0. About 9 launches, flops (1 + b/n)/2 of
-// the full product.
-void triangular_bmm_into(at::Tensor& out, const at::Tensor& xc) {
-  const int64_t n = xc.size(1);
-  const int64_t block = std::max<int64_t>(128, (n / 8 + 63) / 64 * 64);
-  if (n <= block) {
-    at::bmm_out(out, xc, xc.transpose(1, 2));
+std::tuple<at::Tensor, at::Tensor> layer_grams(at::TensorList xs, const c10::optional<at::Tensor>& shift,
+                                               c10::string_view split, int64_t block) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mpruner::_layer_grams", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, const c10::optional<at::Tensor>&,
+                                                                 c10::string_view, int64_t)>();
+  return op.call(xs, shift, split, block);
+}
+
+// How a precision mode forms the GEMM: the split of the shifted values and the dtype
+// they are stored in. CPU: "high" is the two-term bfloat16 split, "medium" bfloat16-
+// rounded values, both stored in float32 for the matrix engine that torch's mkldnn
+// bf16 matmul mode selects (exact: the values are bfloat16 already). CUDA: "high" is
+// float32 under TF32, "medium" bfloat16 storage with float32 output. float64 is exact.
+struct GemmForm {
+  const char* split;
+  at::ScalarType storage;
+};
+
+GemmForm gemm_form(c10::string_view precision, at::ScalarType dtype, bool cuda) {
+  TORCH_CHECK(precision == "highest" || precision == "high" || precision == "medium",
+              "mpruner.grams: precision must be 'highest', 'high' or 'medium', got '", std::string(precision), "'");
+  if (dtype == at::kDouble || precision == "highest") return {"none", dtype};
+  if (cuda) return {"none", precision == "medium" ? at::kBFloat16 : at::kFloat};
+  return {precision == "high" ? "hilo" : "round", at::kFloat};
+}
+
+// Rows [r0, r1) of the batched Grams a b^T (G, n, k) into out (G, n, n), as
+// gram_rows_into: block 0 one product, block b > 0 block rows against the columns from
+// their first row on. bfloat16 operands give float32 Grams (CUDA).
+void batched_gram_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, int64_t block) {
+  const int64_t n = a.size(1);
+  auto product = [&](at::Tensor& dst, const at::Tensor& x, const at::Tensor& y) {
+    if (x.scalar_type() == dst.scalar_type()) {
+      at::bmm_out(dst, x, y.transpose(1, 2));
+    } else {
+      at::bmm_out(dst, x, y.transpose(1, 2), dst.scalar_type());
+    }
+  };
+  // bfloat16 operands (CUDA "medium") take one full product into the contiguous output: the
+  // dtype-converting bmm is not asked to write strided block-row views.
+  if (block <= 0 || block >= n || a.scalar_type() != out.scalar_type()) {
+    product(out, a, b);
     return;
   }
   for (int64_t r0 = 0; r0 < n; r0 += block) {
     const int64_t rows = std::min(block, n - r0);
     at::Tensor dst = out.narrow(1, r0, rows).narrow(2, r0, n - r0);
-    at::bmm_out(dst, xc.narrow(1, r0, rows), xc.narrow(1, r0, n - r0).transpose(1, 2));
+    product(dst, a.narrow(1, r0, rows), b.narrow(1, r0, n - r0));
   }
 }
 
-at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, bool triangular) {
+std::tuple<at::Tensor, at::Tensor> grams_shifted_impl(at::TensorList xs, const c10::optional<at::Tensor>& shift,
+                                                      c10::string_view kernel, double sigma, bool triangular,
+                                                      c10::string_view precision, int64_t block) {
   TORCH_CHECK(!xs.empty(), "mpruner.grams: xs is empty; pass at least one (n, d) tensor");
   TORCH_CHECK(kernel == "linear" || kernel == "rbf", "mpruner.grams: kernel must be 'linear' or 'rbf', got '",
               std::string(kernel), "'");
+  TORCH_CHECK(block >= -1, "mpruner.grams: block must be -1 (default), 0 (full product) or a row count, got ", block);
   const int64_t n = xs[0].size(0);
   auto dtype = at::kFloat;
   for (size_t l = 0; l < xs.size(); ++l) {
@@ -142,50 +179,45 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
     if (x.scalar_type() == at::kDouble) dtype = at::kDouble;
   }
   const int64_t L = static_cast<int64_t>(xs.size());
-  at::Tensor out = at::empty({L, n, n}, xs[0].options().dtype(dtype));
-  // Centering the features first keeps float32 Grams accurate when activations
-  // share a large common offset; HSIC is invariant to it.
-  if (triangular && !device_path(xs[0])) {
-    // CPU: upper-triangle block-row GEMMs (about half the work). With enough layers
-    // to go round, each thread takes whole layers: it centers one into a buffer it
-    // reuses and runs that layer's GEMMs single-threaded while the data is in its
-    // cache, instead of both threads meeting at a barrier after every small GEMM.
-    const int64_t nthreads = at::get_num_threads();
-    const bool per_layer = L >= nthreads && nthreads > 1 && !at::in_parallel_region() &&
-                           std::all_of(xs.begin(), xs.end(), plain_cpu_tensor);
-    const at::ThreadLocalState state;  // grad/inference mode etc. of the caller, for the workers
-    at::parallel_for(0, L, per_layer ? 1 : L, [&](int64_t l0, int64_t l1) {
-      at::ThreadLocalStateGuard guard(state);
-      at::Tensor xc;
-      for (int64_t l = l0; l < l1; ++l) {
-        at::Tensor x = xs[l].to(dtype);
-        if (!xc.defined() || xc.sizes() != x.sizes()) xc = at::empty_like(x, at::MemoryFormat::Contiguous);
-        at::sub_out(xc, x, x.mean(0, /*keepdim=*/true));
-        at::Tensor dst = out.select(0, l);
-        triangular_gram_into(dst, xc);
-      }
-    });
+  const GemmForm form = gemm_form(precision, dtype, xs[0].is_cuda());
+  if (!triangular) block = 0;  // every entry is wanted: one full product
+  std::vector<at::Tensor> cast;
+  cast.reserve(L);
+  for (const auto& x : xs) cast.push_back(x.to(dtype));
+  at::Tensor out, colsums;
+  // The shift moves features near their mean in the pass that forms the GEMM's input, so
+  // float32 Grams stay accurate when activations share a large offset; HSIC ignores it.
+  if (!device_path(xs[0]) && std::all_of(xs.begin(), xs.end(), plain_cpu_tensor)) {
+    // CPU: per-layer Grams in cache, threads over layers (and rows for the last ones).
+    std::tie(out, colsums) = layer_grams(cast, shift, form.split, block);
   } else {
-    // Each run of consecutive layers of one width (a transformer's blocks, a CNN's
-    // stage): one multi-tensor centering (two launches on CUDA) into the stacked GEMM
-    // input, then batched GEMMs written straight into the run's slice of the output.
-    // A handful of launches per run whatever its length. With triangular=True the
-    // GEMMs go by block rows (the upper triangle: about half the flops).
+    // Each run of consecutive layers of one width (a transformer's blocks, a CNN's stage):
+    // one multi-tensor shift (one launch on CUDA) into the stacked GEMM input, then batched
+    // GEMMs written straight into the run's slice of the output. A handful of launches per
+    // run whatever its length.
+    out = at::empty({L, n, n}, xs[0].options().dtype(dtype));
+    std::vector<at::Tensor> sums;
+    int64_t offset = 0;
     for (int64_t g0 = 0; g0 < L;) {
       int64_t g1 = g0;
       while (g1 < L && xs[g1].size(1) == xs[g0].size(1)) ++g1;
-      std::vector<at::Tensor> group;
-      group.reserve(g1 - g0);
-      for (int64_t k = g0; k < g1; ++k) group.push_back(xs[k].to(dtype));
-      at::Tensor xc = center_features(group, dtype);
-      at::Tensor dst = out.narrow(0, g0, g1 - g0);
-      if (triangular) {
-        triangular_bmm_into(dst, xc);
-      } else {
-        at::bmm_out(dst, xc, xc.transpose(1, 2));
-      }
+      const int64_t d = xs[g0].size(1), count = g1 - g0;
+      std::vector<at::Tensor> group(cast.begin() + g0, cast.begin() + g1);
+      c10::optional<at::Tensor> part;
+      if (shift.has_value() && shift->defined()) part = shift->narrow(0, offset, count * d);
+      auto shifted = shift_features(group, part, form.storage, form.split);
+      const at::Tensor& xc = std::get<0>(shifted);
+      const bool hilo = std::string(form.split) == "hilo";
+      at::Tensor a = hilo ? xc.narrow(2, 0, 3 * d) : xc, b = hilo ? xc.narrow(2, d, 3 * d) : xc;
+      at::Tensor dst = out.narrow(0, g0, count);
+      // Default block rows for batched GEMMs: about 8 launches, flops (1 + b/n)/2 of the full product.
+      const int64_t rows = block >= 0 ? block : std::max<int64_t>(128, (n / 8 + 63) / 64 * 64);
+      batched_gram_into(dst, a, b, rows);
+      sums.push_back(std::get<1>(shifted));
+      offset += count * d;
       g0 = g1;
     }
+    colsums = sums.size() == 1 ? sums[0] : at::cat(sums);
   }
   if (kernel == "rbf") {
     TORCH_CHECK(n >= 2, "mpruner.grams: the RBF kernel needs n >= 2 samples, got ", n);
@@ -193,7 +225,12 @@ at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, 
     at::Tensor inv = rbf_bandwidths(out, sigma);  // csrc/rbf_bandwidth.cpp
     out = rbf_apply(out, out.diagonal(0, 1, 2).to(at::kDouble), inv);
   }
-  return out;
+  return {out, colsums};
+}
+
+at::Tensor grams_impl(at::TensorList xs, c10::string_view kernel, double sigma, bool triangular,
+                      c10::string_view precision, int64_t block) {
+  return std::get<0>(grams_shifted_impl(xs, c10::nullopt, kernel, sigma, triangular, precision, block));
 }
 
 at::Tensor center_gram_impl(const at::Tensor& k, bool unbiased) {
@@ -239,6 +276,7 @@ at::Tensor token_hsic_impl(const at::Tensor& grams, const at::Tensor& lengths, b
 
 TORCH_LIBRARY_IMPL(mpruner, CompositeImplicitAutograd, m) {
   m.impl("grams", &mpruner::grams_impl);
+  m.impl("grams_shifted", &mpruner::grams_shifted_impl);
   m.impl("center_gram", &mpruner::center_gram_impl);
   m.impl("hsic_matrix", &mpruner::hsic_matrix_impl);
   m.impl("token_hsic", &mpruner::token_hsic_impl);

@@ -4,11 +4,26 @@
 
 TORCH_LIBRARY(mpruner, m) {
   // Public ops (CompositeImplicitAutograd: device-agnostic ATen + the kernels below).
-  // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Features are
-  // centered before the product. `triangular` allows leaving the strict lower
+  // Linear or RBF Grams of L layers (each (n, d_l)) -> (L, n, n). Each layer's features
+  // are shifted by its first row before the product (HSIC and CKA are invariant to it;
+  // grams_shifted takes any shift, e.g. the means). `triangular` allows leaving the strict lower
   // triangle unset (CPU: half the GEMM work) for consumers that read only the
   // upper one; other backends compute full Grams in one batched GEMM per width.
-  m.def("grams(Tensor[] xs, str kernel=\"linear\", float sigma=0.5, bool triangular=False) -> Tensor");
+  //
+  // precision: the GEMM's float32 mode, as torch.set_float32_matmul_precision names them:
+  // "highest" (IEEE float32), "high" (CPU: each value as hi + lo, both bfloat16, three
+  // products in one GEMM; CUDA: TF32, which torch's matmul flag selects), "medium" (bfloat16
+  // inputs, float32 accumulation). float64 layers are computed in float64 whatever it says.
+  // block: the Gram GEMM strategy; -1 the built-in default, 0 one full product, b > 0
+  // upper-triangle block rows of b rows (only with triangular=True).
+  m.def("grams(Tensor[] xs, str kernel=\"linear\", float sigma=0.5, bool triangular=False, "
+        "str precision=\"highest\", int block=-1) -> Tensor");
+  // grams with each layer's features shifted by a vector known before the pass (HSIC is
+  // invariant to it; float32 needs features near centered): shift is flat (sum_l d_l,),
+  // None = each layer's first row. Also returns the column sums of the shifted features,
+  // flat (sum_l d_l,) float64, from the same pass (next batch's shift: shift + sums / n).
+  m.def("grams_shifted(Tensor[] xs, Tensor? shift, str kernel=\"linear\", float sigma=0.5, "
+        "bool triangular=False, str precision=\"highest\", int block=-1) -> (Tensor, Tensor)");
   // Double centering or U-centering of (B, n, n) Grams.
   m.def("center_gram(Tensor k, bool unbiased=False) -> Tensor");
   // All-pairs HSIC of L Grams (L, n, n) -> (L, L) float64, reading only the upper triangle.
@@ -38,9 +53,16 @@ TORCH_LIBRARY(mpruner, m) {
   // 1/(2 sigma^2 median d^2) of L linear Grams (L, n, n) -> (L,) float64 (composite):
   // select = "sort" (kthvalue), "radix" (float32: two bit-pattern histograms) or "auto".
   m.def("_rbf_bandwidths(Tensor g, float sigma, str select=\"auto\") -> Tensor");
-  // G layers (n, d) of one width (dtype float32/float64), each minus its per-feature
-  // mean, stacked -> (G, n, d). CUDA: two launches whatever G is.
-  m.def("_center_features(Tensor[] xs, ScalarType dtype) -> Tensor");
+  // G layers (n, d) of one width, each minus its shift (flat (G d,); None: its first row),
+  // stacked in the GEMM's layout in one pass -> ((G, n, w d) of dtype, column sums of the
+  // shifted values (G d,) float64). split "none" (w = 1; dtype float32, float64, or
+  // bfloat16, which rounds), "round" (w = 1, bfloat16-rounded values in float32), "hilo"
+  // (w = 4, rows [hi | hi | lo | hi] in float32). CUDA: one read and one write.
+  m.def("_shift_features(Tensor[] xs, Tensor? shift, ScalarType dtype, str split) -> (Tensor, Tensor)");
+  // CPU: the linear Grams (L, n, n) of L layers of any widths, each shifted as in
+  // _shift_features into a buffer its thread reuses and multiplied in cache; block as in
+  // grams (0: full, b > 0: the upper triangle by rows of b). Returns the column sums too.
+  m.def("_layer_grams(Tensor[] xs, Tensor? shift, str split, int block) -> (Tensor, Tensor)");
   // Per-sequence all-pairs HSIC straight from hidden states (CPU): L tensors
   // (B, T, D_l); sequence b's real tokens are rows positions[b, :lengths[b]].
   // Gathers, centers and builds each sequence's Grams in cache -> (B, L, L) float64.

@@ -66,23 +66,10 @@ at::Tensor rbf_apply_cpu(const at::Tensor& g_in, const at::Tensor& diag_in, cons
   return out;
 }
 
-// Layers of one width, each minus its per-feature mean, stacked into (G, n, d).
-at::Tensor center_features_cpu(at::TensorList xs, at::ScalarType dtype) {
-  check_center_features_args(xs, dtype);
-  const int64_t G = xs.size(), n = xs[0].size(0), d = xs[0].size(1);
-  at::Tensor out = at::empty({G, n, d}, xs[0].options().dtype(dtype));
-  for (int64_t g = 0; g < G; ++g) {
-    at::Tensor slot = out.select(0, g);
-    at::sub_out(slot, xs[g], xs[g].mean(0, /*keepdim=*/true));
-  }
-  return out;
-}
-
 }  // namespace
 }  // namespace mpruner
 
 TORCH_LIBRARY_IMPL(mpruner, CPU, m) {
-  m.impl("_center_features", &mpruner::center_features_cpu);
   m.impl("_center_apply", &mpruner::center_apply_cpu);
   m.impl("_rbf_apply", &mpruner::rbf_apply_cpu);
 }

@@ -1,6 +1,5 @@
-// CUDA kernels for the Gram transforms (centering, RBF) and the multi-tensor
-// feature centering; the per-element formulas are in mpruner/hsic_math.h and the
-// row splits in mpruner/tiling.h, shared with the CPU.
+// CUDA kernels for the Gram transforms (centering, RBF); the per-element formulas are
+// in mpruner/hsic_math.h, shared with the CPU (the feature shift is shift_kernel.cu).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -89,85 +88,10 @@ at::Tensor rbf_apply_cuda(const at::Tensor& g_in, const at::Tensor& diag_in, con
   return out;
 }
 
-// ---------------------------------------------------------------- feature centering
-// Up to kChunk layers per launch, passed by value (no pointer table to copy over).
-constexpr int kChunk = 64;
-constexpr int kColThreads = 128;
-
-struct FeatureChunk {
-  const void* ptr[kChunk];
-  int64_t row_stride[kChunk];
-};
-
-// Pass 1: partial column sums of S row splits, float64: partial[g][s][c].
-template <typename scalar_t>
-__global__ void column_sums_kernel(FeatureChunk fc, int64_t n, int64_t d, int64_t S, int64_t g0,
-                                   double* __restrict__ partial) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, s = blockIdx.y, g = blockIdx.z;
-  if (c >= d) return;
-  int64_t r0, r1;
-  tiling::split_rows(n, S, s, r0, r1);
-  const scalar_t* x = static_cast<const scalar_t*>(fc.ptr[g]);
-  const int64_t stride = fc.row_stride[g];
-  double sum = 0.0;
-  for (int64_t r = r0; r < r1; ++r) sum += static_cast<double>(x[r * stride + c]);
-  partial[((g0 + g) * S + s) * d + c] = sum;
-}
-
-// Pass 2: each thread adds its column's S partials in order (deterministic), then
-// writes x - mean for the rows of its split into the stacked output.
-template <typename scalar_t>
-__global__ void subtract_mean_kernel(FeatureChunk fc, int64_t n, int64_t d, int64_t S, int64_t g0,
-                                     const double* __restrict__ partial, scalar_t* __restrict__ out) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, s = blockIdx.y, g = blockIdx.z;
-  if (c >= d) return;
-  double sum = 0.0;
-  for (int64_t k = 0; k < S; ++k) sum += partial[((g0 + g) * S + k) * d + c];
-  const double mean = sum * (1.0 / double(n));
-  int64_t r0, r1;
-  tiling::split_rows(n, S, s, r0, r1);
-  const scalar_t* x = static_cast<const scalar_t*>(fc.ptr[g]);
-  const int64_t stride = fc.row_stride[g];
-  scalar_t* o = out + (g0 + g) * n * d;
-  for (int64_t r = r0; r < r1; ++r) o[r * d + c] = static_cast<scalar_t>(static_cast<double>(x[r * stride + c]) - mean);
-}
-
-at::Tensor center_features_cuda(at::TensorList xs_in, at::ScalarType dtype) {
-  check_center_features_args(xs_in, dtype);
-  const int64_t G = xs_in.size(), n = xs_in[0].size(0), d = xs_in[0].size(1);
-  c10::cuda::CUDAGuard guard(xs_in[0].device());
-  std::vector<at::Tensor> xs;  // features contiguous along d (a view is kept as it is)
-  xs.reserve(G);
-  for (const auto& x : xs_in) xs.push_back(x.stride(1) == 1 ? x : x.contiguous());
-  at::Tensor out = at::empty({G, n, d}, xs[0].options().dtype(dtype));
-  if (out.numel() == 0) return out;
-  const int64_t S = std::max<int64_t>(1, std::min<int64_t>(16, n / 64));  // row splits: enough blocks for small d
-  at::Tensor partial = at::empty({G, S, d}, xs[0].options().dtype(at::kDouble));
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "mpruner_center_features_cuda", [&] {
-    for (int64_t g0 = 0; g0 < G; g0 += kChunk) {
-      const int64_t count = std::min<int64_t>(kChunk, G - g0);
-      FeatureChunk fc{};
-      for (int64_t g = 0; g < count; ++g) {
-        fc.ptr[g] = xs[g0 + g].data_ptr<scalar_t>();
-        fc.row_stride[g] = xs[g0 + g].stride(0);
-      }
-      dim3 grid((d + kColThreads - 1) / kColThreads, S, count);
-      column_sums_kernel<scalar_t><<<grid, kColThreads, 0, stream>>>(fc, n, d, S, g0, partial.data_ptr<double>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      subtract_mean_kernel<scalar_t><<<grid, kColThreads, 0, stream>>>(fc, n, d, S, g0, partial.data_ptr<double>(),
-                                                                       out.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return out;
-}
-
 }  // namespace
 }  // namespace mpruner
 
 TORCH_LIBRARY_IMPL(mpruner, CUDA, m) {
   m.impl("_center_apply", &mpruner::center_apply_cuda);
   m.impl("_rbf_apply", &mpruner::rbf_apply_cuda);
-  m.impl("_center_features", &mpruner::center_features_cuda);
 }

@@ -220,6 +220,36 @@ def hook_table(name: str = "engine_cpu.json") -> str:
                 "CPU used by other processes"], rows, "|---|---|---|---:|---:|---:|---|---:|")
 
 
+def precision_table(name: str = "engine_precision_cpu.json") -> str:
+    """Each precision mode per workload: how it ran, its CKA error against float64, its time
+    against the bare float32 bmm (where the file records one), and the goals."""
+    rows = []
+    for r in j(name)["results"]:
+        speed = ([ms(r["engine_s"]), ms(r["bare_gemm_s"]), x(r["ratio"])] if "ratio" in r
+                 else [r.get("speed_note", "not recorded"), "", ""])
+        rows.append([r["workload"], f"`{r['precision']}`", r["ran"], f"{r['cka_err']:.1e}", f"≤ {r['goal_err']:g}"]
+                    + speed + [f"≤ {r['goal_ratio']}×"])
+    return _md(["workload", "precision", "ran", "CKA error vs float64", "goal", "engine", "bare bmm", "ratio",
+                "goal"], rows, "|---|---|---|---:|---|---:|---:|---:|---|")
+
+
+def peer_hook_table(name: str = "engine_precision_cpu.json") -> str:
+    """``analyze`` against pytorch-cka's hook path on the same replay model."""
+    rows = []
+    for r in j(name)["analyze_vs_peer"]:
+        if r.get("status") != "ok":
+            rows.append([r["workload"], "", "", r.get("status", ""), "", ""])
+            continue
+        shape = "×".join(map(str, r["shape"]))
+        if "speedup" in r:
+            rows.append([r["workload"], shape, ms(r["analyze_s"]), ms(r["peer_s"]), x(r["speedup"]),
+                         f"≥ {r['goal_speedup']}×"])
+        else:
+            rows.append([r["workload"], shape, r.get("speed_note", ""), "", "", f"≥ {r['goal_speedup']}×"])
+    return _md(["workload", "output shape", "`analyze`", "pytorch-cka `compute_cka`", "speed-up", "goal"], rows,
+               "|---|---|---:|---:|---:|---|")
+
+
 def versions_table() -> str:
     d = j("engine_versions_cpu.json")
     rows = []
@@ -460,7 +490,7 @@ def namespace() -> Dict:
     """Everything a results template may use."""
     names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md",
              "bench_table", "goals_table", "sweep_points", "floor_ratio_range", "peer_ratio_range", "roofline",
-             "profile_shares", "engine_table", "hook_table", "versions_table", "profile_table", "analysis_table",
+             "profile_shares", "engine_table", "hook_table", "precision_table", "peer_hook_table", "versions_table", "profile_table", "analysis_table",
              "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table",
              "pipeline_table", "pipeline_row", "pipeline_label", "fuzz_total", "fuzz_table", "property_total", "properties_table",
              "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal", "lm_eval_table")

@@ -32,7 +32,8 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             kernel: str = "linear", unbiased: bool = True, other: Optional[nn.Module] = None,
             forward: Optional[Forward] = None, max_batches: Optional[int] = None, device=None, progress: bool = True,
             distributed: Union[str, bool] = "auto", *, metric: str = "cka",
-            block_inputs: Optional[bool] = None, normalize: Optional[str] = "auto") -> Analysis:
+            block_inputs: Optional[bool] = None, normalize: Optional[str] = "auto",
+            precision: str = "highest") -> Analysis:
     """CKA (or cosine / angular distance) between the layers of ``model`` on calibration ``data``,
     one batch in memory at a time.
 
@@ -88,11 +89,17 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
             whose residual stream carries a few massive dimensions that saturate linear CKA near
             1 for every block; ``None`` otherwise. Recorded in ``options["normalize"]``. Cosine
             and angular distance are scale-invariant per token and unaffected.
+        precision: the CKA Grams' float32 GEMM mode: ``"highest"`` (IEEE float32, default),
+            ``"high"`` (~16 mantissa bits: TF32 on CUDA, two bfloat16 terms on a CPU's matrix
+            engine; ``"tf32"`` is an alias) or ``"medium"`` (bfloat16 inputs), as in
+            :func:`mpruner.cka_matrix`; without the hardware, ``"highest"`` (one warning).
+            Recorded in ``options["precision"]``. Cosine and angular distance run no GEMM.
 
     Returns:
         :class:`Analysis` with ``.cka`` (float64, CPU), ``.layer_names``, ``.num_samples``, ``.options``.
     """
     checks.check_choice(metric, METRICS, "metric")
+    precision = checks.check_precision(precision)
     if view is None:
         view = "mean" if metric == "cka" else "tokens"
     if block_inputs is None:
@@ -112,7 +119,7 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
     cka_device = torch.device(device) if device is not None else run_device
     names, other_names = list(selection.names), list(other_selection.names) if other_selection else []
     sink, view_fn = choose_sink(metric, view, kernel, unbiased, bool(block_inputs), names, other_names, cka_device,
-                                normalize)
+                                normalize, precision)
 
     total = _length(data, max_batches)
     batches = data if max_batches is None else itertools.islice(data, max_batches)
@@ -151,6 +158,8 @@ def analyze(model: nn.Module, data: Iterable, layers: Layers = "auto", view: Opt
     options = _options(model, other, selection, other_selection, view, kernel, unbiased, max_batches, cka_device,
                        sink, seen, extra)
     options["normalize"] = normalize
+    if metric == "cka":
+        options["precision"] = precision
     if metric != "cka" or block_inputs:
         options.update(metric=metric, block_inputs=bool(block_inputs))
     return Analysis(result.matrix, names, result.num_samples, options, other_names if other is not None else None,
@@ -168,7 +177,7 @@ def resolve_normalize(normalize, model: nn.Module) -> Optional[str]:
 
 
 def choose_sink(metric: str, view: str, kernel: str, unbiased: bool, block_inputs: bool, names, other_names,
-                device, normalize: Optional[str] = None):
+                device, normalize: Optional[str] = None, precision: str = "highest"):
     """The sink for this analysis and the view its hooks apply, chosen once:
 
     - ``metric="cosine"/"angular"``: token cosines (:class:`SimilaritySink`) on the token states;
@@ -180,9 +189,9 @@ def choose_sink(metric: str, view: str, kernel: str, unbiased: bool, block_input
         return (SimilaritySink(metric, view, names, block_inputs, device),
                 functools.partial(apply_view, "tokens"))
     if view == "tokens":
-        sink = TokenSink(unbiased, names, other_names, device)
+        sink = TokenSink(unbiased, names, other_names, device, precision)
     else:
-        sink = MatrixSink(kernel, unbiased, names, other_names, device)
+        sink = MatrixSink(kernel, unbiased, names, other_names, device, precision)
     if not block_inputs:
         return sink, functools.partial(apply_view, view, normalize=normalize)
     similarity = SimilaritySink("cosine", "tokens", names, True, device)

@@ -19,6 +19,7 @@ from ..engine import checks
 from ..engine import CKAAccumulator
 from ..engine import token_cka
 from ..engine.cka import NonFiniteError
+from ..engine.precision import resolve as resolve_precision
 from ..stacklevel import user_stacklevel
 from .views import BatchContext
 
@@ -52,12 +53,14 @@ class MatrixSink:
 
     unit = "samples per batch"
 
-    def __init__(self, kernel: str, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
+    def __init__(self, kernel: str, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device,
+                 precision: str = "highest"):
         self.names = list(names) + list(other_names)
         self.has_other = bool(other_names)
         self.shape = (len(names), len(other_names))
         self.unbiased, self.need = unbiased, checks.min_samples(unbiased)
-        self.acc = CKAAccumulator(kernel=kernel, unbiased=unbiased, device=device, layer_names=self.names)
+        self.acc = CKAAccumulator(kernel=kernel, unbiased=unbiased, device=device, layer_names=self.names,
+                                  precision=precision)
         self.skipped_batches = self.skipped_samples = 0
 
     def update(self, feats: List[torch.Tensor], inputs, other: Optional[List[torch.Tensor]],
@@ -116,10 +119,14 @@ class TokenSink:
 
     unit = "tokens per sequence"
 
-    def __init__(self, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device):
+    def __init__(self, unbiased: bool, names: Sequence[str], other_names: Sequence[str], device,
+                 precision: str = "highest"):
         self.names, self.L = list(names) + list(other_names), len(names)
         self.has_other = bool(other_names)
         self.shape = (len(names), len(other_names))
+        # Resolved once here: a fallback warns once, not per batch (token_cka's warnings
+        # are filtered per batch below).
+        self.precision = resolve_precision(precision, torch.device(device))
         self.unbiased, self.need, self.device = unbiased, checks.min_samples(unbiased), device
         K = len(self.names)
         self.sum = torch.zeros(K, K, dtype=torch.float64, device=device)
@@ -156,7 +163,7 @@ class TokenSink:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant layers: summarised once in result()
             try:  # NaN/Inf in real tokens shows in the per-sequence self-HSIC (padding is never read)
-                c = token_cka(xs, mask, unbiased=self.unbiased)
+                c = token_cka(xs, mask, unbiased=self.unbiased, precision=self.precision)
             except NonFiniteError as e:
                 raise _nonfinite_error([self.names[i] for i in e.layers], ctx.index) from None
         finite = torch.isfinite(c)

@@ -44,6 +44,7 @@ class Method:
     notes: str = ""
     peer: Optional[str] = None      # PyPI distribution, for peers
     cpu_only: bool = False          # computes on the CPU whatever the device (says so in the row)
+    precision: str = "highest"      # mpruner's GEMM mode for this row (mpruner bench --precision)
 
 
 class Ctx:

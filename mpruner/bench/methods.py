@@ -21,6 +21,21 @@ def mpruner_minibatch(ctx: Ctx, batches: List[int]) -> Result:
     return Result(acc.compute())
 
 
+def mpruner_minibatch_at(precision: str):
+    """The default accumulator with GEMMs at ``precision``; the row says which mode ran."""
+    def run(ctx: Ctx, batches: List[int]) -> Result:
+        import mpruner
+        from mpruner.engine.precision import resolve
+
+        acc = mpruner.CKAAccumulator(precision=precision)
+        for i in batches:
+            acc.update(ctx.source.batch(i))
+        ran = resolve(precision, ctx.source.batch(batches[0])[0].device) if batches else precision
+        note = "" if ran == precision else f"ran at precision='{ran}': this hardware lacks {precision!r}"
+        return Result(acc.compute(), note=note)
+    return run
+
+
 def mpruner_full_batch(ctx: Ctx, batches: List[int]) -> Result:
     """Biased CKA over all samples at once, mpruner's cheaper way for the shapes: one
     cka_matrix over all N samples (L N^2 d flops, holds the N samples), or the streaming
@@ -219,6 +234,11 @@ def gram_floor(ctx: Ctx, batches: List[int]) -> Result:
 OWN_METHODS: Dict[str, Method] = {m.name: m for m in [
     Method("mpruner", "mpruner", "minibatch-u", "batches", MINIBATCH, mpruner_minibatch,
            "CKAAccumulator() defaults: linear, unbiased HSIC_1, minibatch"),
+    Method("mpruner high", "mpruner", "minibatch-u", "batches", MINIBATCH, mpruner_minibatch_at("high"),
+           "CKAAccumulator(precision='high'): TF32 on CUDA, two bfloat16 terms on a CPU's matrix engine",
+           precision="high"),
+    Method("mpruner medium", "mpruner", "minibatch-u", "batches", MINIBATCH, mpruner_minibatch_at("medium"),
+           "CKAAccumulator(precision='medium'): bfloat16 GEMM inputs, float32 sums", precision="medium"),
     Method("mpruner full-batch", "mpruner", "full-b", "batches", MINIBATCH, mpruner_full_batch,
            "biased CKA over all N samples: cka_matrix on all samples, or the streaming exact estimator"),
     Method("mpruner token_cka", "mpruner", "seq-b", "batches", TOKENS, mpruner_tokens(False),

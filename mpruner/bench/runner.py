@@ -35,6 +35,7 @@ class Config:
     retry_noisy: int = 0            # rerun a row measured while others used > NOISY of the CPU
     processes: int = 1              # fast rows: median over this many fresh processes
     peers: List[str] = field(default_factory=list)
+    precisions: List[str] = field(default_factory=lambda: ["highest"])  # mpruner rows' GEMM modes
     work_dir: str = ""
     verbose: bool = True
 
@@ -158,6 +159,8 @@ def methods_for(wl: Workload, cfg: Config, names: Optional[List[str]] = None):
             continue
         if m.cpu_only and cfg.device != "cpu" and names is None:
             continue  # NumPy on the host: a GPU run would spend its time on the CPU
+        if m.precision not in cfg.precisions and (names is None or m.name not in names):
+            continue  # mpruner's other GEMM modes: mpruner bench --precision
         out.append(m)
     # mpruner's full-batch row is there to compare with the peers of that estimator
     if names is None and not any(m.group == "peer" and m.estimator == "full-b" for m in out):
@@ -184,7 +187,7 @@ def run_workload(cfg: Config, wl: Workload, names: Optional[List[str]] = None, p
     rows = []
     for m in methods:
         row = {"method": m.name, "group": m.group, "estimator": m.estimator, "estimator_desc": ESTIMATORS[m.estimator],
-               "notes": m.notes}
+               "notes": m.notes, "precision": m.precision}
         if m.cpu_only and cfg.device != "cpu":
             row["notes"] += " (computes on the CPU)"
         if m.peer:
@@ -252,7 +255,10 @@ def add_ratios(rows: List[Dict], wl: Workload):
     """time / mpruner's time: against the default mpruner row, and against the mpruner row
     computing the same estimator where there is one."""
     default = "mpruner" if wl.kind == "minibatch" else "mpruner token_cka"
-    by_est = {r["estimator"]: r for r in rows if r["group"] == "mpruner" and ok(r)}
+    # The basis of an estimator is mpruner's row of it at the default precision (the other
+    # precisions' rows are compared with it too).
+    by_est = {r["estimator"]: r for r in rows
+              if r["group"] == "mpruner" and ok(r) and r.get("precision", "highest") == "highest"}
     base = next((r for r in rows if r["method"] == default and ok(r)), None)
     for r in rows:
         if not ok(r):

@@ -52,6 +52,23 @@ QUICK_METHODS = ["mpruner", "mpruner token_cka", "mpruner cosine", "torch cosine
                  "pytorch-cka per sequence"]
 
 
+def precisions(arg: str, device: str) -> List[str]:
+    """``--precision``: the GEMM modes of mpruner's rows ("auto": highest and what the
+    hardware runs natively); an unknown name is refused with the list."""
+    from mpruner.engine.precision import PRECISIONS, canonical, cpu_matrix_engine
+
+    if arg == "auto":
+        native = device == "cuda" or cpu_matrix_engine().bf16
+        return list(PRECISIONS) if native else ["highest"]
+    try:
+        names = [canonical(p.strip()) for p in arg.split(",") if p.strip()]
+    except ValueError as e:
+        raise SystemExit(f"mpruner bench: error: --precision: {e}") from None
+    if not names:
+        raise SystemExit("mpruner bench: error: --precision is empty; e.g. --precision highest,high")
+    return list(dict.fromkeys(names))
+
+
 def method_names(arg: str) -> List[str]:
     """``--methods``: the named rows, every name checked against the suite's (with a suggestion)."""
     import difflib
@@ -192,7 +209,8 @@ def run(args) -> int:
                         budget_s=args.budget or 15.0, timeout_s=args.timeout,
                         mem_cap_bytes=int(args.mem_cap * 2**30),
                         quiet_wait_s=args.quiet_wait, retry_noisy=args.retry_noisy, processes=args.processes,
-                        peers=peers, work_dir=args.work_dir or "", verbose=not args.quiet)
+                        peers=peers, precisions=precisions(getattr(args, "precision", "auto"), args.device),
+                        work_dir=args.work_dir or "", verbose=not args.quiet)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     machine = measure.machine_info(torch.device(args.device))

@@ -105,13 +105,23 @@ def evaluate_goals(results: Dict[str, Dict], device_type: str) -> List[Dict]:
     return out
 
 
+def display_ratio(r: Dict):
+    """(time / mpruner's time, basis method, whether it is the fallback basis) of one row: the
+    one computation every table and plot shows. The basis is mpruner's row of the same
+    estimator where there is one, else the workload's default mpruner row (marked *)."""
+    same = r.get("ratio_vs_mpruner_same_estimator")
+    if same is not None:
+        return same, r.get("ratio_basis"), False
+    return r.get("ratio_vs_mpruner"), None, r.get("ratio_vs_mpruner") is not None
+
+
 def table(result: Dict) -> str:
     rows = result["rows"]
     head = ["method", "estimator", "status", "time", "x mpruner", "max err", "peak mem", "roofline", "notes"]
     lines = []
     for r in rows:
-        ratio = r.get("ratio_vs_mpruner_same_estimator", r.get("ratio_vs_mpruner"))
-        mark = "" if "ratio_vs_mpruner_same_estimator" in r else "*"
+        ratio, _, fallback = display_ratio(r)
+        mark = "*" if fallback else ""
         err = r.get("max_err")
         notes = r.get("extrapolation", "")
         if r.get("status") not in ("ok", "extrapolated"):
@@ -137,11 +147,10 @@ def markdown_table(result: Dict) -> str:
     out = ["| method | estimator | time | × mpruner | max abs err | peak mem | notes |",
            "|---|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
-        ratio, same = r.get("ratio_vs_mpruner"), r.get("ratio_vs_mpruner_same_estimator")
-        rtxt = fmt_ratio(ratio)
-        if same is not None and ratio is not None and r.get("ratio_basis") not in (
-                None, "mpruner", "mpruner token_cka", r["method"]):
-            rtxt += f" ({fmt_ratio(same)} vs {r['ratio_basis']})"
+        ratio, basis, fallback = display_ratio(r)
+        rtxt = fmt_ratio(ratio) + ("*" if fallback else "")
+        if basis not in (None, "mpruner", "mpruner token_cka", r["method"]):
+            rtxt += f" (vs {basis})"
         err = r.get("max_err")
         if _ok(r):
             note = r.get("extrapolation", "")
@@ -233,9 +242,9 @@ def plot_headline(results: Dict[str, Dict], path: str, title: str):
             if r["group"] not in groups_seen:
                 groups_seen.append(r["group"])
             ax.barh(i, r["time_s"], color=COLORS.get(r["group"], "k"), alpha=0.45 if extrapolated else 1.0)
-            ratio = r.get("ratio_vs_mpruner")
+            ratio, _, fallback = display_ratio(r)  # what the table shows for this row
             label = ("~" if extrapolated else "") + fmt_time(r["time_s"]) + (
-                f"  ({fmt_ratio(ratio)}x)" if ratio is not None else "")
+                f"  ({fmt_ratio(ratio)}x{'*' if fallback else ''})" if ratio is not None else "")
             ax.text(r["time_s"] * 1.08, i, label, va="center", fontsize=FONT - 1)
         ax.set_yticks(y)
         ax.set_yticklabels([r["method"] for r in rows], fontsize=FONT)
@@ -251,7 +260,8 @@ def plot_headline(results: Dict[str, Dict], path: str, title: str):
     handles = [Patch(color=COLORS.get(g, "k"), label=GROUP_LABELS.get(g, g)) for g in groups_seen]
     if any_extrapolated:
         handles.append(Patch(color="#7f7f7f", alpha=0.45, label="pale, ~: timed on a subset, extrapolated"))
-    fig.suptitle(title + "   (x = time / mpruner's time)", fontsize=FONT + 2, x=0.01, ha="left",
+    fig.suptitle(title + "   (x = time / mpruner's of the same estimator, as in the tables; *: vs mpruner's "
+                 "default row)", fontsize=FONT + 2, x=0.01, ha="left",
                  y=1 - 0.12 / height, va="top")
     fig.legend(handles=handles, fontsize=FONT, loc="upper left", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.0, 1 - 0.42 / height), handlelength=1.5, columnspacing=1.2)

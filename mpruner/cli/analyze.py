@@ -53,6 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="linear", choices=("linear", "rbf"), help="CKA kernel (default: %(default)s)")
     p.add_argument("--biased", action="store_true",
                    help="biased HSIC_0 (batches of >= 2) instead of the unbiased HSIC_1 (>= 4) (default: unbiased)")
+    p.add_argument("--precision", default="highest", choices=("highest", "high", "medium", "tf32"),
+                   help="float32 GEMM mode of the CKA Grams: highest (IEEE), high (TF32 on CUDA, two bfloat16 terms "
+                        "on a CPU's matrix engine; tf32 is its alias), medium (bfloat16); without the hardware, "
+                        "highest (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per batch (default: %(default)s)")
     p.add_argument("--max-length", type=positive_int, default=128,
                    help="truncate texts to this many tokens (default: %(default)s)")
@@ -175,7 +179,7 @@ def cmd_analyze(args) -> int:
             + (f" (at most {args.max_batches})" if args.max_batches else ""))
         analysis = analyze(model, data, layers=layers, view=args.view, kernel=args.kernel, unbiased=not args.biased,
                            forward=forward, max_batches=args.max_batches, progress=not args.no_progress,
-                           metric=getattr(args, "metric", "cka"))
+                           metric=getattr(args, "metric", "cka"), precision=getattr(args, "precision", "highest"))
         os.makedirs(args.out, exist_ok=True)
         analysis.save(os.path.join(args.out, _stem(analysis) + ".json"))
         analysis.plot(os.path.join(args.out, _stem(analysis) + ".png"))

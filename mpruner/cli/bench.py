@@ -8,6 +8,7 @@ errors against a float64 reference of each row's estimator and peak memory go to
     mpruner bench --peers all --out benchmarks/results
     mpruner bench --device cuda --workload gpu,tokens
     mpruner bench --workload dense --peers none --repeats 3
+    mpruner bench --workload dense,conv --precision highest,high,medium
     mpruner bench --replot --out benchmarks/results # tables and plots again from the JSON
 """
 # (The docstring is the command's --help description: plain text, no reST markup.)
@@ -34,6 +35,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="installed (default: those already installed), all (installs missing ones with "
                         "pip --no-deps first), none, or a comma list of torch-cka, cka-pytorch, pytorch-cka, "
                         "ckatorch, cka-analyzer")
+    p.add_argument("--precision", default="auto",
+                   help="comma list of mpruner's GEMM modes to give rows (highest, high, medium; tf32 is high), or "
+                        "auto: highest and the modes this hardware runs natively (CUDA sm_80+: all; a CPU with "
+                        "AMX-BF16 or AVX512-BF16: all; else highest) (default: %(default)s)")
     p.add_argument("--out", default="mpruner-bench", help="directory for the JSON and PNG files (default: %(default)s)")
     p.add_argument("--tag", default=None, help="file name prefix (default: cpu or gpu; with --quick cpu-quick/gpu-quick)")
     p.add_argument("--methods", default=None,

@@ -82,6 +82,10 @@ def add_parser(sub) -> None:
                         "list, or the model's only nn.Sequential/nn.ModuleList)")
     p.add_argument("--view", choices=VIEWS,
                    help="layer view for the analysis (default: mean; tokens for the token strategies)")
+    p.add_argument("--precision", default="highest", choices=("highest", "high", "medium", "tf32"),
+                   help="float32 GEMM mode of the CKA analyses: highest (IEEE), high (TF32 on CUDA, two bfloat16 "
+                        "terms on a CPU's matrix engine; tf32 is its alias), medium (bfloat16); without the "
+                        "hardware, highest (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="texts per batch for CSV/text data; calibration needs >= 4 (default: %(default)s)")
     p.add_argument("--max-length", type=positive_int, default=128,
@@ -278,8 +282,10 @@ def cmd_prune(args) -> int:
         from .prune_stages import run_pipeline, wants_stages
 
         layers = auto_layers(model, args.layers, lambda line: print(line, flush=True), "prune")
+        if args.precision != "highest":  # the CKA analyses' GEMM mode
+            options["analyze_kwargs"] = {**(options.get("analyze_kwargs") or {}), "precision": args.precision}
         if wants_stages(args):
-            return run_pipeline(args, model, calib, evaluate, finetune, layers)
+            return run_pipeline(args, model, calib, evaluate, finetune, layers, options.get("analyze_kwargs"))
         pruner = MPruner(model, calib, evaluate, finetune=finetune, layers=layers, **options,
                          threshold=args.threshold, tolerance=tolerance_of(args),
                          tolerance_mode=args.tolerance_mode, max_granularity=args.max_granularity,

@@ -19,13 +19,15 @@ def wants_stages(args) -> bool:
         getattr(args, "no_depth", False)
 
 
-def run_pipeline(args, model, calib, evaluate, finetune, layers=None) -> int:
+def run_pipeline(args, model, calib, evaluate, finetune, layers=None, analyze_kwargs=None) -> int:
     from ..prune.pipeline import Pipeline, write_pipeline_report
     from .common import tolerance_of
 
     calib = list(calib)
     depth_kwargs = dict(layers=args.layers if layers is None else layers, threshold=args.threshold if args.threshold == "auto" else float(args.threshold),
                         max_granularity=args.max_granularity, max_iterations=args.max_iterations, view=args.view)
+    if analyze_kwargs:
+        depth_kwargs["analyze_kwargs"] = dict(analyze_kwargs)
     pipe = Pipeline(model, calib, evaluate, finetune=finetune, depth=not args.no_depth, width=args.width,
                     sparsity=args.sparsity, pattern=args.pattern, tolerance=tolerance_of(args),
                     tolerance_mode=args.tolerance_mode, checkpoint_dir=os.path.join(args.out, "checkpoint"),

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import checks
+from . import precision as precision_modes
 from .cka import hsic_to_cka
 from .exact import ExactSums
 from .minibatch import MinibatchSums
@@ -52,7 +53,12 @@ class CKAAccumulator:
         layer_names: names used in warnings and errors (default ``layer 0`` ...).
         nan_policy: ``"raise"`` on NaN/Inf activations, or ``"skip"`` the batch (counted in
             ``num_skipped``).
-        precision: ``"highest"`` or ``"tf32"`` for CUDA float32 GEMMs.
+        precision: the float32 GEMM mode: ``"highest"`` (IEEE float32, default), ``"high"``
+            (~16 mantissa bits: TF32 on CUDA, two bfloat16 terms on a CPU's matrix engine;
+            ``"tf32"`` is an alias) or ``"medium"`` (bfloat16 inputs, float32 sums); see
+            :func:`mpruner.cka_matrix`. float64 activations are computed in float64 whatever
+            the mode; hardware without the mode runs ``"highest"`` (one warning, at the
+            first batch).
         max_exact_bytes: memory bound of the exact estimator (default 4 GiB).
         cuda_graph: on a CUDA device, replay ``update()`` from a CUDA graph captured per input
             shape (minibatch estimator; costs one batch's activations of device memory). Other
@@ -66,7 +72,7 @@ class CKAAccumulator:
         checks.check_choice(kernel, checks.KERNELS, "kernel")
         checks.check_choice(estimator, ESTIMATORS, "estimator")
         checks.check_choice(nan_policy, checks.NAN_POLICIES, "nan_policy")
-        checks.check_choice(precision, checks.PRECISIONS, "precision")
+        precision = checks.check_precision(precision)
         if cuda_graph and estimator != "minibatch":
             raise ValueError("cuda_graph=True replays the minibatch estimator's update; use estimator='minibatch' "
                              "or cuda_graph=False")
@@ -91,7 +97,7 @@ class CKAAccumulator:
         self._num_skipped = 0
 
     def _new_estimator(self):
-        args = (self.kernel, self.unbiased, self.sigma, self.precision, self.nan_policy, self.max_exact_bytes)
+        args = (self.kernel, self.unbiased, self.sigma, self._mode(), self.nan_policy, self.max_exact_bytes)
         if self.cuda_graph:
             return ESTIMATOR_CLASSES[self.estimator](*args, cuda_graph=True)
         return ESTIMATOR_CLASSES[self.estimator](*args)
@@ -112,6 +118,15 @@ class CKAAccumulator:
         if self._num_batches == 0:  # every batch was skipped: nothing accumulated
             self._est = self._new_estimator()
             self._shape = None
+
+    def _mode(self) -> str:
+        """The precision the GEMMs run at on this accumulator's device, once it is known
+        (resolved once: the fallback warning comes at most once per accumulator)."""
+        if self.device is None:
+            return self.precision
+        if getattr(self, "_resolved", None) is None or self._resolved[0] != self.device:
+            self._resolved = (self.device, precision_modes.resolve(self.precision, self.device))
+        return self._resolved[1]
 
     @property
     def hsic(self) -> torch.Tensor:
@@ -146,6 +161,7 @@ class CKAAccumulator:
         names = self._names(shape)
         if self.device is None:
             self.device = xs[0].device
+        self._est.precision = self._mode()
         n = xs[0].shape[0]
         # Batches passed so far, from the raw counters: a device-side skip moves one batch from
         # one to the other, so their sum is known without settling (a device read per batch).

@@ -5,15 +5,14 @@ except the half -> float32 conversion the engine needs.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from typing import List, Optional, Sequence
 
 import torch
 
+from .precision import ALIASES, PRECISIONS, canonical, gemm_scope
+
 KERNELS = ("linear", "rbf")
-PRECISIONS = ("highest", "tf32")
 NAN_POLICIES = ("raise", "skip")
 
 
@@ -126,38 +125,12 @@ def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-# One lock for the process-wide matmul setting: concurrent gemm_precision scopes
-# (threads) take turns, so none restores a value another one set.
-_PRECISION_LOCK = threading.RLock()
+def check_precision(precision) -> str:
+    """The canonical precision name (``"tf32"`` is ``"high"``); unknown names list the valid ones."""
+    return canonical(precision)
 
 
-def _matmul_setting():
-    """(get, set) of CUDA's float32 matmul mode as 'tf32'/'ieee', through torch's newer
-    ``fp32_precision`` where it exists (mixing it with ``allow_tf32`` is an error there)."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        return (lambda: matmul.fp32_precision), (lambda v: setattr(matmul, "fp32_precision", v))
-    return ((lambda: "tf32" if matmul.allow_tf32 else "ieee"),
-            (lambda v: setattr(matmul, "allow_tf32", v == "tf32")))
-
-
-@contextlib.contextmanager
 def gemm_precision(precision: str, device: torch.device):
-    """Selects the float32 GEMM mode on CUDA ('highest' = IEEE fp32, 'tf32') for the
-    scope only: the previous setting is restored on exit, under a lock (thread-safe)."""
-    check_choice(precision, PRECISIONS, "precision")
-    if device.type != "cuda" or compiling():
-        yield
-        return
-    get, put = _matmul_setting()
-    want = "tf32" if precision == "tf32" else "ieee"
-    with _PRECISION_LOCK:
-        previous = get()
-        if previous == want:
-            yield
-            return
-        put(want)
-        try:
-            yield
-        finally:
-            put(previous)
+    """torch's float32 matmul mode for ``precision`` on ``device``, for a scope (see
+    :func:`mpruner.engine.precision.gemm_scope`)."""
+    return gemm_scope(precision, device)

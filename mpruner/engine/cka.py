@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ..stacklevel import user_stacklevel
-from . import checks
+from . import checks, gram_strategy, precision as modes
 from .ops import ops
 
 # A layer whose self-HSIC is below (DEGENERATE_FACTOR * eps^2 * ||x||^2)^2 is
@@ -29,13 +29,17 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None,
         kernel: ``"linear"`` (X X^T of the feature-centered X) or ``"rbf"``
             (exp(-d^2 / (2 sigma_f^2 median d^2))).
         sigma: RBF bandwidth as a fraction of the median distance (default 0.5).
-        precision: ``"highest"`` or ``"tf32"`` (CUDA float32 GEMM mode).
+        precision: the float32 GEMM mode, ``"highest"`` (IEEE), ``"high"`` (TF32 on CUDA,
+            two bfloat16 terms on CPU; ``"tf32"`` is an alias) or ``"medium"`` (bfloat16);
+            see :mod:`mpruner.engine.precision`. float64 input is computed in float64
+            whatever the mode; without the hardware the mode falls back to ``"highest"``.
 
     Returns:
         (n, n) or (b, n, n), float32 (float64 for float64 input). The linear Gram is of
         the feature-centered samples, which leaves every HSIC/CKA unchanged.
     """
     checks.check_choice(kernel, checks.KERNELS, "kernel")
+    checks.check_precision(precision)
     f = checks.check_sigma(sigma, kernel)
     if batched:
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
@@ -45,8 +49,12 @@ def gram(x: torch.Tensor, kernel: str = "linear", sigma: Optional[float] = None,
         xs = [checks.as_samples(x, "x")]
     if kernel == "rbf" and xs[0].shape[0] < 2:
         raise ValueError(f"x has n={xs[0].shape[0]} samples; the RBF kernel needs n >= 2")
-    with checks.gemm_precision(precision, xs[0].device):
-        g = ops.grams(xs, kernel, f)  # the full Gram (the op's default), not only its upper triangle
+    mode = modes.resolve(precision, xs[0].device)
+    # Shifted by the exact column means: the Gram of the centered samples, as documented
+    # (the engine's own Grams take a cheaper shift; HSIC does not see the difference).
+    means = torch.cat([x.mean(0, dtype=torch.float64) for x in xs])
+    with checks.gemm_precision(mode, xs[0].device):
+        g, _ = ops.grams_shifted(xs, means, kernel, f, False, mode)  # the full Gram, not only its upper triangle
     return g if batched else g[0]
 
 
@@ -91,12 +99,25 @@ def hsic(k: torch.Tensor, l: torch.Tensor, unbiased: bool = False) -> torch.Tens
 
 def layer_hsic(xs: List[torch.Tensor], kernel: str, unbiased: bool, sigma: float,
                precision: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All-pairs HSIC of checked (n, d) layers -> ((L, L) float64, per-layer degeneracy thresholds)."""
-    with checks.gemm_precision(precision, xs[0].device):
-        grams = ops.grams(xs, kernel, sigma, True)
+    """All-pairs HSIC of checked (n, d) layers -> ((L, L) float64, per-layer degeneracy thresholds).
+    ``precision`` is a resolved mode (:func:`mpruner.engine.precision.resolve`)."""
+    grams, _ = shifted_grams(xs, kernel, sigma, precision)
     h = ops.hsic_matrix(grams, unbiased)
     scale, factor = degeneracy_scale(xs, kernel, grams.dtype)
     return h, (factor * scale) ** 2
+
+
+def shifted_grams(xs: List[torch.Tensor], kernel: str, sigma: float, precision: str,
+                  shift: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The Grams (L, n, n) the HSIC reads (upper triangle) of checked layers at a resolved
+    ``precision``, by the measured Gram strategy, with the features shifted by ``shift``
+    (flat (sum d_l,); None: each layer's first row, so that a batch's Grams depend on that
+    batch alone) in the pass that forms the GEMM's input; also that pass's column sums of
+    the shifted features (flat float64). Never reads a value back to the host once the
+    shape's strategy is known, so a CUDA graph can capture it."""
+    with checks.gemm_precision(precision, xs[0].device):
+        block = gram_strategy.block_for(xs, precision, kernel)
+        return ops.grams_shifted(xs, shift, kernel, sigma, True, precision, block)
 
 
 def degeneracy_scale(xs: List[torch.Tensor], kernel: str, gram_dtype: torch.dtype) -> Tuple[torch.Tensor, float]:
@@ -161,7 +182,12 @@ def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: 
         kernel: ``"linear"`` or ``"rbf"``; ``sigma`` the RBF bandwidth fraction (0.5).
         unbiased: use the unbiased HSIC_1 (needs n >= 4) instead of the biased HSIC_0.
         other: optional list of M tensors (n, ...) -> the (L, M) cross matrix.
-        precision: ``"highest"`` or ``"tf32"`` (CUDA float32 GEMM mode).
+        precision: the float32 GEMM mode: ``"highest"`` (IEEE float32, default), ``"high"``
+            (~16 mantissa bits: TF32 on CUDA, two bfloat16 terms on a CPU's matrix engine;
+            ``"tf32"`` is an alias) or ``"medium"`` (bfloat16 inputs, float32 sums). Centering
+            and HSIC keep their precision. float64 activations are computed in float64
+            whatever the mode. A CPU or GPU without the mode's hardware falls back to
+            ``"highest"`` with a warning. Measured errors: the Performance page.
 
     Returns:
         (L, L) or (L, M) float64 tensor on the activations' device.
@@ -172,13 +198,14 @@ def cka_matrix(features, kernel: str = "linear", unbiased: bool = False, sigma: 
 def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None):
     """cka_matrix, with ``labels`` naming the layers in errors and warnings (cka's x and y)."""
     checks.check_choice(kernel, checks.KERNELS, "kernel")
+    checks.check_precision(precision)
     f = checks.check_sigma(sigma, kernel)
     feats = checks.as_layer_list(features, "features")
     oth = None if other is None else checks.as_layer_list(other, "other")
     xs = checks.prepare_layers(feats, unbiased, other=oth, labels=labels)
     names = list(labels) if labels is not None else \
         [f"features[{i}]" for i in range(len(feats))] + [f"other[{j}]" for j in range(len(oth or []))]
-    h, thr = layer_hsic(xs, kernel, unbiased, f, precision)
+    h, thr = layer_hsic(xs, kernel, unbiased, f, modes.resolve(precision, xs[0].device))
     bad = check_finite(h)
     if bad:
         raise nonfinite_error(bad, names)
@@ -189,7 +216,10 @@ def _cka_matrix(features, kernel, unbiased, sigma, other, precision, labels=None
 
 def cka(x: torch.Tensor, y: torch.Tensor, kernel: str = "linear", unbiased: bool = False,
         sigma: Optional[float] = None, *, precision: str = "highest") -> torch.Tensor:
-    """CKA between two activations x (n, ...) and y (n, ...) of the same samples -> 0-d float64."""
+    """CKA between two activations x (n, ...) and y (n, ...) of the same samples -> 0-d float64.
+
+    The options are :func:`cka_matrix`'s (``precision``: ``"highest"``, ``"high"``, ``"medium"``).
+    """
     if isinstance(x, (list, tuple)) or isinstance(y, (list, tuple)):
         raise TypeError("cka compares two tensors x and y; for lists of layers use mpruner.cka_matrix")
     return _cka_matrix([x], kernel, unbiased, sigma, [y], precision, labels=("x", "y"))[0, 0]

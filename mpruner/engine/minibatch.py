@@ -7,7 +7,9 @@ the first bad batch per layer (``nan_policy="raise"``, raised at the next read),
 batch adds zeros and is counted there (``nan_policy="skip"``, counted when the host reads).
 The device path updates its state in place only, so that ``cuda_graph=True`` can replay it
 from a CUDA graph (mpruner/engine/graphed.py); ``MPRUNER_FUSED_EPILOGUE=1`` does everything
-after the HSIC pass in one kernel (``_hsic_finish``).
+after the HSIC pass in one kernel (``_hsic_finish``). Each batch's features are shifted by
+that batch's own first row before its Grams (``shifted_grams``), so a batch's sums do not
+depend on the batches before it: sharded and resumed runs equal one process exactly.
 
 The sibling estimator, exact full-data linear CKA, is :class:`mpruner.engine.exact.ExactSums`;
 both offer the methods the accumulator calls, so it chooses one once and never branches.
@@ -19,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import checks
-from .cka import check_finite, degeneracy_scale, layer_hsic, nonfinite_error
+from .cka import check_finite, degeneracy_scale, layer_hsic, nonfinite_error, shifted_grams
 from .graphed import CapturedUpdates
 from .ops import ops
 
@@ -82,8 +84,7 @@ class MinibatchSums:
             self._allocate(K, xs[0].device)
         skip = self.nan_policy == "skip"
         if self.fused:  # one kernel after the HSIC pass (MPRUNER_FUSED_EPILOGUE=1)
-            with checks.gemm_precision(self.precision, xs[0].device):
-                grams = ops.grams(xs, self.kernel, self.sigma, True)
+            grams, _ = shifted_grams(xs, self.kernel, self.sigma, self.precision)
             g = grams if grams.dtype == torch.float64 else grams.float()
             pairs, rowsums = ops._hsic_partials(g.unsqueeze(1), None, self.unbiased)
             scale, factor = degeneracy_scale(xs, self.kernel, grams.dtype)

@@ -43,9 +43,21 @@ def _rbf_apply_fake(g, diag, inv_two_sigma2):
     return torch.empty_like(g)
 
 
-@torch.library.register_fake("mpruner::_center_features")
-def _center_features_fake(xs, dtype):
-    return xs[0].new_empty((len(xs),) + tuple(xs[0].shape), dtype=dtype)
+def _split_width(split: str) -> int:
+    return 4 if split == "hilo" else 1
+
+
+@torch.library.register_fake("mpruner::_shift_features")
+def _shift_features_fake(xs, shift, dtype, split):
+    G, (n, d) = len(xs), xs[0].shape
+    return (xs[0].new_empty((G, n, _split_width(split) * d), dtype=dtype),
+            xs[0].new_empty((G * d,), dtype=torch.float64))
+
+
+@torch.library.register_fake("mpruner::_layer_grams")
+def _layer_grams_fake(xs, shift, split, block):
+    n, total = xs[0].shape[0], sum(x.shape[1] for x in xs)
+    return (xs[0].new_empty((len(xs), n, n)), xs[0].new_empty((total,), dtype=torch.float64))
 
 
 @torch.library.register_fake("mpruner::_token_hsic_fused")

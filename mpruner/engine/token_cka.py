@@ -16,7 +16,7 @@ from typing import List, Optional
 import torch
 
 from ..stacklevel import user_stacklevel
-from . import checks
+from . import checks, precision as modes
 from .cka import NonFiniteError
 from .ops import ops
 
@@ -90,7 +90,11 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         hidden_states: list of L tensors (B, T, D), or one (L, B, T, D) tensor.
         attention_mask: (B, T) with 1 for real tokens (any padding side); None = all real.
         unbiased: unbiased HSIC_1 (each sequence needs >= 4 tokens) or biased HSIC_0 (>= 2).
-        precision: "highest" or "tf32" for the Gram GEMMs (GPU; CPU GEMMs are always float32/64).
+        precision: the Grams' float32 GEMM mode: ``"highest"`` (IEEE float32, default),
+            ``"high"`` (TF32 on CUDA, two bfloat16 terms on a CPU's matrix engine; ``"tf32"``
+            is an alias) or ``"medium"`` (bfloat16 inputs, float32 sums), as in
+            :func:`mpruner.cka_matrix`. On the CPU, high and medium run the batched path (the
+            fused kernel is IEEE float32); float64 states are computed in float64.
         max_gram_bytes: memory bound for the Grams held at once: one group of sequences on
             GPUs; on CPU all threads' Grams together (sequences too long for it are
             processed in blocks of Gram rows).
@@ -98,9 +102,13 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
     Returns:
         (B, L, L) float64; entry [b] is the CKA matrix of sequence b.
     """
+    checks.check_precision(precision)
     layers = _layer_list(hidden_states)
     B, T = layers[0].shape[:2]
     device = layers[0].device
+    mode = modes.resolve(precision, device)
+    if all(t.dtype == torch.float64 for t in layers):
+        mode = "highest"  # float64 is exact whatever the mode
     lengths, order = _lengths(attention_mask, B, T, device)
     need = checks.min_samples(unbiased)
     lens = lengths.tolist()
@@ -109,9 +117,9 @@ def token_cka(hidden_states, attention_mask: Optional[torch.Tensor] = None, unbi
         raise ValueError(f"sequences {short[:10]}{'...' if len(short) > 10 else ''} have fewer than {need} tokens; "
                          f"the {'unbiased' if unbiased else 'biased'} estimator needs >= {need} per sequence: drop "
                          "them" + (" or use unbiased=False" if unbiased else ""))
-    if device.type == "cpu":
+    if device.type == "cpu" and mode == "highest":
         return _normalise(_token_hsic_fused(layers, lengths, order, unbiased, max_gram_bytes))
-    return _normalise(_token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_bytes))
+    return _normalise(_token_hsic_grouped(layers, lengths, order, unbiased, mode, max_gram_bytes))
 
 
 def _token_hsic_fused(layers, lengths, order, unbiased, max_gram_bytes=DEFAULT_GRAM_BYTES) -> torch.Tensor:
@@ -148,10 +156,30 @@ def _token_hsic_grouped(layers, lengths, order, unbiased, precision, max_gram_by
             x = torch.where(valid, x, 0)
             mean = x.sum(1, keepdim=True) / n.to(work)[:, None, None]
             x = torch.where(valid, x - mean, 0)
-            with checks.gemm_precision(precision, device):
-                torch.bmm(x, x.transpose(1, 2), out=grams[l])
+            _gram_bmm(x, precision, grams[l])
         out[sel] = ops.token_hsic(grams, n, unbiased)
     return out
+
+
+def _gram_bmm(x: torch.Tensor, precision: str, out: torch.Tensor) -> None:
+    """out = x x^T (batched) in a resolved precision mode, as the engine's Grams do it:
+    float32 (TF32 for CUDA "high"); CUDA "medium": bfloat16 inputs, float32 output; CPU
+    "medium": bfloat16-rounded values; CPU "high": x = hi + lo (both bfloat16) and
+    hi hi^T + hi lo^T + lo hi^T in one GEMM. The CPU's values are exact bfloat16, so its
+    matrix engine (torch's mkldnn bf16 mode) adds no rounding of its own."""
+    with checks.gemm_precision(precision, x.device):
+        if precision == "highest" or x.dtype == torch.float64 or (x.is_cuda and precision == "high"):
+            torch.bmm(x, x.transpose(1, 2), out=out)
+        elif x.is_cuda:
+            xb = x.to(torch.bfloat16)
+            torch.bmm(xb, xb.transpose(1, 2), out_dtype=torch.float32, out=out)
+        elif precision == "medium":
+            xb = x.to(torch.bfloat16).float()
+            torch.bmm(xb, xb.transpose(1, 2), out=out)
+        else:
+            hi = x.to(torch.bfloat16).float()
+            lo = (x - hi).to(torch.bfloat16).float()
+            torch.bmm(torch.cat([hi, hi, lo], -1), torch.cat([hi, lo, hi], -1).transpose(1, 2), out=out)
 
 
 def _normalise(hs: torch.Tensor) -> torch.Tensor:

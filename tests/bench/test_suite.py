@@ -147,3 +147,51 @@ def test_cli_writes_table_json_and_plot(tmp_path, request):
     assert rows["mpruner"]["status"] == "ok" and rows["mpruner"]["max_err"] < 1e-6
     assert res["machine"]["torch"] == torch.__version__ and "git_commit" in res["machine"]
     assert (out / "cpu_headline.png").stat().st_size > 0
+
+
+def test_plot_and_table_show_one_ratio_per_row(monkeypatch, tmp_path):
+    """The headline plot labels each bar with the ratio its table row shows (mpruner's row of
+    the same estimator, else the default mpruner row, marked *)."""
+    import matplotlib.axes
+
+    from mpruner.bench import tables
+
+    rows = [{"method": m, "group": g, "estimator": e, "status": "ok", "time_s": t}
+            for m, g, e, t in [("mpruner token_cka", "mpruner", "seq-b", 0.01), ("mpruner cosine", "mpruner",
+                               "tok-cos", 0.276), ("torch cosine", "baseline", "tok-cos", 0.552),
+                               ("per-sequence loop", "baseline", "seq-b", 1.0), ("gram floor", "floor", "none", 0.005)]]
+    runner.add_ratios(rows, _tiny("tokens"))
+    res = {"workload": {"name": "tiny-tokens", "kind": "tokens", "description": "tiny"}, "rows": rows}
+    labels = {}
+    real_text = matplotlib.axes.Axes.text
+
+    def text(ax, x, y, s, *a, **k):
+        labels[s.split("  (")[0]] = s
+        return real_text(ax, x, y, s, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", text)
+    tables.plot_headline({"tiny-tokens": res}, str(tmp_path / "p.png"), "t")
+    table = {line.split()[0] + " " + line.split()[1]: line for line in tables.table(res).splitlines()[2:]}
+    for r in rows:
+        ratio, _, fallback = tables.display_ratio(r)
+        shown = tables.fmt_ratio(ratio) + "x" + ("*" if fallback else "")
+        assert f"({shown})" in labels[tables.fmt_time(r["time_s"])], (r["method"], labels)
+        assert f"{ratio:.2f}{'*' if fallback else ''}" in table[" ".join(r["method"].split()[:2])]
+    assert tables.display_ratio(rows[1])[0] == 1.0  # mpruner cosine against itself, as in its table row
+    assert tables.display_ratio(rows[4])[2]         # the floor: no mpruner row of its estimator
+
+
+def test_precision_rows_are_chosen_by_the_option(monkeypatch):
+    from mpruner.bench import suite
+    from mpruner.engine import precision
+
+    monkeypatch.setenv(precision.FORCE_ENV, "0")
+    assert suite.precisions("auto", "cpu") == ["highest"]
+    monkeypatch.setenv(precision.FORCE_ENV, "1")
+    assert suite.precisions("auto", "cpu") == ["highest", "high", "medium"]
+    assert suite.precisions("highest,tf32,high", "cpu") == ["highest", "high"]
+    with pytest.raises(SystemExit, match="--precision: precision must be one of"):
+        suite.precisions("fp8", "cpu")
+    cfg = runner.Config(precisions=["highest", "medium"], verbose=False)
+    names = [m.name for m in runner.methods_for(SMALL["minibatch"], cfg)]
+    assert "mpruner medium" in names and "mpruner high" not in names and "mpruner" in names

@@ -3,6 +3,7 @@ container, --layers typos and ambiguous models, --metric angular, errors."""
 import json
 import os
 import textwrap
+import warnings
 
 import pytest
 
@@ -47,6 +48,13 @@ def test_cli_with_factories(tmp_path, capsys):
                  "--layers", "0,2,3", "--biased", "--no-progress"]) == 0
     a = Analysis.load(out / "cka.json")
     assert a.layer_names == ["0", "2", "3"] and a.options["unbiased"] is False
+
+    # --precision reaches analyze (tf32 is high; it falls back where the CPU lacks bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert main(["analyze", "--model", f"{spec}:model", "--data", f"{spec}:data", "--out", str(out),
+                     "--precision", "tf32", "--no-progress"]) == 0
+    assert Analysis.load(out / "cka.json").options["precision"] == "high"
 
 
 @pytest.mark.parametrize("args, message", [

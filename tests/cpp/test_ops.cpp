@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 #include "mpruner/hsic_math.h"
@@ -22,16 +24,18 @@ void check_close(double got, double want, double tol, const char* what) {
 
 using Mat = std::vector<std::vector<double>>;
 
-Mat linear_gram(const at::Tensor& x) {  // x: (n, d) double, centered features
+// Gram of x (n, d) double with each feature minus its mean (first_row=false) or minus the
+// first sample's value (first_row=true: the shift grams takes when none is given).
+Mat linear_gram(const at::Tensor& x, bool first_row = false) {
   const int64_t n = x.size(0), d = x.size(1);
   auto a = x.accessor<double, 2>();
-  std::vector<double> mean(d, 0.0);
+  std::vector<double> base(d, 0.0);
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < d; ++k) mean[k] += a[i][k] / n;
+    for (int64_t k = 0; k < d; ++k) base[k] = first_row ? a[0][k] : base[k] + a[i][k] / n;
   Mat g(n, std::vector<double>(n, 0.0));
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j)
-      for (int64_t k = 0; k < d; ++k) g[i][j] += (a[i][k] - mean[k]) * (a[j][k] - mean[k]);
+      for (int64_t k = 0; k < d; ++k) g[i][j] += (a[i][k] - base[k]) * (a[j][k] - base[k]);
   return g;
 }
 
@@ -89,14 +93,32 @@ void test_hsic_matrix_and_grams() {
   for (auto& x : xs) gs.push_back(linear_gram(x));
 
   static auto grams_op = c10::Dispatcher::singleton().findSchemaOrThrow("mpruner::grams", "")
-                             .typed<at::Tensor(at::TensorList, c10::string_view, double, bool)>();
+                             .typed<at::Tensor(at::TensorList, c10::string_view, double, bool, c10::string_view,
+                                               int64_t)>();
+  static auto shifted_op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mpruner::grams_shifted", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, const std::optional<at::Tensor>&,
+                                                    c10::string_view, double, bool, c10::string_view, int64_t)>();
   static auto hsic_op = c10::Dispatcher::singleton().findSchemaOrThrow("mpruner::hsic_matrix", "")
                             .typed<at::Tensor(const at::Tensor&, bool)>();
-  at::Tensor g = grams_op.call(xs, "linear", 0.5, false);
+  // grams: each layer shifted by its first row (HSIC is invariant to the shift).
+  at::Tensor g = grams_op.call(xs, "linear", 0.5, false, "highest", 0);
   auto ga = g.accessor<double, 3>();
+  for (int l = 0; l < 3; ++l) {
+    Mat want = linear_gram(xs[l], /*first_row=*/true);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) check_close(ga[l][i][j], want[i][j], 1e-12, "grams");
+  }
+  // grams_shifted by the exact column means: the centered Grams, and column sums of ~0.
+  std::vector<at::Tensor> means;
+  for (auto& x : xs) means.push_back(x.mean(0));
+  auto shifted = shifted_op.call(xs, at::cat(means), "linear", 0.5, false, "highest", 0);
+  auto sa = std::get<0>(shifted).accessor<double, 3>();
   for (int l = 0; l < 3; ++l)
     for (int i = 0; i < n; ++i)
-      for (int j = 0; j < n; ++j) check_close(ga[l][i][j], gs[l][i][j], 1e-12, "grams");
+      for (int j = 0; j < n; ++j) check_close(sa[l][i][j], gs[l][i][j], 1e-12, "grams_shifted");
+  auto colsums = std::get<1>(shifted).accessor<double, 1>();
+  for (int64_t k = 0; k < colsums.size(0); ++k) check_close(colsums[k], 0.0, 1e-12, "grams_shifted column sums");
   for (bool unbiased : {false, true}) {
     at::Tensor h = hsic_op.call(to_tensor(gs), unbiased);
     auto ha = h.accessor<double, 2>();

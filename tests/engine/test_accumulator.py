@@ -7,7 +7,7 @@ import mpruner
 from mpruner import reference as R
 
 from tests.helpers import np_reference as NP
-from tests.helpers.layer_data import structured_layers
+from tests.helpers.layer_data import SEEDS, structured_layers
 
 
 def _batches(feats, size):
@@ -210,3 +210,43 @@ def test_merge_refuses_other_layers(gen):
     b.update([x, x + 1, x * 3])
     with pytest.raises(ValueError, match="different layers"):
         a.merge(b)
+
+
+def _offset_errors(seed, offset):
+    """Max |float32 CKA - float64 CKA of the same float32 inputs| of the engine (the
+    accumulator, shifted by the previous batch's means; cka_matrix, by the first row) and of
+    float32 Grams of features centered exactly in float64 (the best float32 can do)."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = [structured_layers(gen, n=64, dims=(16, 24, 8), dtype=torch.float32, offset=offset)
+               for _ in range(4)]
+    acc, ref, best = mpruner.CKAAccumulator(), mpruner.CKAAccumulator(), mpruner.CKAAccumulator()
+    for b in batches:
+        acc.update(b)
+        ref.update([x.double() for x in b])
+        best.update([(x.double() - x.double().mean(0)).float() for x in b])
+    exact = mpruner.cka_matrix([x.double() for x in batches[0]])
+    one = float((mpruner.cka_matrix(batches[0]) - exact).abs().max())
+    one_best = float((mpruner.cka_matrix([(x.double() - x.double().mean(0)).float() for x in batches[0]])
+                      - exact).abs().max())
+    return (float((acc.compute() - ref.compute()).abs().max()), float((best.compute() - ref.compute()).abs().max()),
+            one, one_best)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1e4])
+def test_float32_error_is_no_worse_under_large_offsets(seed, offset):
+    """Centering in one pass: the features are shifted by a vector known before the pass,
+    so an offset of 100 or 1e4 on every feature costs float32 no more than exact centering."""
+    acc, acc_best, one, one_best = _offset_errors(seed, offset)
+    assert acc < 1e-7 and one < 1e-7
+    assert acc <= 2 * acc_best + 1e-9 and one <= 2 * one_best + 1e-9, (acc, acc_best, one, one_best)
+
+
+def test_offsets_would_ruin_float32_grams_without_the_shift(gen):
+    # The check above can fail: the same Grams with a zero shift lose several digits at 1e4.
+    xs = structured_layers(gen, n=64, dims=(16, 24, 8), dtype=torch.float32, offset=1e4)
+    zero = torch.zeros(sum(x.shape[1] for x in xs), dtype=torch.float64)
+    grams, _ = mpruner.engine.ops.ops.grams_shifted(xs, zero, "linear", 0.5, False, "highest", 0)
+    wrong = R.cka_from_hsic(mpruner.engine.ops.ops.hsic_matrix(grams, False))
+    err = float((wrong - mpruner.cka_matrix([x.double() for x in xs])).abs().max())
+    assert err > 1e-4

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mpruner
+from mpruner.engine import precision as P
 from mpruner.engine.graphed import CapturedUpdates
 from tests.helpers.host_reads import HostReads
 
@@ -67,6 +68,34 @@ def test_replayed_updates_equal_eager_ones(monkeypatch, gen, policy, fused):
     else:
         with pytest.raises(ValueError, match=r"\(batch 4\)"):
             acc.compute()
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_replayed_updates_run_at_the_precision_mode(monkeypatch, gen, precision, fused):
+    """The captured update forms the shifted Grams at the accumulator's precision: the same
+    sums as the eager updates at that mode, within the mode's error of float64 and not the
+    IEEE float32 result (the bfloat16 arithmetic forced on, as on a CPU with a matrix engine)."""
+    monkeypatch.setenv(P.FORCE_ENV, "1")
+    monkeypatch.setenv("MPRUNER_FUSED_EPILOGUE", fused)
+    batches = [[x + 100.0 for x in b] for b in _batches(gen, 5)]  # an offset the shift must remove
+    RecordedGraph.captures = 0
+    acc = _graphed(monkeypatch, RecordedGraph, precision=precision)
+    eager, highest, exact = (mpruner.CKAAccumulator(precision=precision), mpruner.CKAAccumulator(),
+                             mpruner.CKAAccumulator())
+    for b in batches:
+        acc.update(b)
+        eager.update(b)
+        highest.update(b)
+        exact.update([x.double() for x in b])
+    assert RecordedGraph.captures == 1 and acc._est.precision == precision
+    torch.testing.assert_close(acc._est.sums, eager._est.sums, rtol=0, atol=0)
+    got, ref = acc.compute(), exact.compute()
+    err, err_highest = float((got - ref).abs().max()), float((highest.compute() - ref).abs().max())
+    assert err <= {"high": 1e-5, "medium": 1e-3}[precision], err
+    assert not torch.equal(got, highest.compute())
+    if precision == "medium":  # bfloat16 inputs: 8 bits, far above float32's error
+        assert err > err_highest, (err, err_highest)
 
 
 def test_each_input_signature_gets_its_own_graph(monkeypatch, gen):

@@ -60,18 +60,6 @@ def test_device_path_matches_cpu_path(monkeypatch, gen, kernel, unbiased):
     torch.testing.assert_close(torch.triu(g), torch.triu(full), atol=1e-9, rtol=1e-12)
 
 
-def test_center_features_op(gen):
-    xs = [torch.randn(33, 5, generator=gen) + 7, torch.randn(40, 5, generator=gen).t().t()[:33] * 3]
-    out = mpruner.engine.ops.ops._center_features(xs, torch.float32)
-    assert out.shape == (2, 33, 5)
-    for g, x in enumerate(xs):
-        torch.testing.assert_close(out[g], x - x.mean(0), atol=1e-5, rtol=1e-5)
-    with pytest.raises(RuntimeError, match=r"xs\[1\] must be \(n, d\) like xs\[0\]"):
-        mpruner.engine.ops.ops._center_features([xs[0], xs[0][:, :4]], torch.float32)
-    with pytest.raises(RuntimeError, match=r"xs\[0\] is Float but dtype is Double"):
-        mpruner.engine.ops.ops._center_features(xs, torch.float64)
-
-
 def test_nan_raises_at_compute_naming_layer_and_batch(device_path, gen):
     acc = mpruner.CKAAccumulator(layer_names=["a", "b", "c"])
     good = _layers(gen, 3)

@@ -44,17 +44,27 @@ OPCHECK_CASES = {
                                torch.rand(3, generator=g, dtype=torch.float64), 1e-12,
                                torch.tensor(4), False, torch.zeros(3, 3, dtype=torch.float64),
                                torch.zeros(3, dtype=torch.float64), torch.tensor([-1, -1, -1, 0, 0])),
+    "grams_shifted": lambda g: ([torch.randn(9, 4, generator=g) + 5, torch.randn(9, 6, generator=g)],
+                                torch.randn(10, generator=g, dtype=torch.float64), "linear", 0.5, False, "highest", 0),
+    "_shift_features": lambda g: ([torch.randn(9, 4, generator=g) + 5, torch.randn(9, 4, generator=g)],
+                                  torch.randn(8, generator=g), torch.float32, "hilo"),
+    "_shift_features__first_row": lambda g: ([torch.randn(9, 4, generator=g) + 5], None, torch.float64, "none"),
+    "_layer_grams": lambda g: ([torch.randn(9, 4, generator=g) + 5, torch.randn(9, 6, generator=g),
+                                torch.randn(9, 3, generator=g)], torch.randn(13, generator=g), "round", 0),
 }
+# (Full products: with block rows the strict lower triangle is left unset, which opcheck
+# would compare; test_layer_grams_upper_triangle_and_column_sums checks the triangle.)
+CPU_ONLY_OPS = ("_token_hsic_fused", "_layer_grams")
 
 
 @pytest.mark.parametrize("case", sorted(OPCHECK_CASES))
 def test_opcheck(device, gen, case):
-    if case == "_token_hsic_fused" and device.type != "cpu":
-        pytest.skip("_token_hsic_fused is a CPU kernel; token_cka takes the grouped path on GPUs")
+    if case in CPU_ONLY_OPS and device.type != "cpu":
+        pytest.skip(f"{case} is a CPU kernel; the GPU takes the batched path")
     args = OPCHECK_CASES[case](gen)
     args = tuple([a.to(device) for a in x] if isinstance(x, list) else x.to(device) if isinstance(x, torch.Tensor)
                  else x for x in args)
-    name = {"grams_rbf": "grams", "_hsic_partials_all_rows": "_hsic_partials"}.get(case, case)
+    name = {"grams_rbf": "grams", "_hsic_partials_all_rows": "_hsic_partials"}.get(case, case.split("__")[0])
     op = getattr(ops, name).default
     torch.library.opcheck(op, args)
 
@@ -112,6 +122,60 @@ def test_triangular_grams_match_full(device, gen):
     upper = torch.triu(torch.ones(300, 300, dtype=torch.bool, device=device))
     assert torch.equal(full[:, upper], tri[:, upper])
     torch.testing.assert_close(full, full.transpose(1, 2))
+
+
+def _shifted_gram(x, s):
+    v = x.double() - s.double()
+    return v @ v.T
+
+
+@pytest.mark.parametrize("block", [-1, 0, 16, 40])
+@pytest.mark.parametrize("L", [1, 3, 5])
+def test_layer_grams_upper_triangle_and_column_sums(gen, block, L):
+    # 2 threads: L = 3 and 5 leave a last layer split by rows across both threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        xs = [torch.randn(70, d, generator=gen) * 3 + 50 for d in (5, 9, 7, 4, 12)[:L]]
+        shift = torch.cat([x[:5].mean(0) for x in xs])
+        grams, sums = ops._layer_grams(xs, shift, "none", block)
+    finally:
+        torch.set_num_threads(threads)
+    upper = torch.triu(torch.ones(70, 70, dtype=torch.bool))
+    offset = 0
+    for l, x in enumerate(xs):
+        s = shift[offset:offset + x.shape[1]]
+        ref = _shifted_gram(x, s)
+        torch.testing.assert_close(grams[l][upper].double(), ref[upper], rtol=1e-5, atol=1e-4)
+        if block == 0:  # the full product: every entry
+            torch.testing.assert_close(grams[l].double(), ref, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(sums[offset:offset + x.shape[1]], (x.double() - s.double()).sum(0),
+                                   rtol=1e-6, atol=1e-4)
+        offset += x.shape[1]
+
+
+def test_shift_features_layouts_and_first_row_default(device, gen):
+    xs = [torch.randn(33, 5, generator=gen).to(device) + 7,
+          (torch.randn(40, 5, generator=gen) * 3).to(device).t().contiguous().t()[:33]]  # a strided view
+    shift = torch.randn(10, generator=gen, dtype=torch.float64).to(device)
+    out, sums = ops._shift_features(xs, shift, torch.float32, "none")
+    assert out.shape == (2, 33, 5) and sums.dtype == torch.float64
+    for g, x in enumerate(xs):
+        s = shift[5 * g:5 * g + 5]
+        torch.testing.assert_close(out[g].double(), x.double() - s, atol=1e-5, rtol=1e-6)
+        torch.testing.assert_close(sums[5 * g:5 * g + 5], (x.double() - s).sum(0), atol=1e-4, rtol=1e-6)
+    first, _ = ops._shift_features(xs, None, torch.float64, "none")
+    for g, x in enumerate(xs):
+        torch.testing.assert_close(first[g], (x - x[0]).double(), atol=1e-5, rtol=1e-6)
+    assert ops._shift_features(xs, shift, torch.float32, "hilo")[0].shape == (2, 33, 20)
+    with pytest.raises(RuntimeError, match=r"xs\[1\] is .* but xs\[0\] is .*one call takes layers of one width"):
+        ops._shift_features([xs[0], xs[0][:, :4]], None, torch.float32, "none")
+    with pytest.raises(RuntimeError, match=r"shift must be \(10,\)"):
+        ops._shift_features(xs, shift[:9], torch.float32, "none")
+    with pytest.raises(RuntimeError, match="split must be 'none', 'round' or 'hilo'"):
+        ops._shift_features(xs, None, torch.float32, "half")
+    with pytest.raises(RuntimeError, match="bfloat16 parts of float32"):
+        ops._shift_features([x.double() for x in xs], None, torch.float64, "hilo")
 
 
 def test_center_apply_and_rbf_kernels(device, gen):

@@ -105,17 +105,29 @@ inline void check_rbf_args(const at::Tensor& g, const at::Tensor& diag, const at
   TORCH_CHECK(inv.dim() == 1 && inv.size(0) == g.size(0), "mpruner._rbf_apply: inv_two_sigma2 must be (B,)");
 }
 
-// _center_features: G layers (n, d) of one width, on one device, stored in dtype.
-inline void check_center_features_args(at::TensorList xs, at::ScalarType dtype) {
-  TORCH_CHECK(!xs.empty(), "mpruner._center_features: xs is empty");
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "mpruner._center_features: dtype must be float32 or "
-              "float64, got ", dtype);
+// _shift_features / _layer_grams: layers (n, d_l) on one device, float32 or float64; shift
+// flat (sum d_l,) on that device (or undefined: each layer's first row); for a bfloat16
+// split the GEMM input is float32, from float32 layers.
+inline void check_shift_args(at::TensorList xs, const c10::optional<at::Tensor>& shift, const char* op,
+                             bool same_width) {
+  TORCH_CHECK(!xs.empty(), "mpruner.", op, ": xs is empty; pass at least one (n, d) layer");
+  int64_t total = 0;
   for (size_t g = 0; g < xs.size(); ++g) {
-    TORCH_CHECK(xs[g].dim() == 2 && xs[g].sizes() == xs[0].sizes(), "mpruner._center_features: xs[", g,
-                "] must be (n, d) like xs[0] ", xs[0].sizes(), ", got ", xs[g].sizes());
-    TORCH_CHECK(xs[g].scalar_type() == dtype, "mpruner._center_features: xs[", g, "] is ", xs[g].scalar_type(),
-                " but dtype is ", dtype);
+    TORCH_CHECK(xs[g].dim() == 2 && xs[g].size(0) == xs[0].size(0) && xs[g].size(1) > 0, "mpruner.", op, ": xs[", g,
+                "] must be (n, d) with the n of xs[0] ", xs[0].sizes(), ", got ", xs[g].sizes());
+    TORCH_CHECK(!same_width || xs[g].size(1) == xs[0].size(1), "mpruner.", op, ": xs[", g, "] is ", xs[g].sizes(),
+                " but xs[0] is ", xs[0].sizes(), "; one call takes layers of one width");
+    check_float_tensor(xs[g], op);
+    TORCH_CHECK(xs[g].scalar_type() == xs[0].scalar_type(), "mpruner.", op, ": xs[", g, "] is ",
+                xs[g].scalar_type(), " but xs[0] is ", xs[0].scalar_type());
     check_same_device(xs[g], xs[0], "a layer", "xs[0]");
+    total += xs[g].size(1);
+  }
+  if (shift.has_value() && shift->defined()) {
+    TORCH_CHECK(shift->dim() == 1 && shift->size(0) == total, "mpruner.", op, ": shift must be (", total,
+                ",) (every layer's d values, one after another), got shape ", shift->sizes());
+    TORCH_CHECK(at::isFloatingType(shift->scalar_type()), "mpruner.", op, ": shift must be floating point");
+    check_same_device(*shift, xs[0], "shift", "xs[0]");
   }
 }
 
