@@ -344,6 +344,32 @@ def lm_demo_table() -> str:
                "|---|---|---:|---:|---:|")
 
 
+def lm_heal_table() -> str:
+    """Every recipe of the LM demo at every n (lm_heal.json): blocks, healing, tokens, ratios, minutes."""
+    d = j("lm_heal.json")
+    rows = []
+    for r in d["rows"]:
+        b = (lambda s: f"**{s}**") if r["recipe"] == "mpruner" else (lambda s: s)
+        unhealed = r.get("ratio_unhealed", r["ratio"] if not r["curve"] else None)
+        rows.append([r["n"], b(r["recipe"]), _runs(r["removed"]), md(r["healing"]), num(r["heal_tokens"]),
+                     "–" if unhealed is None else x(unhealed, 3), b(x(r["ratio"], 3)),
+                     f"{r['seconds'] / 60:.1f}"])
+    return _md(["n", "recipe", "removed blocks", "healing", "healing tokens", "before healing / original",
+                "after / original", "minutes"], rows, "|---:|---|---|---|---:|---:|---:|---:|")
+
+
+def lm_heal_goals() -> str:
+    """Each goal of lm_heal.json: met, or missed by how much, with the tokens and minutes used."""
+    lines = []
+    for g in j("lm_heal.json")["goals"]:
+        limit = f" within {g['max_minutes']:.0f} minutes" if g.get("max_minutes") else ""
+        verdict = "**met**" if g["met"] else f"**missed** by {g['by']:+.3f}×"
+        lines.append(f"- {g['n']} blocks removed: at most {x(g['max_ratio'])}{limit}: {verdict} "
+                     f"({x(g['ratio'], 3)} after {num(g['heal_tokens'])} healing tokens, "
+                     f"{g['minutes']:.1f} minutes in all)")
+    return "\n".join(lines)
+
+
 def lm_select_table(n: int) -> str:
     """Every block-choice method at one n (lm_select.json): blocks, perplexity ratios, seconds."""
     d = j("lm_select.json")
@@ -491,7 +517,7 @@ def namespace() -> Dict:
     names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md",
              "bench_table", "goals_table", "sweep_points", "floor_ratio_range", "peer_ratio_range", "roofline",
              "profile_shares", "engine_table", "hook_table", "precision_table", "peer_hook_table", "versions_table", "profile_table", "analysis_table",
-             "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table",
+             "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table", "lm_heal_table", "lm_heal_goals",
              "pipeline_table", "pipeline_row", "pipeline_label", "fuzz_total", "fuzz_table", "property_total", "properties_table",
              "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal", "lm_eval_table")
     g = globals()

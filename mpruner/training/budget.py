@@ -1,9 +1,9 @@
-"""A healing budget in tokens, and the progress bar that shows it (tokens/s, ETA)."""
+"""A healing budget in tokens, the progress bar that shows it (tokens/s, ETA), and the batches of each step."""
 from __future__ import annotations
 
 import re
 import time
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -82,3 +82,28 @@ class Meter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def with_last(items: Iterable):
+    """(item, is_last) pairs, looking one item ahead."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
+
+
+def step_groups(batches: Iterable, size: int):
+    """The batches of each optimizer step: ``size`` at a time (the last group may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

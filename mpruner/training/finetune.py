@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .accelerated import MIXED_PRECISIONS, check_world, make_accelerator, mixed_precision, release
 from .batch_split import split_batch
-from .budget import Meter, group_tokens, parse_tokens
+from .budget import Meter, group_tokens, parse_tokens, step_groups, with_last
 from .distill import Distiller, check_distill, check_pairing
 from .healing_state import HealingState, current, fingerprint, interrupt_between_steps
 from .partial import check_train, only_trainable
@@ -219,7 +219,7 @@ class Finetuner:
             merge_lora(wrapped, saved)  # also after an error: the model is left plain
 
     def _first_group(self):
-        return next(iter(_groups(self.train_data, self.gradient_accumulation_steps)), None)
+        return next(iter(step_groups(self.train_data, self.gradient_accumulation_steps)), None)
 
     def _healing_state(self, plain: nn.Module, is_main: bool) -> Optional[HealingState]:
         where = (self.checkpoint_dir, "") if self.checkpoint_dir is not None else current()
@@ -308,7 +308,7 @@ class Finetuner:
                 interrupted):
         last_mean = math.nan
         while progress["epoch"] < self.epochs and not self._done(progress):
-            for index, (group, last_group) in enumerate(_with_last(_groups(self.train_data,
+            for index, (group, last_group) in enumerate(with_last(step_groups(self.train_data,
                                                                         self.gradient_accumulation_steps))):
                 if index < progress["groups"]:
                     continue  # consumed before the run was interrupted
@@ -378,27 +378,3 @@ class Finetuner:
         accelerator.clip_grad_norm_(params, self.max_grad_norm)
         opt.step()
         return losses
-
-
-def _with_last(items: Iterable):
-    """(item, is_last) pairs, looking one item ahead."""
-    iterator = iter(items)
-    try:
-        current = next(iterator)
-    except StopIteration:
-        return
-    for following in iterator:
-        yield current, False
-        current = following
-    yield current, True
-
-
-def _groups(batches: Iterable, size: int):
-    group = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
