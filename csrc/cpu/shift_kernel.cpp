@@ -18,22 +18,14 @@ std::tuple<at::Tensor, at::Tensor> shift_features_cpu(at::TensorList xs_in, cons
   check_shift_args(xs_in, shift, "_shift_features", /*same_width=*/true);
   const int split = cpu::parse_split(split_name, "_shift_features");
   const auto in = xs_in[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
-              "mpruner._shift_features: dtype must be float32, float64 or bfloat16, got ", dtype);
-  TORCH_CHECK(split == shift::kNone || (dtype == at::kFloat && in == at::kFloat),
-              "mpruner._shift_features: split='", std::string(split_name), "' forms bfloat16 parts of float32 "
-              "layers in float32; got layers of ", in, " and dtype ", dtype);
+  check_shift_output(in, dtype, split != shift::kNone, split_name);
   const int64_t G = xs_in.size(), n = xs_in[0].size(0), d = xs_in[0].size(1);
   const int64_t w = shift::width_factor(split);
   at::Tensor out = at::empty({G, n, w * d}, xs_in[0].options().dtype(dtype));
   at::Tensor colsums = at::zeros({G * d}, xs_in[0].options().dtype(at::kDouble));
-  std::vector<at::Tensor> xs, shifts;
-  for (int64_t g = 0; g < G; ++g) {
-    xs.push_back(xs_in[g].stride(1) == 1 ? xs_in[g] : xs_in[g].contiguous());
-    shifts.push_back((shift.has_value() && shift->defined() ? shift->narrow(0, g * d, d) : xs[g].select(0, 0))
-                         .to(in)
-                         .contiguous());
-  }
+  auto operands = shift_operands(xs_in, shift);  // (named, not bound: lambdas capture them)
+  const std::vector<at::Tensor>& xs = operands.first;
+  const std::vector<at::Tensor>& shifts = operands.second;
   // S row splits per layer, their column sums added in split order: the same answer
   // whatever the thread count.
   const int64_t S = std::max<int64_t>(1, std::min<int64_t>(8, n / 64));

@@ -89,20 +89,12 @@ std::tuple<at::Tensor, at::Tensor> shift_features_cuda(at::TensorList xs_in, con
   check_shift_args(xs_in, shift, "_shift_features", /*same_width=*/true);
   const int split = parse_split(split_name);
   const auto in = xs_in[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
-              "mpruner._shift_features: dtype must be float32, float64 or bfloat16, got ", dtype);
-  TORCH_CHECK(split == shift::kNone || (dtype == at::kFloat && in == at::kFloat),
-              "mpruner._shift_features: split='", std::string(split_name), "' forms bfloat16 parts of float32 "
-              "layers in float32; got layers of ", in, " and dtype ", dtype);
+  check_shift_output(in, dtype, split != shift::kNone, split_name);
   const int64_t G = xs_in.size(), n = xs_in[0].size(0), d = xs_in[0].size(1);
   c10::cuda::CUDAGuard guard(xs_in[0].device());
-  std::vector<at::Tensor> xs, shifts;  // features contiguous along d (a view is kept as it is)
-  for (int64_t g = 0; g < G; ++g) {
-    xs.push_back(xs_in[g].stride(1) == 1 ? xs_in[g] : xs_in[g].contiguous());
-    shifts.push_back((shift.has_value() && shift->defined() ? shift->narrow(0, g * d, d) : xs[g].select(0, 0))
-                         .to(in)
-                         .contiguous());
-  }
+  auto operands = shift_operands(xs_in, shift);  // (named, not bound: lambdas capture them)
+  const std::vector<at::Tensor>& xs = operands.first;
+  const std::vector<at::Tensor>& shifts = operands.second;
   at::Tensor out = at::empty({G, n, shift::width_factor(split) * d}, xs[0].options().dtype(dtype));
   at::Tensor colsums = at::empty({G * d}, xs[0].options().dtype(at::kDouble));
   if (out.numel() == 0) return {out, colsums.zero_()};

@@ -5,6 +5,9 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace mpruner {
 
@@ -129,6 +132,31 @@ inline void check_shift_args(at::TensorList xs, const c10::optional<at::Tensor>&
     TORCH_CHECK(at::isFloatingType(shift->scalar_type()), "mpruner.", op, ": shift must be floating point");
     check_same_device(*shift, xs[0], "shift", "xs[0]");
   }
+}
+
+// _shift_features' output checks and operands, alike on every backend: the output dtype, the
+// split (which forms bfloat16 parts of float32 layers in float32, so needs both float32), and
+// per layer the features contiguous along d (a view is kept as it is) with its shift (the
+// caller's, or the layer's first row) in the layer's dtype.
+inline void check_shift_output(at::ScalarType in, at::ScalarType dtype, bool split, c10::string_view split_name) {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "mpruner._shift_features: dtype must be float32, float64 or bfloat16, got ", dtype);
+  TORCH_CHECK(!split || (dtype == at::kFloat && in == at::kFloat), "mpruner._shift_features: split='",
+              std::string(split_name), "' forms bfloat16 parts of float32 layers in float32; got layers of ", in,
+              " and dtype ", dtype);
+}
+
+inline std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> shift_operands(
+    at::TensorList xs_in, const c10::optional<at::Tensor>& shift) {
+  const int64_t d = xs_in[0].size(1);
+  std::vector<at::Tensor> xs, shifts;
+  for (int64_t g = 0; g < static_cast<int64_t>(xs_in.size()); ++g) {
+    xs.push_back(xs_in[g].stride(1) == 1 ? xs_in[g] : xs_in[g].contiguous());
+    shifts.push_back((shift.has_value() && shift->defined() ? shift->narrow(0, g * d, d) : xs[g].select(0, 0))
+                         .to(xs_in[0].scalar_type())
+                         .contiguous());
+  }
+  return {std::move(xs), std::move(shifts)};
 }
 
 }  // namespace mpruner
