@@ -67,14 +67,18 @@ def test_demo_times():
         assert f"{100 * d['metric_before']:.2f}% → {100 * d['metric_after']:.2f}%" in page
 
 
-def test_lm_demo_rows():
-    d = _json("demo/lm_summary.json")
+def test_lm_heal_rows_and_goals():
+    d = _json("lm_heal.json")
     text = _section("results", "## `mpruner demo --scenario lm`")
-    assert f"{d['ppl_original']:.2f}" in text
-    for r in d["strategies"]:
-        assert f"{r['ppl_pruned']:.1f}" in text and f"{r['ppl_healed']:.1f}" in text
-        assert f"{r['ratio_healed']:.2f}×" in text
-    assert ("met" if d["goal"]["met"] else "not met") in text
+    assert f"**{d['ppl_original']:.2f}**" in text
+    for r in d["rows"]:
+        ratio = f"{r['ratio']:.3f}×"
+        assert (f"**{ratio}**" if r["recipe"] == "mpruner" else ratio) in text
+        assert f"{r['seconds'] / 60:.1f}" in text
+    for g in d["goals"]:
+        verdict = "**met**" if g["met"] else f"**missed** by {g['by']:+.3f}×"
+        assert f"- {g['n']} blocks removed: at most {g['max_ratio']:.2f}×" in text and verdict in text
+    assert "lm_heal.png" in text and "demo/lm_summary.json" not in text
 
 
 def test_memory_range_of_the_n_sweep():

@@ -332,18 +332,6 @@ def demo_table() -> str:
         _demo_row("demo/vision_summary.json", "vision: EfficientNet-Lite0, Fashion-MNIST")])
 
 
-def lm_demo_table() -> str:
-    d = j("demo/lm_summary.json")
-    rows = []
-    for r in d["strategies"]:
-        best = r["strategy"] == d["chosen"]
-        b = (lambda s: f"**{s}**") if best else (lambda s: s)
-        rows.append([b(r["strategy"]), _runs(r["removed"]), f"{r['ppl_pruned']:.1f}", b(f"{r['ppl_healed']:.1f}"),
-                     b(f"{r['ratio_healed']:.2f}×")])
-    return _md(["strategy", "removed blocks", "pruned ppl", "healed ppl", "healed / original"], rows,
-               "|---|---|---:|---:|---:|")
-
-
 def lm_heal_table() -> str:
     """Every recipe of the LM demo at every n (lm_heal.json): blocks, healing, tokens, ratios, minutes."""
     d = j("lm_heal.json")
@@ -517,7 +505,7 @@ def namespace() -> Dict:
     names = ("j", "source", "provenance", "ms", "secs", "x", "pct", "spct", "mib", "num", "c7", "minsec", "md",
              "bench_table", "goals_table", "sweep_points", "floor_ratio_range", "peer_ratio_range", "roofline",
              "profile_shares", "engine_table", "hook_table", "precision_table", "peer_hook_table", "versions_table", "profile_table", "analysis_table",
-             "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_demo_table", "lm_heal_table", "lm_heal_goals",
+             "lm_overhead_table", "lm_result", "distributed_table", "token_ratio", "demo_table", "lm_heal_table", "lm_heal_goals",
              "pipeline_table", "pipeline_row", "pipeline_label", "fuzz_total", "fuzz_table", "property_total", "properties_table",
              "mutation_table", "lm_select_table", "lm_signal_table", "lm_select_goal", "lm_eval_table")
     g = globals()
