@@ -71,9 +71,12 @@ def row_mask(weight_rows: torch.Tensor, norms: torch.Tensor, sparsity: float,
     return mask.reshape(rows, cols)
 
 
-def wanda_masks(model: nn.Module, norms: Dict[str, torch.Tensor], sparsity: float = 0.5,
+def wanda_masks(model: nn.Module, norms: Dict[str, torch.Tensor], sparsity: Optional[float] = None,
                 pattern: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Masks (module name -> 0/1 tensor shaped like its weight) from precomputed input norms."""
+    """Masks (module name -> 0/1 tensor shaped like its weight) from precomputed input norms.
+
+    ``sparsity`` and ``pattern`` as in :func:`wanda` (default 0.5, or the fraction a pattern implies).
+    """
     nm = parse_pattern(pattern)
     sparsity = _check_sparsity(sparsity, nm)
     modules = dict(model.named_modules())
