@@ -20,8 +20,8 @@ MASK_KEYS = ("attention_mask",)
 class InputNorms(HookSet):
     """Context manager: hooks on ``names``' modules accumulate Σ x_j² (float64) per input feature.
 
-    Call ``start(batch)`` before each forward pass (it reads the batch's attention mask);
-    ``norms()`` gives ‖X_j‖₂ per layer. It can run beside other hooks (e.g. ``analyze``'s),
+    Call ``start(batch)`` before each forward pass (it reads the batch's attention mask;
+    without it every token counts and errors name batch -1); ``norms()`` gives ‖X_j‖₂ per layer. It can run beside other hooks (e.g. ``analyze``'s),
     so one pass over the data collects both.
     """
 

@@ -252,3 +252,17 @@ def test_sparsity_bounds():
     for bad in (False, True, 1.0, -0.25, "0.5"):
         with pytest.raises(ValueError, match=exact(f"sparsity must be a fraction in [0, 1), got {bad!r}")):
             sparsity.wanda_masks(model, norms, bad)
+
+
+def test_layers_given_as_another_string():
+    with pytest.raises(ValueError, match=exact(
+            "layers must be 'auto' or a list of module names, got '0.0'; for one layer pass layers=['0.0']")):
+        sparsity.target_layers(blocks(), "0.0")
+
+
+def test_nan_before_the_first_start_names_batch_minus_one():
+    # InputNorms beside other hooks may see a forward pass before any start(): batch -1 says so
+    model = nn.Sequential(nn.Linear(2, 2))
+    with InputNorms(model, ["0"]):
+        with pytest.raises(FloatingPointError, match=r"in calibration batch -1; "):
+            model(torch.tensor([[1.0, float("nan")]]))

@@ -222,3 +222,23 @@ def test_effective_weight_reads_the_mask_after_a_step():
     plain = nn.Linear(4, 2)
     plain.register_buffer("weight_mask", torch.zeros(2, 4))  # a look-alike without weight_orig
     assert effective_weight(plain) is plain.weight
+
+
+def test_totals_count_a_shared_weight_once_and_the_rest_of_its_module():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].weight = model[0].weight  # tied: the second module's weight was seen, its bias was not
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+        model[0].bias.copy_(torch.tensor([0.0, 1.0]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.0]))
+    rep = sparsity.report(model)
+    assert (rep.total_params, rep.total_zeros) == (4 + 2 + 2, 1 + 1 + 2)
+    assert sparsity.count_nonzero(model) == 4
+
+
+def test_a_parameter_named_weight_orig_without_a_mask_counts_as_itself():
+    module = nn.Module()
+    module.weight_orig = nn.Parameter(torch.zeros(3))  # a model's own parameter of that name
+    module.weight = nn.Parameter(torch.ones(2))
+    rep = sparsity.report(module)
+    assert (rep.total_params, rep.total_zeros) == (5, 3)
