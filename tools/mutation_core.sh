@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Mutation testing (mutmut) of mpruner's core Python modules against their fast tests.
+# Mutation testing (mutmut) of mpruner's Python modules against their fast tests.
 #   tools/mutation_core.sh [MODULE_GLOB ...]     (default: the core modules below)
+#   a folder glob (mpruner/sparsity/*) mutates every module of the folder in one run, its verdicts
+#   written to mutmut_<folder>.txt
 #   env: MUTMUT_TESTS (test files; default: those of the first module, below), MUTMUT_CHILDREN
 #   (workers, 2), MUTMUT_SECONDS (time limit of the run, default none: the mutants not reached
 #   are reported "not checked"), MUTMUT_WORK (the work tree of an earlier run to continue),
@@ -10,7 +12,8 @@
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="${PYTHON:-python}"
+PY="$(command -v "${PYTHON:-python}")"  # absolute: the run happens in a copy of the tree
+PY="$(realpath -s "$PY")"
 MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mpruner/prune/cluster.py mpruner/prune/checkpoint.py mpruner/engine/reference.py mpruner/analysis/result.py)
@@ -32,6 +35,17 @@ case "${MODULES[0]}" in
     DEFAULT_TESTS="tests/prune/test_loop.py tests/prune/test_checkpoint.py tests/prune/test_cluster.py
       tests/prune/test_strategies.py tests/prune/test_options.py tests/prune/test_records.py tests/test_faults.py
       tests/test_security.py" ;;
+  */sparsity/*)
+    DEFAULT_TESTS="tests/sparsity/test_wanda.py tests/sparsity/test_sparsity_oracle.py
+      tests/sparsity/test_sparsity_inputs.py tests/prune/test_pipeline_tolerance.py tests/surgery/test_card.py
+      tests/cli/test_prune_stages.py" ;;
+  */width/*)
+    DEFAULT_TESTS="tests/width/test_prune.py tests/width/test_width_oracle.py tests/adapters/test_registry.py" ;;
+  */data/*)
+    DEFAULT_TESTS="tests/data/test_batches.py tests/data/test_datasets.py tests/data/test_gguf.py
+      tests/evaluation/test_perplexity.py" ;;
+  */prune/pipeline.py)
+    DEFAULT_TESTS="tests/prune/test_pipeline.py tests/prune/test_pipeline_tolerance.py tests/cli/test_prune_stages.py" ;;
   *)  # prune/cluster.py, prune/checkpoint.py
     DEFAULT_TESTS="tests/prune/test_cluster.py tests/prune/test_checkpoint.py tests/prune/test_loop.py
       tests/test_security.py tests/test_faults.py tests/test_fuzz_readers.py" ;;
@@ -95,6 +109,7 @@ if [ -n "${MUTMUT_SECONDS:-}" ]; then limit=(timeout -k 30 "$MUTMUT_SECONDS"); f
 "${limit[@]}" "$PY" -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${rerun[@]}" > run.log 2>&1 || true
 "$PY" -m mutmut results --all true > results.txt 2>&1 || true
 name=$(basename "${MODULES[0]}" .py)
+if [ "$name" = "*" ]; then name=$(basename "$(dirname "${MODULES[0]}")"); fi  # a folder run
 out="$ROOT/benchmarks/results/reliability/mutmut_${name}.txt"
 mkdir -p "$ROOT/benchmarks/results/reliability"
 {

@@ -1,6 +1,6 @@
 """mutmut_summary.json from the verdict files tools/mutation_core.sh writes.
 
-    python tools/mutation_summary.py [--before]
+    python tools/mutation_summary.py [--before [--module GLOB ...]]
 
 Reads every ``benchmarks/results/reliability/mutmut_<module>.txt`` (one line per mutant:
 ``<name>: killed | survived | no tests | timeout | not checked``) and
@@ -9,7 +9,9 @@ for a timeout, why the tests catch it by running past mutmut's limit), and write
 ``mutmut_summary.json``: per module the counts of its last run, the survivors explained as
 equivalent, and the survivors, mutants without a test and timeouts left unexplained (the
 goal: none). ``--before`` records
-the counts as the run before the new tests instead (kept under ``before_new_tests``).
+the counts as the run before the new tests instead (kept under ``before_new_tests``); with
+``--module`` only for the named modules (as written in the verdict file's first line, e.g.
+``mpruner/sparsity/*``), the others keep theirs.
 ``docs/reliability.md`` renders its mutation table from ``mutmut_summary.json`` when the docs
 are built (``make docs``).
 """
@@ -33,10 +35,12 @@ def verdicts(path: Path):
     if head and head[0].startswith("# mutmut over "):
         module, _, tests = head[0][len("# mutmut over "):].partition("; tests: ")
     out = {}
+    folder = module is not None and module.endswith("*")  # a folder run: names keep their module's name
     for line in head:
         m = VERDICT.match(line)
         if m:
-            out[m.group(2)] = m.group(3)
+            key = f"{m.group(1).rsplit('.', 2)[-2]}.{m.group(2)}" if folder else m.group(2)
+            out[key] = m.group(3)
             if module is None:  # older files: the module from the mutant's dotted name
                 module = m.group(1).rsplit(".", 1)[0].replace(".", "/") + ".py"
     return module, tests, out
@@ -47,7 +51,7 @@ def _commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def summarise(before: bool = False) -> dict:
+def summarise(before: bool = False, only=None) -> dict:
     target = HERE / "mutmut_summary.json"
     old = json.loads(target.read_text()) if target.exists() else {}
     equivalent = json.loads((HERE / "mutmut_equivalent.json").read_text())
@@ -62,9 +66,13 @@ def summarise(before: bool = False) -> dict:
                "not_checked": counts["not checked"]}
         entry = dict(old.get("modules", {}).get(module, {}))
         entry["tests"] = tests
-        if before:  # the Reliability page names the commit of the run before the new tests
+        if before and (not only or module in only):  # the page names the commit of the run before the new tests
             entry["before_new_tests"] = {**run, "commit": _commit()}
             modules[module] = entry
+            continue
+        if before:  # another module: as the summary had it
+            if module in old.get("modules", {}):
+                modules[module] = old["modules"][module]
             continue
         explained = equivalent.get(module, {})
         left = [name for name, v in marks.items() if v in ("survived", "no tests", "timeout") and name not in explained]
@@ -79,11 +87,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", action="store_true", help="record the runs as before the new tests "
                         "(default: off, the runs are the current state)")
+    parser.add_argument("--module", action="append", default=[], help="with --before: only this module "
+                        "(repeatable; as in the verdict file's first line, e.g. 'mpruner/sparsity/*')")
     args = parser.parse_args()
-    summary = summarise(args.before)
+    if args.module and not args.before:
+        parser.error("--module goes with --before")
+    summary = summarise(args.before, set(args.module))
     (HERE / "mutmut_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for module, m in summary["modules"].items():  # the counts docs/reliability.md shows
-        short = module.rsplit("/", 1)[1]
+        short = module if module.endswith("*") else module.rsplit("/", 1)[1]
         for key in ("before_new_tests", "run"):
             r = m.get(key)
             if r:
