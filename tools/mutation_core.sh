@@ -37,7 +37,7 @@ case "${MODULES[0]}" in
       tests/test_security.py" ;;
   */sparsity/*)
     DEFAULT_TESTS="tests/sparsity/test_wanda.py tests/sparsity/test_sparsity_oracle.py
-      tests/sparsity/test_sparsity_inputs.py tests/prune/test_pipeline_tolerance.py tests/surgery/test_card.py
+      tests/sparsity/test_sparsity_inputs.py tests/sparsity/test_sparsity_wanda_paths.py tests/prune/test_pipeline_tolerance.py tests/surgery/test_card.py
       tests/cli/test_prune_stages.py" ;;
   */width/*)
     DEFAULT_TESTS="tests/width/test_prune.py tests/width/test_width_oracle.py tests/adapters/test_registry.py" ;;
