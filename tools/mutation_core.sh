@@ -12,8 +12,7 @@
 # counts, writes benchmarks/results/reliability/mutmut_<name>.txt with every surviving mutant.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY="$(command -v "${PYTHON:-python}")"  # absolute: the run happens in a copy of the tree
-PY="$(realpath -s "$PY")"
+PY="$(realpath -s "$(command -v "${PYTHON:-python}")")"  # absolute: the run happens in a copy of the tree
 MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   MODULES=(mpruner/prune/cluster.py mpruner/prune/checkpoint.py mpruner/engine/reference.py mpruner/analysis/result.py)

@@ -60,19 +60,19 @@ def summarise(before: bool = False, only=None) -> dict:
         module, tests, marks = verdicts(path)
         if not marks:
             continue
+        if before and only and module not in only:  # another module: as the summary had it
+            if module in old.get("modules", {}):
+                modules[module] = old["modules"][module]
+            continue
         counts = collections.Counter(marks.values())
         run = {"mutants": len(marks), "checked": len(marks) - counts["not checked"], "killed": counts["killed"],
                "survived": counts["survived"], "no_tests": counts["no tests"], "timeout": counts["timeout"],
                "not_checked": counts["not checked"]}
         entry = dict(old.get("modules", {}).get(module, {}))
         entry["tests"] = tests
-        if before and (not only or module in only):  # the page names the commit of the run before the new tests
+        if before:  # the Reliability page names the commit of the run before the new tests
             entry["before_new_tests"] = {**run, "commit": _commit()}
             modules[module] = entry
-            continue
-        if before:  # another module: as the summary had it
-            if module in old.get("modules", {}):
-                modules[module] = old["modules"][module]
             continue
         explained = equivalent.get(module, {})
         left = [name for name, v in marks.items() if v in ("survived", "no tests", "timeout") and name not in explained]

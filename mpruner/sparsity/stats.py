@@ -21,8 +21,9 @@ class InputNorms(HookSet):
     """Context manager: hooks on ``names``' modules accumulate Σ x_j² (float64) per input feature.
 
     Call ``start(batch)`` before each forward pass (it reads the batch's attention mask;
-    without it every token counts and errors name batch -1); ``norms()`` gives ‖X_j‖₂ per layer. It can run beside other hooks (e.g. ``analyze``'s),
-    so one pass over the data collects both.
+    without it every token counts and errors name batch -1); ``norms()`` gives ‖X_j‖₂ per
+    layer. It can run beside other hooks (e.g. ``analyze``'s), so one pass over the data
+    collects both.
     """
 
     def __init__(self, model: nn.Module, names: List[str]):

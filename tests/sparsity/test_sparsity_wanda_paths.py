@@ -10,6 +10,8 @@ import torch.nn as nn
 from mpruner import sparsity
 from mpruner.sparsity.wanda import collect_norms
 
+from .test_sparsity_inputs import exact
+
 # Net holds its blocks in one nn.Sequential, which find_blocks uses with a warning saying so
 pytestmark = pytest.mark.filterwarnings("ignore:no mpruner adapter recognises Net")
 
@@ -94,16 +96,16 @@ def test_precomputed_norms_equal_the_one_pass():
 
 def test_precomputed_norms_word_for_word_errors():
     model = Net()
-    with pytest.raises(ValueError, match="^" + re.escape(
-            "norms= are statistics of one model state; they need sequential=False") + "$"):
-        sparsity.wanda(model, data(1), norms={}, progress=False)
     names = [n for _, group in sparsity.target_layers(model) for n in group]
+    assert names == ["blocks.0.0", "blocks.1.0", "blocks.2.0"]
+    with pytest.raises(ValueError, match=exact(
+            "norms= are statistics of one model state; they need sequential=False")):
+        sparsity.wanda(model, data(1), norms={}, progress=False)
     wide = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8)) for _ in range(6)])
     wide_names = [n for _, group in sparsity.target_layers(wide) for n in group]
-    with pytest.raises(ValueError, match="^" + re.escape(  # 5 missing, 4 named
-            f"norms= lacks layers {wide_names[1:5]}; collect them for every layer Wanda prunes") + "$"):
+    with pytest.raises(ValueError, match=exact(  # 5 missing, 4 named
+            f"norms= lacks layers {wide_names[1:5]}; collect them for every layer Wanda prunes")):
         sparsity.wanda(wide, data(1), sequential=False, norms={wide_names[0]: torch.ones(8)}, progress=False)
-    assert names == ["blocks.0.0", "blocks.1.0", "blocks.2.0"]
 
 
 def test_the_progress_bar_counts_blocks(capsys):
